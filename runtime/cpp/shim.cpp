@@ -1,0 +1,759 @@
+// The C ABI of shim.h over the MLX C++ API. Every entry point that can throw runs inside
+// `guard`, which turns any exception into a status code and a per-thread message.
+
+#include "shim.h"
+
+#include <cstring>
+#include <exception>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "mlx/mlx.h"
+#include "mlx/version.h"
+
+namespace mx = mlx::core;
+
+#ifdef MLXS_OPENBLAS
+// Declared by OpenBLAS's cblas.h, which we don't include to keep its BLAS prototypes out of
+// this translation unit.
+extern "C" char* openblas_get_config(void);
+#endif
+
+struct mlxs_array {
+  mx::array a;
+};
+
+struct mlxs_vec {
+  std::vector<mx::array> v;
+};
+
+namespace {
+
+thread_local std::string last_error;
+thread_local std::string text_buffer;
+
+template <class F>
+int guard(F&& f) noexcept {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+  } catch (...) {
+    last_error = "unknown C++ exception";
+  }
+  return 1;
+}
+
+mlxs_array* wrap(mx::array a) {
+  return new mlxs_array{std::move(a)};
+}
+
+mx::Dtype to_dtype(int code) {
+  switch (code) {
+    case MLXS_BOOL: return mx::bool_;
+    case MLXS_U8: return mx::uint8;
+    case MLXS_U16: return mx::uint16;
+    case MLXS_U32: return mx::uint32;
+    case MLXS_U64: return mx::uint64;
+    case MLXS_I8: return mx::int8;
+    case MLXS_I16: return mx::int16;
+    case MLXS_I32: return mx::int32;
+    case MLXS_I64: return mx::int64;
+    case MLXS_F16: return mx::float16;
+    case MLXS_BF16: return mx::bfloat16;
+    case MLXS_F32: return mx::float32;
+    case MLXS_F64: return mx::float64;
+    case MLXS_C64: return mx::complex64;
+  }
+  throw std::invalid_argument("unknown dtype code " + std::to_string(code));
+}
+
+int from_dtype(mx::Dtype d) {
+  switch (d.val()) {
+    case mx::Dtype::Val::bool_: return MLXS_BOOL;
+    case mx::Dtype::Val::uint8: return MLXS_U8;
+    case mx::Dtype::Val::uint16: return MLXS_U16;
+    case mx::Dtype::Val::uint32: return MLXS_U32;
+    case mx::Dtype::Val::uint64: return MLXS_U64;
+    case mx::Dtype::Val::int8: return MLXS_I8;
+    case mx::Dtype::Val::int16: return MLXS_I16;
+    case mx::Dtype::Val::int32: return MLXS_I32;
+    case mx::Dtype::Val::int64: return MLXS_I64;
+    case mx::Dtype::Val::float16: return MLXS_F16;
+    case mx::Dtype::Val::bfloat16: return MLXS_BF16;
+    case mx::Dtype::Val::float32: return MLXS_F32;
+    case mx::Dtype::Val::float64: return MLXS_F64;
+    case mx::Dtype::Val::complex64: return MLXS_C64;
+  }
+  return -1;
+}
+
+mx::Shape to_shape(const int32_t* shape, size_t ndim) {
+  return mx::Shape(shape, shape + ndim);
+}
+
+std::vector<int> to_ints(const int* v, size_t n) {
+  return std::vector<int>(v, v + n);
+}
+
+std::optional<mx::array> opt(const mlxs_array* a) {
+  if (a == nullptr) {
+    return std::nullopt;
+  }
+  return a->a;
+}
+
+// Typed construction: MLX's iterator constructor converts element by element, so the
+// pointer must have the element type of the dtype.
+mx::array from_data(const void* data, mx::Shape shape, mx::Dtype dtype) {
+  switch (dtype.val()) {
+    case mx::Dtype::Val::bool_: return mx::array(static_cast<const bool*>(data), shape, dtype);
+    case mx::Dtype::Val::uint8: return mx::array(static_cast<const uint8_t*>(data), shape, dtype);
+    case mx::Dtype::Val::uint16: return mx::array(static_cast<const uint16_t*>(data), shape, dtype);
+    case mx::Dtype::Val::uint32: return mx::array(static_cast<const uint32_t*>(data), shape, dtype);
+    case mx::Dtype::Val::uint64: return mx::array(static_cast<const uint64_t*>(data), shape, dtype);
+    case mx::Dtype::Val::int8: return mx::array(static_cast<const int8_t*>(data), shape, dtype);
+    case mx::Dtype::Val::int16: return mx::array(static_cast<const int16_t*>(data), shape, dtype);
+    case mx::Dtype::Val::int32: return mx::array(static_cast<const int32_t*>(data), shape, dtype);
+    case mx::Dtype::Val::int64: return mx::array(static_cast<const int64_t*>(data), shape, dtype);
+    case mx::Dtype::Val::float16: return mx::array(static_cast<const mx::float16_t*>(data), shape, dtype);
+    case mx::Dtype::Val::bfloat16: return mx::array(static_cast<const mx::bfloat16_t*>(data), shape, dtype);
+    case mx::Dtype::Val::float32: return mx::array(static_cast<const float*>(data), shape, dtype);
+    case mx::Dtype::Val::float64: return mx::array(static_cast<const double*>(data), shape, dtype);
+    case mx::Dtype::Val::complex64: return mx::array(static_cast<const mx::complex64_t*>(data), shape, dtype);
+  }
+  throw std::invalid_argument("unsupported dtype");
+}
+
+mx::Device to_device(int type, int index) {
+  if (type == 0) {
+    return mx::Device(mx::Device::cpu, index);
+  }
+  if (type == 1) {
+    return mx::Device(mx::Device::gpu, index);
+  }
+  throw std::invalid_argument("unknown device type " + std::to_string(type));
+}
+
+}  // namespace
+
+extern "C" {
+
+// --- errors -------------------------------------------------------------------------------
+
+const char* mlxs_last_error(size_t* len) {
+  *len = last_error.size();
+  return last_error.data();
+}
+
+const char* mlxs_unary_name(int op) {
+  switch (op) {
+    case MLXS_NEGATIVE: return "negative";
+    case MLXS_EXP: return "exp";
+    case MLXS_LOG: return "log";
+    case MLXS_LOG1P: return "log1p";
+    case MLXS_SQRT: return "sqrt";
+    case MLXS_RSQRT: return "rsqrt";
+    case MLXS_SQUARE: return "square";
+    case MLXS_ABS: return "abs";
+    case MLXS_SIGN: return "sign";
+    case MLXS_SIN: return "sin";
+    case MLXS_COS: return "cos";
+    case MLXS_TANH: return "tanh";
+    case MLXS_SIGMOID: return "sigmoid";
+    case MLXS_ERF: return "erf";
+    case MLXS_FLOOR: return "floor";
+    case MLXS_CEIL: return "ceil";
+    case MLXS_ROUND: return "round";
+    case MLXS_RECIPROCAL: return "reciprocal";
+    case MLXS_LOGICAL_NOT: return "logical_not";
+    case MLXS_STOP_GRADIENT: return "stop_gradient";
+    case MLXS_CONTIGUOUS: return "contiguous";
+  }
+  return nullptr;
+}
+
+const char* mlxs_binary_name(int op) {
+  switch (op) {
+    case MLXS_ADD: return "add";
+    case MLXS_SUBTRACT: return "subtract";
+    case MLXS_MULTIPLY: return "multiply";
+    case MLXS_DIVIDE: return "divide";
+    case MLXS_REMAINDER: return "remainder";
+    case MLXS_POWER: return "power";
+    case MLXS_MAXIMUM: return "maximum";
+    case MLXS_MINIMUM: return "minimum";
+    case MLXS_EQUAL: return "equal";
+    case MLXS_NOT_EQUAL: return "not_equal";
+    case MLXS_LESS: return "less";
+    case MLXS_LESS_EQUAL: return "less_equal";
+    case MLXS_GREATER: return "greater";
+    case MLXS_GREATER_EQUAL: return "greater_equal";
+    case MLXS_LOGICAL_AND: return "logical_and";
+    case MLXS_LOGICAL_OR: return "logical_or";
+    case MLXS_MATMUL: return "matmul";
+  }
+  return nullptr;
+}
+
+const char* mlxs_reduce_name(int op) {
+  switch (op) {
+    case MLXS_SUM: return "sum";
+    case MLXS_MEAN: return "mean";
+    case MLXS_MAX: return "max";
+    case MLXS_MIN: return "min";
+    case MLXS_PROD: return "prod";
+    case MLXS_LOGSUMEXP: return "logsumexp";
+    case MLXS_ALL: return "all";
+    case MLXS_ANY: return "any";
+  }
+  return nullptr;
+}
+
+// --- array handles ------------------------------------------------------------------------
+
+void mlxs_array_free(mlxs_array* a) {
+  delete a;
+}
+
+mlxs_array* mlxs_array_clone(const mlxs_array* a) {
+  return new mlxs_array{a->a};
+}
+
+int mlxs_array_dtype(const mlxs_array* a) {
+  return from_dtype(a->a.dtype());
+}
+
+size_t mlxs_array_ndim(const mlxs_array* a) {
+  return a->a.ndim();
+}
+
+const int32_t* mlxs_array_shape(const mlxs_array* a) {
+  return a->a.shape().data();
+}
+
+size_t mlxs_array_size(const mlxs_array* a) {
+  return a->a.size();
+}
+
+size_t mlxs_array_nbytes(const mlxs_array* a) {
+  return a->a.nbytes();
+}
+
+int mlxs_array_is_evaluated(const mlxs_array* a) {
+  return a->a.status() != mx::array::Status::unscheduled ? 1 : 0;
+}
+
+int mlxs_array_read(const mlxs_array* a, void* dst, size_t nbytes) {
+  return guard([&] {
+    mx::array c = mx::contiguous(a->a);
+    c.eval();
+    if (c.nbytes() != nbytes) {
+      throw std::invalid_argument(
+          "read of " + std::to_string(nbytes) + " bytes from an array of " +
+          std::to_string(c.nbytes()) + " bytes");
+    }
+    if (nbytes > 0) {
+      std::memcpy(dst, c.data<void>(), nbytes);
+    }
+  });
+}
+
+int mlxs_array_to_string(const mlxs_array* a, const char** s, size_t* len) {
+  return guard([&] {
+    std::ostringstream os;
+    os << a->a;
+    text_buffer = os.str();
+    *s = text_buffer.data();
+    *len = text_buffer.size();
+  });
+}
+
+// --- creation -----------------------------------------------------------------------------
+
+int mlxs_array_from_data(
+    const void* data, const int32_t* shape, size_t ndim, int dtype, mlxs_array** out) {
+  return guard([&] { *out = wrap(from_data(data, to_shape(shape, ndim), to_dtype(dtype))); });
+}
+
+int mlxs_array_from_external(
+    void* data, const int32_t* shape, size_t ndim, int dtype, void (*release)(void*),
+    void* ctx, mlxs_array** out) {
+  return guard([&] {
+    auto deleter = [release, ctx](void*) { release(ctx); };
+    *out = wrap(mx::array(data, to_shape(shape, ndim), to_dtype(dtype), deleter));
+  });
+}
+
+int mlxs_full(const int32_t* shape, size_t ndim, const mlxs_array* value, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::full(to_shape(shape, ndim), value->a)); });
+}
+
+int mlxs_arange(double start, double stop, double step, int dtype, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::arange(start, stop, step, to_dtype(dtype))); });
+}
+
+int mlxs_linspace(double start, double stop, int num, int dtype, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::linspace(start, stop, num, to_dtype(dtype))); });
+}
+
+int mlxs_astype(const mlxs_array* a, int dtype, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::astype(a->a, to_dtype(dtype))); });
+}
+
+// --- vectors of arrays ----------------------------------------------------------------------
+
+mlxs_vec* mlxs_vec_new(void) {
+  return new mlxs_vec{};
+}
+
+void mlxs_vec_free(mlxs_vec* v) {
+  delete v;
+}
+
+size_t mlxs_vec_len(const mlxs_vec* v) {
+  return v->v.size();
+}
+
+void mlxs_vec_push(mlxs_vec* v, const mlxs_array* a) {
+  v->v.push_back(a->a);
+}
+
+mlxs_array* mlxs_vec_get(const mlxs_vec* v, size_t i) {
+  return wrap(v->v[i]);
+}
+
+// --- element-wise and reductions ----------------------------------------------------------
+
+int mlxs_unary(int op, const mlxs_array* a, mlxs_array** out) {
+  return guard([&] {
+    const mx::array& x = a->a;
+    switch (op) {
+      case MLXS_NEGATIVE: *out = wrap(mx::negative(x)); return;
+      case MLXS_EXP: *out = wrap(mx::exp(x)); return;
+      case MLXS_LOG: *out = wrap(mx::log(x)); return;
+      case MLXS_LOG1P: *out = wrap(mx::log1p(x)); return;
+      case MLXS_SQRT: *out = wrap(mx::sqrt(x)); return;
+      case MLXS_RSQRT: *out = wrap(mx::rsqrt(x)); return;
+      case MLXS_SQUARE: *out = wrap(mx::square(x)); return;
+      case MLXS_ABS: *out = wrap(mx::abs(x)); return;
+      case MLXS_SIGN: *out = wrap(mx::sign(x)); return;
+      case MLXS_SIN: *out = wrap(mx::sin(x)); return;
+      case MLXS_COS: *out = wrap(mx::cos(x)); return;
+      case MLXS_TANH: *out = wrap(mx::tanh(x)); return;
+      case MLXS_SIGMOID: *out = wrap(mx::sigmoid(x)); return;
+      case MLXS_ERF: *out = wrap(mx::erf(x)); return;
+      case MLXS_FLOOR: *out = wrap(mx::floor(x)); return;
+      case MLXS_CEIL: *out = wrap(mx::ceil(x)); return;
+      case MLXS_ROUND: *out = wrap(mx::round(x)); return;
+      case MLXS_RECIPROCAL: *out = wrap(mx::reciprocal(x)); return;
+      case MLXS_LOGICAL_NOT: *out = wrap(mx::logical_not(x)); return;
+      case MLXS_STOP_GRADIENT: *out = wrap(mx::stop_gradient(x)); return;
+      case MLXS_CONTIGUOUS: *out = wrap(mx::contiguous(x)); return;
+    }
+    throw std::invalid_argument("unknown unary op " + std::to_string(op));
+  });
+}
+
+int mlxs_binary(int op, const mlxs_array* a, const mlxs_array* b, mlxs_array** out) {
+  return guard([&] {
+    const mx::array& x = a->a;
+    const mx::array& y = b->a;
+    switch (op) {
+      case MLXS_ADD: *out = wrap(mx::add(x, y)); return;
+      case MLXS_SUBTRACT: *out = wrap(mx::subtract(x, y)); return;
+      case MLXS_MULTIPLY: *out = wrap(mx::multiply(x, y)); return;
+      case MLXS_DIVIDE: *out = wrap(mx::divide(x, y)); return;
+      case MLXS_REMAINDER: *out = wrap(mx::remainder(x, y)); return;
+      case MLXS_POWER: *out = wrap(mx::power(x, y)); return;
+      case MLXS_MAXIMUM: *out = wrap(mx::maximum(x, y)); return;
+      case MLXS_MINIMUM: *out = wrap(mx::minimum(x, y)); return;
+      case MLXS_EQUAL: *out = wrap(mx::equal(x, y)); return;
+      case MLXS_NOT_EQUAL: *out = wrap(mx::not_equal(x, y)); return;
+      case MLXS_LESS: *out = wrap(mx::less(x, y)); return;
+      case MLXS_LESS_EQUAL: *out = wrap(mx::less_equal(x, y)); return;
+      case MLXS_GREATER: *out = wrap(mx::greater(x, y)); return;
+      case MLXS_GREATER_EQUAL: *out = wrap(mx::greater_equal(x, y)); return;
+      case MLXS_LOGICAL_AND: *out = wrap(mx::logical_and(x, y)); return;
+      case MLXS_LOGICAL_OR: *out = wrap(mx::logical_or(x, y)); return;
+      case MLXS_MATMUL: *out = wrap(mx::matmul(x, y)); return;
+    }
+    throw std::invalid_argument("unknown binary op " + std::to_string(op));
+  });
+}
+
+int mlxs_reduce(
+    int op, const mlxs_array* a, const int* axes, size_t naxes, int keepdims,
+    mlxs_array** out) {
+  return guard([&] {
+    const mx::array& x = a->a;
+    std::vector<int> ax;
+    if (axes == nullptr) {
+      ax.resize(x.ndim());
+      for (int i = 0; i < static_cast<int>(x.ndim()); ++i) {
+        ax[i] = i;
+      }
+    } else {
+      ax = to_ints(axes, naxes);
+    }
+    bool keep = keepdims != 0;
+    switch (op) {
+      case MLXS_SUM: *out = wrap(mx::sum(x, ax, keep)); return;
+      case MLXS_MEAN: *out = wrap(mx::mean(x, ax, keep)); return;
+      case MLXS_MAX: *out = wrap(mx::max(x, ax, keep)); return;
+      case MLXS_MIN: *out = wrap(mx::min(x, ax, keep)); return;
+      case MLXS_PROD: *out = wrap(mx::prod(x, ax, keep)); return;
+      case MLXS_LOGSUMEXP: *out = wrap(mx::logsumexp(x, ax, keep)); return;
+      case MLXS_ALL: *out = wrap(mx::all(x, ax, keep)); return;
+      case MLXS_ANY: *out = wrap(mx::any(x, ax, keep)); return;
+    }
+    throw std::invalid_argument("unknown reduction " + std::to_string(op));
+  });
+}
+
+int mlxs_var(
+    const mlxs_array* a, const int* axes, size_t naxes, int keepdims, int ddof,
+    mlxs_array** out) {
+  return guard([&] {
+    if (axes == nullptr) {
+      *out = wrap(mx::var(a->a, keepdims != 0, ddof));
+    } else {
+      *out = wrap(mx::var(a->a, to_ints(axes, naxes), keepdims != 0, ddof));
+    }
+  });
+}
+
+int mlxs_argmax(const mlxs_array* a, int axis, int all_axes, int keepdims, mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(all_axes ? mx::argmax(a->a, keepdims != 0) : mx::argmax(a->a, axis, keepdims != 0));
+  });
+}
+
+int mlxs_argmin(const mlxs_array* a, int axis, int all_axes, int keepdims, mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(all_axes ? mx::argmin(a->a, keepdims != 0) : mx::argmin(a->a, axis, keepdims != 0));
+  });
+}
+
+int mlxs_softmax(
+    const mlxs_array* a, const int* axes, size_t naxes, int precise, mlxs_array** out) {
+  return guard([&] {
+    if (axes == nullptr) {
+      *out = wrap(mx::softmax(a->a, precise != 0));
+    } else {
+      *out = wrap(mx::softmax(a->a, to_ints(axes, naxes), precise != 0));
+    }
+  });
+}
+
+int mlxs_cumsum(const mlxs_array* a, int axis, int reverse, int inclusive, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::cumsum(a->a, axis, reverse != 0, inclusive != 0)); });
+}
+
+int mlxs_sort(const mlxs_array* a, int axis, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::sort(a->a, axis)); });
+}
+
+int mlxs_argsort(const mlxs_array* a, int axis, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::argsort(a->a, axis)); });
+}
+
+int mlxs_topk(const mlxs_array* a, int k, int axis, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::topk(a->a, k, axis)); });
+}
+
+int mlxs_where(
+    const mlxs_array* cond, const mlxs_array* a, const mlxs_array* b, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::where(cond->a, a->a, b->a)); });
+}
+
+int mlxs_clip(
+    const mlxs_array* a, const mlxs_array* lo, const mlxs_array* hi, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::clip(a->a, opt(lo), opt(hi))); });
+}
+
+// --- shapes and indexing --------------------------------------------------------------------
+
+int mlxs_reshape(const mlxs_array* a, const int32_t* shape, size_t ndim, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::reshape(a->a, to_shape(shape, ndim))); });
+}
+
+int mlxs_transpose(const mlxs_array* a, const int* axes, size_t naxes, mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(axes == nullptr ? mx::transpose(a->a) : mx::transpose(a->a, to_ints(axes, naxes)));
+  });
+}
+
+int mlxs_swapaxes(const mlxs_array* a, int axis1, int axis2, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::swapaxes(a->a, axis1, axis2)); });
+}
+
+int mlxs_expand_dims(const mlxs_array* a, const int* axes, size_t naxes, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::expand_dims(a->a, to_ints(axes, naxes))); });
+}
+
+int mlxs_squeeze(const mlxs_array* a, const int* axes, size_t naxes, mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(axes == nullptr ? mx::squeeze(a->a) : mx::squeeze(a->a, to_ints(axes, naxes)));
+  });
+}
+
+int mlxs_flatten(const mlxs_array* a, int start_axis, int end_axis, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::flatten(a->a, start_axis, end_axis)); });
+}
+
+int mlxs_broadcast_to(
+    const mlxs_array* a, const int32_t* shape, size_t ndim, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::broadcast_to(a->a, to_shape(shape, ndim))); });
+}
+
+int mlxs_tile(const mlxs_array* a, const int* reps, size_t nreps, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::tile(a->a, to_ints(reps, nreps))); });
+}
+
+int mlxs_concatenate(const mlxs_vec* arrays, int axis, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::concatenate(arrays->v, axis)); });
+}
+
+int mlxs_stack(const mlxs_vec* arrays, int axis, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::stack(arrays->v, axis)); });
+}
+
+int mlxs_split_sections(const mlxs_array* a, int sections, int axis, mlxs_vec** out) {
+  return guard([&] { *out = new mlxs_vec{mx::split(a->a, sections, axis)}; });
+}
+
+int mlxs_split_indices(
+    const mlxs_array* a, const int32_t* indices, size_t n, int axis, mlxs_vec** out) {
+  return guard([&] { *out = new mlxs_vec{mx::split(a->a, to_shape(indices, n), axis)}; });
+}
+
+int mlxs_slice(
+    const mlxs_array* a, const int32_t* start, const int32_t* stop, const int32_t* strides,
+    size_t ndim, mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(mx::slice(
+        a->a, to_shape(start, ndim), to_shape(stop, ndim), to_shape(strides, ndim)));
+  });
+}
+
+int mlxs_slice_update(
+    const mlxs_array* src, const mlxs_array* update, const int32_t* start,
+    const int32_t* stop, const int32_t* strides, size_t ndim, mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(mx::slice_update(
+        src->a, update->a, to_shape(start, ndim), to_shape(stop, ndim),
+        to_shape(strides, ndim)));
+  });
+}
+
+int mlxs_take(
+    const mlxs_array* a, const mlxs_array* indices, int axis, int all_axes, mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(all_axes ? mx::take(a->a, indices->a) : mx::take(a->a, indices->a, axis));
+  });
+}
+
+int mlxs_take_along_axis(
+    const mlxs_array* a, const mlxs_array* indices, int axis, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::take_along_axis(a->a, indices->a, axis)); });
+}
+
+int mlxs_pad(
+    const mlxs_array* a, const int* axes, const int32_t* low, const int32_t* high, size_t n,
+    const mlxs_array* value, const char* mode, mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(mx::pad(
+        a->a, to_ints(axes, n), to_shape(low, n), to_shape(high, n), value->a,
+        std::string(mode)));
+  });
+}
+
+// --- linear algebra and convolution ---------------------------------------------------------
+
+int mlxs_addmm(
+    const mlxs_array* c, const mlxs_array* a, const mlxs_array* b, float alpha, float beta,
+    mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::addmm(c->a, a->a, b->a, alpha, beta)); });
+}
+
+int mlxs_conv2d(
+    const mlxs_array* input, const mlxs_array* weight, int stride_h, int stride_w,
+    int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(mx::conv2d(
+        input->a, weight->a, {stride_h, stride_w}, {pad_h, pad_w}, {dilation_h, dilation_w},
+        groups));
+  });
+}
+
+// --- fast ops -------------------------------------------------------------------------------
+
+int mlxs_rms_norm(const mlxs_array* x, const mlxs_array* weight, float eps, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::fast::rms_norm(x->a, opt(weight), eps)); });
+}
+
+int mlxs_layer_norm(
+    const mlxs_array* x, const mlxs_array* weight, const mlxs_array* bias, float eps,
+    mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::fast::layer_norm(x->a, opt(weight), opt(bias), eps)); });
+}
+
+int mlxs_rope(
+    const mlxs_array* x, int dims, int traditional, int has_base, float base, float scale,
+    int offset, const mlxs_array* freqs, mlxs_array** out) {
+  return guard([&] {
+    std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
+    *out = wrap(mx::fast::rope(x->a, dims, traditional != 0, b, scale, offset, opt(freqs)));
+  });
+}
+
+int mlxs_sdpa(
+    const mlxs_array* q, const mlxs_array* k, const mlxs_array* v, float scale,
+    const char* mask_mode, const mlxs_array* mask, mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(mx::fast::scaled_dot_product_attention(
+        q->a, k->a, v->a, scale, std::string(mask_mode), opt(mask)));
+  });
+}
+
+// --- quantization ---------------------------------------------------------------------------
+
+int mlxs_quantize(const mlxs_array* w, int group_size, int bits, const char* mode, mlxs_vec** out) {
+  return guard([&] { *out = new mlxs_vec{mx::quantize(w->a, group_size, bits, std::string(mode))}; });
+}
+
+int mlxs_dequantize(
+    const mlxs_array* w, const mlxs_array* scales, const mlxs_array* biases, int group_size,
+    int bits, const char* mode, int dtype, mlxs_array** out) {
+  return guard([&] {
+    std::optional<mx::Dtype> d = dtype < 0 ? std::nullopt : std::optional(to_dtype(dtype));
+    *out = wrap(mx::dequantize(
+        w->a, scales->a, opt(biases), group_size, bits, std::string(mode), std::nullopt, d));
+  });
+}
+
+int mlxs_quantized_matmul(
+    const mlxs_array* x, const mlxs_array* w, const mlxs_array* scales,
+    const mlxs_array* biases, int transpose, int group_size, int bits, const char* mode,
+    mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(mx::quantized_matmul(
+        x->a, w->a, scales->a, opt(biases), transpose != 0, group_size, bits,
+        std::string(mode)));
+  });
+}
+
+// --- random ---------------------------------------------------------------------------------
+
+int mlxs_random_key(uint64_t seed, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::random::key(seed)); });
+}
+
+int mlxs_random_split(const mlxs_array* key, int num, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::random::split(key->a, num)); });
+}
+
+int mlxs_random_normal(
+    const int32_t* shape, size_t ndim, int dtype, float loc, float scale,
+    const mlxs_array* key, mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(mx::random::normal(to_shape(shape, ndim), to_dtype(dtype), loc, scale, opt(key)));
+  });
+}
+
+int mlxs_random_uniform(
+    const mlxs_array* low, const mlxs_array* high, const int32_t* shape, size_t ndim,
+    int dtype, const mlxs_array* key, mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(mx::random::uniform(
+        low->a, high->a, to_shape(shape, ndim), to_dtype(dtype), opt(key)));
+  });
+}
+
+// --- evaluation and devices -----------------------------------------------------------------
+
+int mlxs_eval(const mlxs_vec* arrays) {
+  return guard([&] { mx::eval(arrays->v); });
+}
+
+int mlxs_async_eval(const mlxs_vec* arrays) {
+  return guard([&] { mx::async_eval(arrays->v); });
+}
+
+int mlxs_synchronize(void) {
+  return guard([&] { mx::synchronize(); });
+}
+
+int mlxs_default_device(int* type, int* index) {
+  return guard([&] {
+    const mx::Device& d = mx::default_device();
+    *type = d.type == mx::Device::gpu ? 1 : 0;
+    *index = d.index;
+  });
+}
+
+int mlxs_set_default_device(int type, int index) {
+  return guard([&] { mx::set_default_device(to_device(type, index)); });
+}
+
+int mlxs_device_available(int type, int index, int* available) {
+  return guard([&] { *available = mx::is_available(to_device(type, index)) ? 1 : 0; });
+}
+
+// --- memory ---------------------------------------------------------------------------------
+
+int mlxs_active_memory(size_t* out) {
+  return guard([&] { *out = mx::get_active_memory(); });
+}
+
+int mlxs_peak_memory(size_t* out) {
+  return guard([&] { *out = mx::get_peak_memory(); });
+}
+
+int mlxs_reset_peak_memory(void) {
+  return guard([&] { mx::reset_peak_memory(); });
+}
+
+int mlxs_cache_memory(size_t* out) {
+  return guard([&] { *out = mx::get_cache_memory(); });
+}
+
+int mlxs_clear_cache(void) {
+  return guard([&] { mx::clear_cache(); });
+}
+
+int mlxs_memory_limit(size_t* out) {
+  return guard([&] { *out = mx::get_memory_limit(); });
+}
+
+int mlxs_set_memory_limit(size_t limit, size_t* previous) {
+  return guard([&] { *previous = mx::set_memory_limit(limit); });
+}
+
+int mlxs_set_cache_limit(size_t limit, size_t* previous) {
+  return guard([&] { *previous = mx::set_cache_limit(limit); });
+}
+
+int mlxs_set_wired_limit(size_t limit, size_t* previous) {
+  return guard([&] { *previous = mx::set_wired_limit(limit); });
+}
+
+// --- version --------------------------------------------------------------------------------
+
+const char* mlxs_version(void) {
+  return mx::version();
+}
+
+const char* mlxs_blas(void) {
+#ifdef MLXS_OPENBLAS
+  return openblas_get_config();
+#else
+  return "MLX's bundled reference BLAS";
+#endif
+}
+
+}  // extern "C"

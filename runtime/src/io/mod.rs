@@ -1,0 +1,7 @@
+//! Reading and writing arrays: safetensors files and sharded checkpoints.
+
+mod checkpoint;
+mod safetensors;
+
+pub use self::checkpoint::{load_checkpoint, Checkpoint};
+pub use self::safetensors::{load_safetensors, save_safetensors, Safetensors};

@@ -1,0 +1,80 @@
+//! The runtime of the `mlx` crate: MLX arrays, ops, evaluation, devices, memory and IO,
+//! bound through a small C++ shim over MLX's C++ API.
+//!
+//! # Arrays are lazy
+//!
+//! Ops on [`Array`]s build a graph; nothing is computed until data is needed
+//! ([`Array::to_vec`], [`Array::item`], printing) or [`eval`] is called:
+//!
+//! ```
+//! use mlx_runtime::{Array, Dtype};
+//!
+//! let x = Array::from_slice(&[1.0f32, 2.0, 3.0, 4.0], &[2, 2]);
+//! let y = (&x * 2.0 + 1.0).sum(-1, false);
+//! assert_eq!(y.to_vec::<f32>().unwrap(), vec![7.0, 15.0]);
+//! # let _ = Dtype::F32;
+//! ```
+//!
+//! # Errors read like math
+//!
+//! An op that MLX rejects yields a failed array instead of panicking; everything built on
+//! it fails the same way, and the error (op, operand shapes and dtypes, the line that
+//! asked for it) comes out as `Err` where data is read:
+//!
+//! ```
+//! use mlx_runtime::Array;
+//!
+//! let a = Array::zeros(&[2, 3], mlx_runtime::Dtype::F32);
+//! let b = Array::zeros(&[4, 5], mlx_runtime::Dtype::F32);
+//! let c = a.matmul(&b).exp() + 1.0; // no `?` needed on each line
+//! let err = c.to_vec::<f32>().unwrap_err().to_string();
+//! assert!(err.contains("matmul(float32[2, 3], float32[4, 5])"), "{err}");
+//! ```
+
+pub mod fast;
+pub mod io;
+pub mod memory;
+pub mod ops;
+pub mod random;
+
+mod array;
+mod array_list;
+mod creation;
+mod dtype;
+mod error;
+mod eval;
+mod sys;
+
+pub use array::Array;
+pub use creation::Scalar;
+pub use dtype::{Dtype, Element};
+pub use error::{Error, Result};
+pub use eval::{async_eval, default_device, eval, set_default_device, synchronize, Device};
+pub use ops::{concatenate, stack, where_, Axes, ALL};
+
+/// The MLX library this crate runs on.
+#[derive(Clone, Debug)]
+pub struct BuildInfo {
+    /// MLX's version string, as the library reports it.
+    pub mlx_version: String,
+    /// Where the build found MLX (`MLX_DIR`, the Python mlx package, the pinned wheel).
+    pub origin: &'static str,
+    /// The directory of `libmlx`.
+    pub lib_dir: &'static str,
+    /// The BLAS behind float32 matmul on the CPU (OpenBLAS's own description when linked).
+    pub blas: String,
+}
+
+/// Which MLX this binary runs on, and where it came from.
+pub fn build_info() -> BuildInfo {
+    // SAFETY: the shim returns MLX's static NUL-terminated version string.
+    let version = unsafe { std::ffi::CStr::from_ptr(sys::mlxs_version()) };
+    // SAFETY: the shim returns a static NUL-terminated description.
+    let blas = unsafe { std::ffi::CStr::from_ptr(sys::mlxs_blas()) };
+    BuildInfo {
+        mlx_version: version.to_string_lossy().into_owned(),
+        origin: env!("MLX_RS_ORIGIN"),
+        lib_dir: env!("MLX_RS_LIBDIR"),
+        blas: blas.to_string_lossy().trim().to_string(),
+    }
+}
