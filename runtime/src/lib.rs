@@ -11,7 +11,7 @@
 //!
 //! let x = Array::from_slice(&[1.0f32, 2.0, 3.0, 4.0], &[2, 2]);
 //! let y = (&x * 2.0 + 1.0).sum(-1, false);
-//! assert_eq!(y.to_vec::<f32>().unwrap(), vec![7.0, 15.0]);
+//! assert_eq!(y.to_vec::<f32>().unwrap(), vec![8.0, 16.0]);
 //! # let _ = Dtype::F32;
 //! ```
 //!
