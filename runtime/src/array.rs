@@ -189,8 +189,12 @@ impl Array {
     /// no pending graph hangs off this array.
     pub fn is_evaluated(&self) -> bool {
         match self.raw() {
-            // SAFETY: live handle.
-            Ok(ptr) => unsafe { sys::mlxs_array_is_evaluated(ptr) != 0 },
+            Ok(ptr) => {
+                // Evaluation on another thread writes the status this reads.
+                let _guard = crate::eval::lock();
+                // SAFETY: live handle.
+                unsafe { sys::mlxs_array_is_evaluated(ptr) != 0 }
+            }
             Err(_) => false,
         }
     }
