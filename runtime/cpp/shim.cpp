@@ -34,9 +34,32 @@ namespace {
 thread_local std::string last_error;
 thread_local std::string text_buffer;
 
+// MLX gives each thread its own default streams, whose command encoders only that thread
+// can use: an array built on one thread could not be evaluated on another ("There is no
+// Stream(cpu, 0) in current thread"). The runtime serializes evaluation process-wide
+// instead, so every thread builds on one process-wide stream per device.
+void use_process_wide_streams() {
+  thread_local bool done = false;
+  if (done) {
+    return;
+  }
+  static const std::vector<mx::Stream> streams = [] {
+    std::vector<mx::Stream> s{mx::new_thread_unsafe_stream(mx::Device::cpu)};
+    if (mx::is_available(mx::Device::gpu)) {
+      s.push_back(mx::new_thread_unsafe_stream(mx::Device::gpu));
+    }
+    return s;
+  }();
+  for (const auto& s : streams) {
+    mx::set_default_stream(s);
+  }
+  done = true;
+}
+
 template <class F>
 int guard(F&& f) noexcept {
   try {
+    use_process_wide_streams();
     f();
     return 0;
   } catch (const std::exception& e) {

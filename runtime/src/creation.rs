@@ -88,7 +88,7 @@ impl Array {
         if shape.iter().any(|&d| d < 0) || expected != data.len() as i64 {
             return Array::failed(Error::Op {
                 op: "from_slice",
-                operands: format!("{} values", data.len()),
+                operands: format!("{}[{}]", T::DTYPE, data.len()),
                 message: format!("{} values do not fill shape {shape:?}", data.len()),
                 location: Location::caller(),
             });

@@ -26,7 +26,9 @@ pub fn active_memory() -> usize {
 
 /// The most bytes active at once since the process started or [`reset_peak_memory`].
 pub fn peak_memory() -> usize {
-    read(sys::mlxs_peak_memory)
+    // MLX's reset sets its peak to zero, not to what is active; the peak since then is at
+    // least what is active now.
+    read(sys::mlxs_peak_memory).max(active_memory())
 }
 
 /// Bytes freed by arrays and kept by the allocator for reuse.
