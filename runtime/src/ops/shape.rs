@@ -14,19 +14,13 @@ impl Array {
     /// The same elements in a new shape; one dimension may be `-1` (inferred).
     #[track_caller]
     pub fn reshape(&self, shape: &[i32]) -> Array {
-        op("reshape", &[Some(self)], |r, out| {
-            // SAFETY: live handle, `shape.len()` dims.
-            unsafe { sys::mlxs_reshape(r[0], shape.as_ptr(), shape.len(), out) }
-        })
+        with_ints(self, "reshape", shape, sys::mlxs_reshape)
     }
 
     /// Axes reordered: output axis `i` is input axis `axes[i]`.
     #[track_caller]
     pub fn transpose(&self, axes: &[i32]) -> Array {
-        op("transpose", &[Some(self)], |r, out| {
-            // SAFETY: live handle, `axes.len()` axes.
-            unsafe { sys::mlxs_transpose(r[0], axes.as_ptr(), axes.len(), out) }
-        })
+        with_ints(self, "transpose", axes, sys::mlxs_transpose)
     }
 
     /// Axes in reverse order (the matrix transpose for 2-D arrays).
@@ -55,10 +49,7 @@ impl Array {
         let Some(axes) = axes.as_slice(&mut slot) else {
             return invalid("expand_dims", &[self], "needs explicit axes, not ALL");
         };
-        op("expand_dims", &[Some(self)], |r, out| {
-            // SAFETY: live handle, `axes.len()` axes.
-            unsafe { sys::mlxs_expand_dims(r[0], axes.as_ptr(), axes.len(), out) }
-        })
+        with_ints(self, "expand_dims", axes, sys::mlxs_expand_dims)
     }
 
     /// Axes of size 1 removed: the given ones, or all of them with [`ALL`](crate::ops::ALL).
@@ -86,19 +77,13 @@ impl Array {
     /// The array broadcast to `shape` (a view, no copy).
     #[track_caller]
     pub fn broadcast_to(&self, shape: &[i32]) -> Array {
-        op("broadcast_to", &[Some(self)], |r, out| {
-            // SAFETY: live handle, `shape.len()` dims.
-            unsafe { sys::mlxs_broadcast_to(r[0], shape.as_ptr(), shape.len(), out) }
-        })
+        with_ints(self, "broadcast_to", shape, sys::mlxs_broadcast_to)
     }
 
     /// The array repeated `reps[i]` times along axis `i`.
     #[track_caller]
     pub fn tile(&self, reps: &[i32]) -> Array {
-        op("tile", &[Some(self)], |r, out| {
-            // SAFETY: live handle, `reps.len()` counts.
-            unsafe { sys::mlxs_tile(r[0], reps.as_ptr(), reps.len(), out) }
-        })
+        with_ints(self, "tile", reps, sys::mlxs_tile)
     }
 
     /// `sections` equal parts along `axis`.
@@ -249,6 +234,22 @@ impl Array {
             }
         })
     }
+}
+
+/// The signature shared by the shim's ops that take one array and a list of ints.
+type IntsOp = unsafe extern "C" fn(
+    *const sys::mlxs_array,
+    *const i32,
+    usize,
+    *mut *mut sys::mlxs_array,
+) -> i32;
+
+#[track_caller]
+fn with_ints(x: &Array, name: &'static str, ints: &[i32], call: IntsOp) -> Array {
+    op(name, &[Some(x)], |r, out| {
+        // SAFETY: live handle; `ints.len()` ints.
+        unsafe { call(r[0], ints.as_ptr(), ints.len(), out) }
+    })
 }
 
 /// The arrays joined along an existing `axis`.
