@@ -5,12 +5,16 @@
 
 #include <cstring>
 #include <exception>
+#include <functional>
+#include <memory>
+#include <unordered_map>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "mlx/mlx.h"
+#include "mlx/primitives.h"
 #include "mlx/version.h"
 
 namespace mx = mlx::core;
@@ -27,6 +31,10 @@ struct mlxs_array {
 
 struct mlxs_vec {
   std::vector<mx::array> v;
+};
+
+struct mlxs_closure {
+  std::function<std::vector<mx::array>(const std::vector<mx::array>&)> f;
 };
 
 namespace {
@@ -694,6 +702,90 @@ int mlxs_random_uniform(
   return guard([&] {
     *out = wrap(mx::random::uniform(
         low->a, high->a, to_shape(shape, ndim), to_dtype(dtype), opt(key)));
+  });
+}
+
+// --- compiled functions -------------------------------------------------------------------
+
+int mlxs_compile(
+    mlxs_trace_fn trace, void* ctx, void (*release)(void*), int shapeless, mlxs_closure** out) {
+  // Owns the context from here on, even if compile throws.
+  std::shared_ptr<void> owner(ctx, release);
+  return guard([&] {
+    auto fun = [trace, owner](const std::vector<mx::array>& inputs) {
+      mlxs_vec in{inputs};
+      mlxs_vec outputs;
+      if (trace(owner.get(), &in, &outputs) != 0) {
+        throw std::runtime_error("the traced function failed");
+      }
+      return std::move(outputs.v);
+    };
+    *out = new mlxs_closure{mx::compile(std::move(fun), shapeless != 0)};
+  });
+}
+
+int mlxs_closure_call(const mlxs_closure* f, const mlxs_vec* inputs, mlxs_vec** outputs) {
+  return guard([&] { *outputs = new mlxs_vec{f->f(inputs->v)}; });
+}
+
+void mlxs_closure_free(mlxs_closure* f) {
+  delete f;
+}
+
+int mlxs_graph_dump(const mlxs_vec* outputs, const char** s, size_t* len) {
+  return guard([&] {
+    // Nodes are numbered in the order a depth-first walk from the outputs completes them
+    // (inputs before their users), so the same graph dumps the same whatever the
+    // addresses. The walk keeps its own stack: graphs can be far deeper than the C stack.
+    std::unordered_map<std::uintptr_t, int> number;
+    std::ostringstream os;
+    auto line = [&](const mx::array& a) {
+      int n = static_cast<int>(number.size());
+      number[a.id()] = n;
+      os << "%" << n << " = ";
+      if (a.has_primitive()) {
+        os << a.primitive().name() << "(";
+        const auto& inputs = a.inputs();
+        for (size_t i = 0; i < inputs.size(); ++i) {
+          os << (i ? ", %" : "%") << number.at(inputs[i].id());
+        }
+        os << ")";
+      } else {
+        os << "input";
+      }
+      os << " : " << a.dtype() << "[";
+      for (size_t i = 0; i < a.shape().size(); ++i) {
+        os << (i ? ", " : "") << a.shape()[i];
+      }
+      os << "]\n";
+    };
+    for (const auto& out : outputs->v) {
+      // (node, index of the next input to visit)
+      std::vector<std::pair<mx::array, size_t>> stack{{out, 0}};
+      while (!stack.empty()) {
+        auto& [a, next] = stack.back();
+        if (number.count(a.id())) {
+          stack.pop_back();
+          continue;
+        }
+        const auto* inputs = a.has_primitive() ? &a.inputs() : nullptr;
+        if (inputs && next < inputs->size()) {
+          mx::array input = (*inputs)[next++];
+          stack.emplace_back(std::move(input), 0);
+        } else {
+          line(a);
+          stack.pop_back();
+        }
+      }
+    }
+    os << "return";
+    for (size_t i = 0; i < outputs->v.size(); ++i) {
+      os << (i ? ", %" : " %") << number.at(outputs->v[i].id());
+    }
+    os << "\n";
+    text_buffer = os.str();
+    *s = text_buffer.data();
+    *len = text_buffer.size();
   });
 }
 

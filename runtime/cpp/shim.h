@@ -21,6 +21,11 @@ extern "C" {
 
 typedef struct mlxs_array mlxs_array;
 typedef struct mlxs_vec mlxs_vec;
+typedef struct mlxs_closure mlxs_closure;
+
+// A function MLX traces: reads `inputs`, pushes its results onto `outputs`, returns 0; or
+// returns non-zero (its caller keeps the reason). It must not unwind.
+typedef int (*mlxs_trace_fn)(void* ctx, const mlxs_vec* inputs, mlxs_vec* outputs);
 
 enum mlxs_dtype {
   MLXS_BOOL = 0,
@@ -253,6 +258,20 @@ int mlxs_random_normal(
 int mlxs_random_uniform(
     const mlxs_array* low, const mlxs_array* high, const int32_t* shape, size_t ndim,
     int dtype, const mlxs_array* key, mlxs_array** out);
+
+// --- compiled functions -------------------------------------------------------------------
+
+// Compiles `trace`: MLX calls it with tracer inputs the first time it sees each input
+// signature (shapes unless `shapeless`, dtypes, ndims) and replays the recorded graph after.
+// `release(ctx)` runs once the compiled function and MLX's cache entry for it are gone.
+int mlxs_compile(
+    mlxs_trace_fn trace, void* ctx, void (*release)(void*), int shapeless, mlxs_closure** out);
+int mlxs_closure_call(const mlxs_closure* f, const mlxs_vec* inputs, mlxs_vec** outputs);
+void mlxs_closure_free(mlxs_closure* f);
+
+// A text dump of the graph that computes `outputs`: one line per node, inputs first.
+// The string lives until the next call on this thread.
+int mlxs_graph_dump(const mlxs_vec* outputs, const char** s, size_t* len);
 
 // --- evaluation and devices -----------------------------------------------------------------
 

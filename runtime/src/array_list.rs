@@ -44,15 +44,23 @@ impl ArrayList {
         self.0.as_ptr()
     }
 
-    pub(crate) fn into_arrays(self) -> Vec<Array> {
-        // SAFETY: live vector; every index below its length is valid, and each `get`
-        // returns a new handle we own.
+    /// New handles to the arrays of a vector the shim lends us.
+    ///
+    /// # Safety
+    /// `list` is a live vector for the duration of the call.
+    pub(crate) unsafe fn copy_from(list: *const mlxs_vec) -> Vec<Array> {
+        // SAFETY: per the contract; each `get` returns a new handle we own.
         unsafe {
-            let len = sys::mlxs_vec_len(self.0.as_ptr());
+            let len = sys::mlxs_vec_len(list);
             (0..len)
-                .map(|i| Array::from_raw(sys::mlxs_vec_get(self.0.as_ptr(), i)))
+                .map(|i| Array::from_raw(sys::mlxs_vec_get(list, i)))
                 .collect()
         }
+    }
+
+    pub(crate) fn into_arrays(self) -> Vec<Array> {
+        // SAFETY: we own the live vector until `self` drops, after the copies.
+        unsafe { Self::copy_from(self.0.as_ptr()) }
     }
 }
 

@@ -31,6 +31,7 @@
 //! assert!(err.contains("matmul(float32[2, 3], float32[4, 5])"), "{err}");
 //! ```
 
+pub mod compile;
 pub mod fast;
 pub mod io;
 pub mod memory;
@@ -43,13 +44,16 @@ mod creation;
 mod dtype;
 mod error;
 mod eval;
+mod graph_dump;
 mod sys;
 
 pub use array::Array;
+pub use compile::Compiled;
 pub use creation::Scalar;
 pub use dtype::{Dtype, Element};
 pub use error::{Error, Result};
 pub use eval::{async_eval, default_device, eval, set_default_device, synchronize, Device};
+pub use graph_dump::dump_graph;
 pub use ops::{concatenate, stack, where_, Axes, ALL};
 
 /// The MLX library this crate runs on.

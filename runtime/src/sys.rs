@@ -15,6 +15,13 @@ pub struct mlxs_vec {
     _private: [u8; 0],
 }
 
+#[repr(C)]
+pub struct mlxs_closure {
+    _private: [u8; 0],
+}
+
+pub type TraceFn = unsafe extern "C" fn(*mut c_void, *const mlxs_vec, *mut mlxs_vec) -> c_int;
+
 /// Op codes of `mlxs_unary` (enum `mlxs_unary_op` in the header, same order).
 #[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -441,6 +448,25 @@ extern "C" {
         dtype: c_int,
         key: *const mlxs_array,
         out: *mut *mut mlxs_array,
+    ) -> c_int;
+
+    pub fn mlxs_compile(
+        trace: TraceFn,
+        ctx: *mut c_void,
+        release: Release,
+        shapeless: c_int,
+        out: *mut *mut mlxs_closure,
+    ) -> c_int;
+    pub fn mlxs_closure_call(
+        f: *const mlxs_closure,
+        inputs: *const mlxs_vec,
+        outputs: *mut *mut mlxs_vec,
+    ) -> c_int;
+    pub fn mlxs_closure_free(f: *mut mlxs_closure);
+    pub fn mlxs_graph_dump(
+        outputs: *const mlxs_vec,
+        s: *mut *const c_char,
+        len: *mut usize,
     ) -> c_int;
 
     pub fn mlxs_eval(arrays: *const mlxs_vec) -> c_int;

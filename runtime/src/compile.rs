@@ -1,0 +1,272 @@
+//! Compiled functions: MLX traces a function of arrays once per input signature and
+//! replays the recorded (simplified, fused) graph on later calls.
+//!
+//! [`Compiled`] is the runtime half of `#[mlx::graph]`. Its body is called with *tracers*:
+//! arrays that stand for the inputs while MLX records the graph. A tracer has a shape and a
+//! dtype but no data, so the body must not read data (`item`, `to_vec`, `eval`); arrays it
+//! creates belong to MLX's trace, and [`is_tracing`] tells code (such as the memory
+//! scoping of step loops) not to track them.
+//!
+//! MLX keys its cache on the inputs' shapes (unless shapeless), ndims and dtypes. Anything
+//! else the body depends on must be fixed when the `Compiled` is made: one `Compiled` per
+//! value of such static arguments.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe, Location};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use crate::array_list::ArrayList;
+use crate::error::last_error;
+use crate::sys::{self, mlxs_closure, mlxs_vec};
+use crate::{Array, Error, Result};
+
+/// The function a [`Compiled`] traces.
+pub type Body = dyn Fn(&[Array]) -> Result<Vec<Array>> + Send + Sync;
+
+/// A function compiled by MLX (or run eagerly, see [`set_eager`]).
+pub struct Compiled {
+    closure: NonNull<mlxs_closure>,
+    body: Arc<Body>,
+    traces: Arc<AtomicU64>,
+}
+
+// SAFETY: the closure is an immutable `std::function` over MLX's compile cache, which MLX
+// guards (its entries are per thread or behind a lock); the body is `Send + Sync`.
+unsafe impl Send for Compiled {}
+// SAFETY: as above; `call` takes `&self` and only reads the closure.
+unsafe impl Sync for Compiled {}
+
+impl Drop for Compiled {
+    fn drop(&mut self) {
+        // SAFETY: we own the closure and free it once; MLX then drops its cache entries and
+        // releases the trace context.
+        unsafe { sys::mlxs_closure_free(self.closure.as_ptr()) }
+    }
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("traces", &self.trace_count())
+            .finish_non_exhaustive()
+    }
+}
+
+struct TraceContext {
+    body: Arc<Body>,
+    traces: Arc<AtomicU64>,
+}
+
+impl Compiled {
+    /// Compiles `body`. With `shapeless`, one trace serves inputs of any shape with the
+    /// same ndims and dtypes (the body must then not depend on the shapes).
+    #[track_caller]
+    pub fn new(
+        shapeless: bool,
+        body: impl Fn(&[Array]) -> Result<Vec<Array>> + Send + Sync + 'static,
+    ) -> Result<Compiled> {
+        let body: Arc<Body> = Arc::new(body);
+        let traces = Arc::new(AtomicU64::new(0));
+        let context = Box::into_raw(Box::new(TraceContext {
+            body: Arc::clone(&body),
+            traces: Arc::clone(&traces),
+        }));
+        let mut closure = ptr::null_mut();
+        // SAFETY: `trace` and `release` match the shim's contract for `context`, which the
+        // shim owns from here on (it releases it even when compiling fails).
+        let status = unsafe {
+            sys::mlxs_compile(
+                trace,
+                context.cast(),
+                release,
+                c_int::from(shapeless),
+                &mut closure,
+            )
+        };
+        match NonNull::new(closure) {
+            Some(closure) if status == 0 => Ok(Compiled {
+                closure,
+                body,
+                traces,
+            }),
+            _ => Err(Error::Runtime {
+                op: "compile",
+                message: last_error(),
+                location: Location::caller(),
+            }),
+        }
+    }
+
+    /// Runs the function: replays the graph recorded for these inputs' signature, tracing
+    /// the body first if the signature is new. In eager mode, runs the body directly.
+    ///
+    /// A failed input, an error or failed output of the body, or a panic in the body comes
+    /// back as `Err`.
+    #[track_caller]
+    pub fn call(&self, inputs: &[&Array]) -> Result<Vec<Array>> {
+        let location = Location::caller();
+        let list = ArrayList::of(inputs.iter().copied()).map_err(|e| Error::clone(&e))?;
+        if is_eager() {
+            let owned: Vec<Array> = inputs.iter().map(|&a| a.clone()).collect();
+            let outputs = (self.body)(&owned)?;
+            return match outputs.iter().find_map(|a| a.error()) {
+                Some(error) => Err(error.clone()),
+                None => Ok(outputs),
+            };
+        }
+        let mut out = ptr::null_mut();
+        TRACE_ERROR.with(|e| e.borrow_mut().take());
+        // SAFETY: live closure and list; on success the shim hands us a new vector we own.
+        let status =
+            unsafe { sys::mlxs_closure_call(self.closure.as_ptr(), list.as_ptr(), &mut out) };
+        match NonNull::new(out) {
+            Some(list) if status == 0 => Ok(ArrayList::from_raw(list).into_arrays()),
+            _ => Err(TRACE_ERROR
+                .with(|e| e.borrow_mut().take())
+                .unwrap_or_else(|| Error::Runtime {
+                    op: "compiled call",
+                    message: last_error(),
+                    location,
+                })),
+        }
+    }
+
+    /// How many times MLX has traced this function.
+    pub fn trace_count(&self) -> u64 {
+        self.traces.load(Ordering::Relaxed)
+    }
+}
+
+/// Traces by every [`Compiled`] of the process so far.
+pub fn trace_count() -> u64 {
+    TRACES.load(Ordering::Relaxed)
+}
+
+static TRACES: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Depth of traces running on this thread (a traced body may call compiled functions).
+    static TRACING: Cell<u32> = const { Cell::new(0) };
+    /// Why the last trace on this thread failed, in full, for `call` to return.
+    static TRACE_ERROR: RefCell<Option<Error>> = const { RefCell::new(None) };
+}
+
+/// Whether this thread is inside a traced body: arrays created now are MLX's tracers.
+pub fn is_tracing() -> bool {
+    TRACING.with(|t| t.get() > 0)
+}
+
+struct Tracing;
+
+impl Tracing {
+    fn enter() -> Tracing {
+        TRACING.with(|t| t.set(t.get() + 1));
+        Tracing
+    }
+}
+
+impl Drop for Tracing {
+    fn drop(&mut self) {
+        TRACING.with(|t| t.set(t.get() - 1));
+    }
+}
+
+const MODE_UNSET: u8 = 0;
+const MODE_COMPILED: u8 = 1;
+const MODE_EAGER: u8 = 2;
+static MODE: AtomicU8 = AtomicU8::new(MODE_UNSET);
+
+/// Makes every [`Compiled`] run its body directly (`true`) or compile again (`false`), for
+/// debugging: eager bodies see real arrays, so printing and reading data work inside them.
+/// The environment variable `MLX_RS_EAGER=1` sets the starting mode.
+pub fn set_eager(eager: bool) {
+    MODE.store(
+        if eager { MODE_EAGER } else { MODE_COMPILED },
+        Ordering::Relaxed,
+    );
+}
+
+/// Whether compiled functions run eagerly (see [`set_eager`]).
+pub fn is_eager() -> bool {
+    match MODE.load(Ordering::Relaxed) {
+        MODE_EAGER => true,
+        MODE_COMPILED => false,
+        _ => {
+            let eager = std::env::var("MLX_RS_EAGER").is_ok_and(|v| !v.is_empty() && v != "0");
+            // A concurrent `set_eager` wins over the environment.
+            let _ = MODE.compare_exchange(
+                MODE_UNSET,
+                if eager { MODE_EAGER } else { MODE_COMPILED },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            MODE.load(Ordering::Relaxed) == MODE_EAGER
+        }
+    }
+}
+
+fn stash(error: Error) {
+    TRACE_ERROR.with(|e| *e.borrow_mut() = Some(error));
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".into())
+}
+
+/// Called by MLX, on the calling thread, to trace the body.
+unsafe extern "C" fn trace(
+    ctx: *mut c_void,
+    inputs: *const mlxs_vec,
+    outputs: *mut mlxs_vec,
+) -> c_int {
+    // SAFETY: `ctx` is the `TraceContext` given to `mlxs_compile`, alive until `release`.
+    let context = unsafe { &*ctx.cast::<TraceContext>() };
+    // Nothing may unwind into MLX: a panic becomes an error return.
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let _tracing = Tracing::enter();
+        context.traces.fetch_add(1, Ordering::Relaxed);
+        TRACES.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: MLX hands us a live vector of tracers for the duration of the call.
+        let inputs = unsafe { ArrayList::copy_from(inputs) };
+        (context.body)(&inputs)
+    }));
+    let outputs_result = match result {
+        Ok(Ok(arrays)) => arrays,
+        Ok(Err(error)) => {
+            stash(error);
+            return 1;
+        }
+        Err(payload) => {
+            stash(Error::Runtime {
+                op: "compiled call",
+                message: format!("the traced function panicked: {}", panic_message(&*payload)),
+                location: Location::caller(),
+            });
+            return 1;
+        }
+    };
+    for array in &outputs_result {
+        match array.raw() {
+            // SAFETY: live vector from MLX and live handle.
+            Ok(raw) => unsafe { sys::mlxs_vec_push(outputs, raw) },
+            Err(error) => {
+                stash(Error::clone(error));
+                return 1;
+            }
+        }
+    }
+    0
+}
+
+unsafe extern "C" fn release(ctx: *mut c_void) {
+    // SAFETY: `ctx` came from `Box::into_raw` in `Compiled::new`; the shim releases it once.
+    drop(unsafe { Box::from_raw(ctx.cast::<TraceContext>()) });
+}
