@@ -33,7 +33,8 @@ pub struct Array {
 }
 
 enum Repr {
-    Live(NonNull<mlxs_array>),
+    /// A handle we own, and its entry in the step-loop registry if a loop tracks it.
+    Live(NonNull<mlxs_array>, Option<crate::scope::TrackId>),
     Failed(Arc<Error>),
 }
 
@@ -46,7 +47,10 @@ unsafe impl Sync for Array {}
 
 impl Drop for Array {
     fn drop(&mut self) {
-        if let Repr::Live(ptr) = self.repr {
+        if let Repr::Live(ptr, tracked) = self.repr {
+            if let Some(id) = tracked {
+                crate::scope::untrack(id);
+            }
             // SAFETY: we own this handle and drop it once.
             unsafe { sys::mlxs_array_free(ptr.as_ptr()) }
         }
@@ -57,7 +61,7 @@ impl Clone for Array {
     fn clone(&self) -> Array {
         match &self.repr {
             // SAFETY: `ptr` is a live handle; the clone is a new handle to the same node.
-            Repr::Live(ptr) => unsafe { Array::from_raw(sys::mlxs_array_clone(ptr.as_ptr())) },
+            Repr::Live(ptr, _) => unsafe { Array::from_raw(sys::mlxs_array_clone(ptr.as_ptr())) },
             Repr::Failed(error) => Array {
                 repr: Repr::Failed(Arc::clone(error)),
             },
@@ -80,7 +84,7 @@ impl Array {
     pub(crate) unsafe fn from_raw(ptr: *mut mlxs_array) -> Array {
         match NonNull::new(ptr) {
             Some(ptr) => Array {
-                repr: Repr::Live(ptr),
+                repr: Repr::Live(ptr, crate::scope::track(ptr.as_ptr())),
             },
             None => Array::failed(Error::Runtime {
                 op: "shim",
@@ -99,7 +103,7 @@ impl Array {
     /// The live handle, or the error this array carries.
     pub(crate) fn raw(&self) -> Result<*const mlxs_array, &Arc<Error>> {
         match &self.repr {
-            Repr::Live(ptr) => Ok(ptr.as_ptr()),
+            Repr::Live(ptr, _) => Ok(ptr.as_ptr()),
             Repr::Failed(error) => Err(error),
         }
     }
@@ -107,7 +111,7 @@ impl Array {
     /// The error this array carries, if an op that built it failed.
     pub fn error(&self) -> Option<&Error> {
         match &self.repr {
-            Repr::Live(_) => None,
+            Repr::Live(..) => None,
             Repr::Failed(error) => Some(error),
         }
     }
@@ -115,7 +119,7 @@ impl Array {
     /// `Ok` for a live array, the carried error otherwise.
     pub fn check(&self) -> Result<&Array> {
         match &self.repr {
-            Repr::Live(_) => Ok(self),
+            Repr::Live(..) => Ok(self),
             Repr::Failed(error) => Err(Error::clone(error)),
         }
     }

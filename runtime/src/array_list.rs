@@ -21,13 +21,18 @@ impl Drop for ArrayList {
 }
 
 impl ArrayList {
+    /// An empty list.
+    pub(crate) fn new() -> ArrayList {
+        // SAFETY: `mlxs_vec_new` returns a fresh vector (operator new aborts rather than
+        // returning null, so the `NonNull` holds).
+        ArrayList(unsafe { NonNull::new_unchecked(sys::mlxs_vec_new()) })
+    }
+
     /// A list of the given arrays, or the first error one of them carries.
     pub(crate) fn of<'a>(
         arrays: impl IntoIterator<Item = &'a Array>,
     ) -> Result<ArrayList, Arc<Error>> {
-        // SAFETY: `mlxs_vec_new` returns a fresh vector (operator new aborts rather than
-        // returning null, so the `NonNull` holds).
-        let list = ArrayList(unsafe { NonNull::new_unchecked(sys::mlxs_vec_new()) });
+        let list = ArrayList::new();
         for array in arrays {
             let raw = array.raw().map_err(Arc::clone)?;
             // SAFETY: both handles are live.
@@ -41,6 +46,10 @@ impl ArrayList {
     }
 
     pub(crate) fn as_ptr(&self) -> *const mlxs_vec {
+        self.0.as_ptr()
+    }
+
+    pub(crate) fn as_mut_ptr(&self) -> *mut mlxs_vec {
         self.0.as_ptr()
     }
 

@@ -37,6 +37,7 @@ pub mod io;
 pub mod memory;
 pub mod ops;
 pub mod random;
+pub mod scope;
 
 mod array;
 mod array_list;
@@ -55,6 +56,7 @@ pub use error::{Error, Result};
 pub use eval::{async_eval, default_device, eval, set_default_device, synchronize, Device};
 pub use graph_dump::dump_graph;
 pub use ops::{concatenate, stack, where_, Axes, ALL};
+pub use scope::{steps, Steps};
 
 /// The MLX library this crate runs on.
 #[derive(Clone, Debug)]
