@@ -57,6 +57,25 @@ fn automatic(x0: &Array, w: &Array, asynchronous: bool) -> mlx::Result<f64> {
     Ok(start.elapsed().as_secs_f64() / STEPS as f64)
 }
 
+/// Nanoseconds to make and drop one array handle (a clone), outside any loop and inside
+/// a step loop's frame, where it is registered and unregistered.
+fn handle_ns(x: &Array) -> (f64, f64) {
+    const N: usize = 200_000;
+    let time = |x: &Array| {
+        let start = Instant::now();
+        for _ in 0..N {
+            std::hint::black_box(x.clone());
+        }
+        start.elapsed().as_secs_f64() * 1e9 / N as f64
+    };
+    let outside = time(x);
+    let mut inside = 0.0;
+    for _ in mlx::steps(0..1) {
+        inside = time(x);
+    }
+    (outside, inside)
+}
+
 fn main() -> mlx::Result<()> {
     let keys = random::split(&random::key(0), 2);
     let x0 = random::normal(&[DIM, DIM], Dtype::F32, &keys[0]);
@@ -86,6 +105,13 @@ fn main() -> mlx::Result<()> {
         auto_async.push(automatic(&x0, &w, true)?);
     }
     let (hand, auto, auto_async) = (median(hand), median(auto), median(auto_async));
+    let (mut outside, mut inside) = (Vec::new(), Vec::new());
+    for _ in 0..TRIALS {
+        let (o, i) = handle_ns(&x0);
+        outside.push(o);
+        inside.push(i);
+    }
+    let (outside, inside) = (median(outside), median(inside));
     println!("{STEPS} steps of a {DIM}x{DIM} multi-op body, median of {TRIALS} alternating trials");
     println!("  hand-placed eval        {:>8.1} us/step", hand * 1e6);
     println!(
@@ -97,6 +123,11 @@ fn main() -> mlx::Result<()> {
         "  steps(), async_eval     {:>8.1} us/step  ({:+.1}% vs eval)",
         auto_async * 1e6,
         (auto_async / auto - 1.0) * 100.0
+    );
+    println!(
+        "array handle made and dropped: {outside:.0} ns untracked, {inside:.0} ns inside a loop \
+         frame (registration {:+.0} ns)",
+        inside - outside
     );
     Ok(())
 }

@@ -30,6 +30,17 @@
 //! let err = c.to_vec::<f32>().unwrap_err().to_string();
 //! assert!(err.contains("matmul(float32[2, 3], float32[4, 5])"), "{err}");
 //! ```
+//!
+//! # Step loops manage memory
+//!
+//! [`steps`] runs each iteration of a loop in a frame, evaluates what the iteration carried
+//! out at its end and frees the rest, so model code never calls keep, free or eval; see
+//! [`scope`] for how, and for a guide from manual `Keep`/`Free`/`Eval`/`AsyncEval` code.
+//!
+//! # Compiled functions
+//!
+//! [`Compiled`] traces a function of arrays with MLX's `compile`, once per input signature,
+//! and replays the recorded graph; [`dump_graph`] prints a graph as stable text.
 
 pub mod compile;
 pub mod fast;

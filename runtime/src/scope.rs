@@ -304,7 +304,8 @@ impl<I> Steps<I> {
         self
     }
 
-    /// Calls `f` with each iteration's [`StepStats`] after its boundary.
+    /// Calls `f` with each iteration's [`StepStats`] after its boundary. The peak memory
+    /// statistic is reset at each boundary of such a loop.
     pub fn on_boundary(mut self, f: impl FnMut(&StepStats) + 'static) -> Self {
         self.on_boundary = Some(Box::new(f));
         self
@@ -331,18 +332,20 @@ impl<I> Steps<I> {
         }
         let (carried, carried_bytes) = frame_size(self.carried);
         self.growth.observe(self.step, carried, carried_bytes);
-        let stats = StepStats {
-            step: self.step,
-            kept,
-            kept_bytes,
-            carried,
-            carried_bytes,
-            active_bytes: crate::memory::active_memory(),
-            peak_bytes: crate::memory::peak_memory(),
-            elapsed: self.started.elapsed(),
-        };
-        let _ = crate::memory::reset_peak_memory();
+        // Memory statistics take MLX's allocator lock, which the worker thread still holds
+        // while it releases this step's buffers: only a loop that asks for them pays.
         if let Some(f) = &mut self.on_boundary {
+            let stats = StepStats {
+                step: self.step,
+                kept,
+                kept_bytes,
+                carried,
+                carried_bytes,
+                active_bytes: crate::memory::active_memory(),
+                peak_bytes: crate::memory::peak_memory(),
+                elapsed: self.started.elapsed(),
+            };
+            let _ = crate::memory::reset_peak_memory();
             f(&stats);
         }
         self.step += 1;
@@ -358,7 +361,7 @@ impl<I: Iterator> Iterator for Steps<I> {
         }
         let item = self.inner.next()?;
         self.started = Instant::now();
-        if self.step == 0 {
+        if self.step == 0 && self.on_boundary.is_some() {
             let _ = crate::memory::reset_peak_memory();
         }
         self.frame = Some(Frame::open(self.carried));
