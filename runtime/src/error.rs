@@ -57,6 +57,9 @@ pub enum Error {
         /// The caller's line.
         location: &'static Location<'static>,
     },
+    /// A checkpoint does not fit a module: every missing, unexpected and mis-shaped tensor.
+    #[error("{0}")]
+    Load(crate::module::LoadReport),
     /// Reading or writing a file failed, or its content is not what it claims to be.
     #[error("{}{}: {message}", path.display(), TensorSuffix(tensor))]
     File {

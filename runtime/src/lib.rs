@@ -46,6 +46,7 @@ pub mod compile;
 pub mod fast;
 pub mod io;
 pub mod memory;
+pub mod module;
 pub mod ops;
 pub mod random;
 pub mod scope;
@@ -66,6 +67,7 @@ pub use dtype::{Dtype, Element};
 pub use error::{Error, Result};
 pub use eval::{async_eval, default_device, eval, set_default_device, synchronize, Device};
 pub use graph_dump::dump_graph;
+pub use module::Module;
 pub use ops::{concatenate, stack, where_, Axes, ALL};
 pub use scope::{steps, Steps};
 

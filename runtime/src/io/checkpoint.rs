@@ -16,6 +16,19 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// A checkpoint of arrays already in memory (built-in models, tests).
+    pub fn from_arrays<S: Into<String>>(
+        arrays: impl IntoIterator<Item = (S, Array)>,
+    ) -> Checkpoint {
+        Checkpoint {
+            tensors: arrays
+                .into_iter()
+                .map(|(name, array)| (name.into(), (array, 0)))
+                .collect(),
+            files: vec![PathBuf::from("<memory>")],
+        }
+    }
+
     /// The tensor called `name`.
     pub fn get(&self, name: &str) -> Option<&Array> {
         self.tensors.get(name).map(|(array, _)| array)
