@@ -5,5 +5,5 @@
 //! The README follows; its examples run as doctests.
 #![doc = include_str!("../README.md")]
 
-pub use mlx_macros::Module;
+pub use mlx_macros::{graph, Module};
 pub use mlx_runtime::*;

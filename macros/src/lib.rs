@@ -14,3 +14,23 @@ pub fn derive_module(input: TokenStream) -> TokenStream {
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
+
+mod graph;
+
+/// Compiles a function, or a `&self` method, into an MLX graph traced once per input
+/// signature. See the `mlx` crate documentation.
+#[proc_macro_attribute]
+pub fn graph(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let attr = proc_macro2::TokenStream::from(attr);
+    let item2 = proc_macro2::TokenStream::from(item.clone());
+    let result = match syn::parse::<syn::ItemFn>(item) {
+        Ok(item) => graph::expand(attr, item),
+        Err(_) => Err(graph::misplaced(
+            item2
+                .into_iter()
+                .next()
+                .map_or_else(proc_macro2::Span::call_site, |t| t.span()),
+        )),
+    };
+    result.unwrap_or_else(syn::Error::into_compile_error).into()
+}

@@ -44,6 +44,7 @@
 
 pub mod compile;
 pub mod fast;
+pub mod graph;
 pub mod io;
 pub mod memory;
 pub mod module;

@@ -16,7 +16,9 @@ use crate::{Array, Error, Result};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is neither an array nor a module",
     label = "not an `Array`, a `#[derive(Module)]` type, or an `Option`, `Vec` or `Box` of one",
-    note = "mark configuration fields with `#[weight(skip)]`"
+    note = "in a `#[derive(Module)]` struct, mark configuration fields with `#[weight(skip)]`; \
+            in an `#[mlx::graph]` signature, static arguments are integers, floats, bools or \
+            parameters marked `#[mlx(static)]`"
 )]
 pub trait Module {
     /// Calls `f` with every array and its path: `prefix` and field names joined by `.`,

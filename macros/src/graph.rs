@@ -1,0 +1,451 @@
+//! `#[mlx::graph]`: a function or `&self` method compiled by MLX once per signature.
+//!
+//! Parameters are sorted by type: integers, floats, bools and chars (and parameters marked
+//! `#[mlx(static)]`) are *static*: part of the cache key, fixed inside the trace. Every other
+//! parameter must be a `Module` (`&Array`, `Array`, `&Vec<Array>`, `&Linear`, tuples...),
+//! plus two borrowed forms converted on the way in: `&[Array]` and `Option<&Array>`. Module
+//! arguments are flattened into the compiled closure's inputs and rebuilt from tracers.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::visit::Visit;
+use syn::{FnArg, ItemFn, Pat, ReturnType, Signature, Token, Type};
+
+/// The options of `#[mlx::graph(...)]`.
+#[derive(Default)]
+struct Options {
+    shapeless: bool,
+}
+
+fn parse_options(attr: TokenStream) -> syn::Result<Options> {
+    let mut options = Options::default();
+    let mut seen = Vec::<String>::new();
+    let idents = Punctuated::<syn::Ident, Token![,]>::parse_terminated.parse2(attr)?;
+    for ident in idents {
+        let name = ident.to_string();
+        if seen.contains(&name) {
+            return Err(syn::Error::new(
+                ident.span(),
+                format!("duplicate option `{name}`"),
+            ));
+        }
+        match name.as_str() {
+            "shapeless" => options.shapeless = true,
+            _ => {
+                return Err(syn::Error::new(
+                    ident.span(),
+                    format!("unknown option `{name}`: the only option is `shapeless`"),
+                ))
+            }
+        }
+        seen.push(name);
+    }
+    Ok(options)
+}
+
+/// How a parameter reaches the compiled closure.
+enum Kind {
+    /// Part of the cache key; copied (or cloned) into the trace.
+    Static,
+    /// A `Module` passed by reference (`&T`): flattened, rebuilt as `T`, passed as `&T`.
+    ModuleRef,
+    /// A `Module` passed by value.
+    ModuleValue,
+    /// `&[Array]`: converted to `Vec<Array>`, passed as a slice.
+    Slice,
+    /// `Option<&Array>`: converted to `Option<Array>`, passed as `Option<&Array>`.
+    OptionRef,
+}
+
+struct Param {
+    name: syn::Ident,
+    ty: Type,
+    kind: Kind,
+}
+
+const STATIC_TYPES: &[&str] = &[
+    "i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize", "f32",
+    "f64", "bool", "char",
+];
+
+fn is_path(ty: &Type, names: &[&str]) -> bool {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.arguments.is_empty() && names.iter().any(|n| s.ident == n)),
+        _ => false,
+    }
+}
+
+fn classify(ty: &Type, marked_static: bool) -> syn::Result<Kind> {
+    if marked_static || is_path(ty, STATIC_TYPES) {
+        return Ok(Kind::Static);
+    }
+    match ty {
+        Type::Reference(r) if r.mutability.is_some() => Err(syn::Error::new(
+            r.span(),
+            "a compiled graph cannot mutate its arguments: take `&` and return the new value",
+        )),
+        Type::Reference(r) => match &*r.elem {
+            Type::Slice(s) if is_path(&s.elem, &["Array"]) => Ok(Kind::Slice),
+            Type::Path(p) if p.path.is_ident("str") => Err(unsupported(ty)),
+            _ => Ok(Kind::ModuleRef),
+        },
+        Type::Path(p) => {
+            let last = p.path.segments.last();
+            if let Some(seg) = last.filter(|s| s.ident == "Option") {
+                if let syn::PathArguments::AngleBracketed(args) = &seg.arguments {
+                    if let Some(syn::GenericArgument::Type(Type::Reference(r))) = args.args.first()
+                    {
+                        if r.mutability.is_none() && is_path(&r.elem, &["Array"]) {
+                            return Ok(Kind::OptionRef);
+                        }
+                    }
+                }
+            }
+            if last.is_some_and(|s| s.ident == "String") {
+                return Err(unsupported(ty));
+            }
+            Ok(Kind::ModuleValue)
+        }
+        Type::Tuple(_) | Type::Paren(_) | Type::Group(_) => Ok(Kind::ModuleValue),
+        _ => Err(unsupported(ty)),
+    }
+}
+
+fn unsupported(ty: &Type) -> syn::Error {
+    syn::Error::new(
+        ty.span(),
+        "unsupported argument type for an #[mlx::graph] function: pass arrays and modules \
+         (`&Array`, `&[Array]`, `Option<&Array>`, `&Linear`, tuples of them) or static \
+         integers, floats and bools; mark other static values #[mlx(static)]",
+    )
+}
+
+fn take_static_marker(attrs: &mut Vec<syn::Attribute>) -> syn::Result<bool> {
+    let mut marked = false;
+    let mut error = None;
+    attrs.retain(|attr| {
+        if !attr.path().is_ident("mlx") {
+            return true;
+        }
+        match attr.parse_args::<syn::Ident>() {
+            Ok(ident) if ident == "static" => marked = true,
+            _ => {
+                error = Some(syn::Error::new(
+                    attr.span(),
+                    "expected #[mlx(static)] on a graph parameter",
+                ))
+            }
+        }
+        false
+    });
+    match error {
+        Some(e) => Err(e),
+        None => Ok(marked),
+    }
+}
+
+/// Rejects what cannot work inside a compiled graph, with a span and what to do instead.
+fn check_signature(sig: &Signature) -> syn::Result<()> {
+    if let Some(asyncness) = &sig.asyncness {
+        return Err(syn::Error::new(
+            asyncness.span(),
+            "an #[mlx::graph] function cannot be async: a graph is built synchronously; \
+             await outside and pass the arrays in",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "an #[mlx::graph] function cannot be generic: each compiled graph has concrete \
+             types; write one function per type, or call a generic helper from a concrete graph",
+        ));
+    }
+    if let Some(variadic) = &sig.variadic {
+        return Err(syn::Error::new(
+            variadic.span(),
+            "variadic functions cannot be graphs",
+        ));
+    }
+    if let ReturnType::Default = sig.output {
+        return Err(syn::Error::new(
+            sig.ident.span(),
+            "an #[mlx::graph] function must return its results: `-> Array`, `-> Vec<Array>` \
+             or a tuple of those",
+        ));
+    }
+    Ok(())
+}
+
+/// Finds host reads in the body: they need data, and a tracer has none.
+struct HostReads {
+    error: Option<syn::Error>,
+}
+
+impl<'ast> Visit<'ast> for HostReads {
+    fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
+        let name = call.method.to_string();
+        if self.error.is_none()
+            && matches!(
+                name.as_str(),
+                "item" | "to_vec" | "eval" | "async_eval" | "to_bytes"
+            )
+        {
+            self.error = Some(syn::Error::new(
+                call.method.span(),
+                format!(
+                    "`.{name}()` reads data, and inside an #[mlx::graph] arrays are tracers with \
+                     no data: return the array and read it after the call (or debug with \
+                     mlx::compile::set_eager(true))"
+                ),
+            ));
+        }
+        syn::visit::visit_expr_method_call(self, call);
+    }
+
+    fn visit_expr_call(&mut self, call: &'ast syn::ExprCall) {
+        if let syn::Expr::Path(path) = &*call.func {
+            if let Some(last) = path.path.segments.last() {
+                let name = last.ident.to_string();
+                if self.error.is_none() && matches!(name.as_str(), "eval" | "async_eval") {
+                    self.error = Some(syn::Error::new(
+                        path.span(),
+                        format!(
+                            "`{name}` inside an #[mlx::graph] cannot run: the graph is evaluated \
+                             by whoever uses its outputs; evaluate after the call"
+                        ),
+                    ));
+                }
+            }
+        }
+        syn::visit::visit_expr_call(self, call);
+    }
+
+    // Items nested in the body are not part of the traced function.
+    fn visit_item(&mut self, _: &'ast syn::Item) {}
+}
+
+fn check_body(block: &syn::Block) -> syn::Result<()> {
+    let mut visitor = HostReads { error: None };
+    visitor.visit_block(block);
+    visitor.error.map_or(Ok(()), Err)
+}
+
+/// Parameters of a signature, classified; `self` excluded (reported by `has_self`).
+fn params(sig: &mut Signature) -> syn::Result<(Vec<Param>, bool)> {
+    let mut out = Vec::new();
+    let mut has_self = false;
+    for input in sig.inputs.iter_mut() {
+        match input {
+            FnArg::Receiver(r) => {
+                if r.reference.is_none() || r.mutability.is_some() {
+                    return Err(syn::Error::new(
+                        r.span(),
+                        "an #[mlx::graph] method takes `&self`: a compiled graph cannot \
+                         mutate or consume its module; return new values instead",
+                    ));
+                }
+                has_self = true;
+            }
+            FnArg::Typed(pat_type) => {
+                let marked = take_static_marker(&mut pat_type.attrs)?;
+                let name =
+                    match &*pat_type.pat {
+                        Pat::Ident(ident) if ident.by_ref.is_none() && ident.subpat.is_none() => {
+                            ident.ident.clone()
+                        }
+                        other => return Err(syn::Error::new(
+                            other.span(),
+                            "graph parameters must be plain names (destructure inside the body)",
+                        )),
+                    };
+                let kind = classify(&pat_type.ty, marked)?;
+                out.push(Param {
+                    name,
+                    ty: (*pat_type.ty).clone(),
+                    kind,
+                });
+            }
+        }
+    }
+    Ok((out, has_self))
+}
+
+/// The wrapper body shared by functions and methods. `body_call` calls the original body
+/// with the rebuilt arguments (bound to the parameter names) inside the trace.
+fn wrapper(
+    name: &str,
+    options: &Options,
+    params: &[Param],
+    has_self: bool,
+    eager_call: TokenStream,
+    traced_call: TokenStream,
+    output: &Type,
+) -> TokenStream {
+    let shapeless = options.shapeless;
+    let mut key = Vec::new();
+    let mut push = Vec::new();
+    let mut skeletons = Vec::new();
+    let mut rebuilds = Vec::new();
+    if has_self {
+        key.push(quote! { ::mlx::Module::structure(self, &mut __mlx_key); __mlx_key.push(';'); });
+        push.push(quote! { ::mlx::Module::visit(self, "", &mut |_, a| __mlx_inputs.push(a)); });
+        skeletons.push(quote! { let __mlx_skel_self = ::mlx::graph::skeleton(self); });
+        rebuilds.push(
+            quote! { let __mlx_self = ::mlx::Module::rebuild(&__mlx_skel_self, &mut __mlx_it); },
+        );
+    }
+    for p in params {
+        let n = &p.name;
+        let skel = format_ident!("__mlx_skel_{}", n);
+        let span = p.ty.span();
+        match p.kind {
+            Kind::Static => {
+                key.push(quote_spanned! {span=>
+                    __mlx_key.push_str(&::std::format!("{:?};", &#n));
+                });
+                skeletons.push(quote! { let #skel = ::core::clone::Clone::clone(&#n); });
+                rebuilds.push(quote! { let #n = ::core::clone::Clone::clone(&#skel); });
+            }
+            Kind::ModuleRef | Kind::ModuleValue => {
+                let as_ref = match p.kind {
+                    Kind::ModuleRef => quote! { #n },
+                    _ => quote! { &#n },
+                };
+                key.push(quote_spanned! {span=>
+                    ::mlx::Module::structure(#as_ref, &mut __mlx_key); __mlx_key.push(';');
+                });
+                push.push(quote_spanned! {span=>
+                    ::mlx::Module::visit(#as_ref, "", &mut |_, a| __mlx_inputs.push(a));
+                });
+                skeletons.push(quote! { let #skel = ::mlx::graph::skeleton(#as_ref); });
+                let bind = match p.kind {
+                    Kind::ModuleRef => {
+                        quote! { let #n = &::mlx::Module::rebuild(&#skel, &mut __mlx_it); }
+                    }
+                    _ => quote! { let #n = ::mlx::Module::rebuild(&#skel, &mut __mlx_it); },
+                };
+                rebuilds.push(bind);
+            }
+            Kind::Slice => {
+                key.push(quote! { __mlx_key.push_str(&::std::format!("[{}];", #n.len())); });
+                push.push(quote! { __mlx_inputs.extend(#n.iter()); });
+                skeletons.push(quote! { let #skel = ::mlx::graph::skeleton(&#n.to_vec()); });
+                rebuilds
+                    .push(quote! { let #n = &::mlx::Module::rebuild(&#skel, &mut __mlx_it)[..]; });
+            }
+            Kind::OptionRef => {
+                key.push(
+                    quote! { __mlx_key.push_str(if #n.is_some() { "Some;" } else { "None;" }); },
+                );
+                push.push(quote! { __mlx_inputs.extend(#n); });
+                skeletons.push(quote! { let #skel = ::mlx::graph::skeleton(&#n.cloned()); });
+                let tmp = format_ident!("__mlx_opt_{}", n);
+                rebuilds.push(quote! {
+                    let #tmp = ::mlx::Module::rebuild(&#skel, &mut __mlx_it);
+                    let #n = #tmp.as_ref();
+                });
+            }
+        }
+    }
+    quote! {
+        if ::mlx::compile::is_eager() {
+            return #eager_call;
+        }
+        static __MLX_GRAPH: ::mlx::graph::GraphCache = ::mlx::graph::GraphCache::new(#name);
+        let mut __mlx_key = ::std::string::String::new();
+        #(#key)*
+        let mut __mlx_inputs: ::std::vec::Vec<&::mlx::Array> = ::std::vec::Vec::new();
+        #(#push)*
+        let __mlx_result = __MLX_GRAPH.call(__mlx_key, #shapeless, &__mlx_inputs, || {
+            #(#skeletons)*
+            ::std::boxed::Box::new(move |__mlx_arrays: &[::mlx::Array]| {
+                let mut __mlx_it = __mlx_arrays.iter().cloned();
+                #(#rebuilds)*
+                let __mlx_out: #output = #traced_call;
+                ::mlx::Result::Ok(::mlx::graph::flatten(__mlx_out))
+            })
+        });
+        ::mlx::graph::unflatten::<#output>(__mlx_result)
+    }
+}
+
+fn output_type(sig: &Signature) -> Type {
+    match &sig.output {
+        ReturnType::Type(_, ty) => (**ty).clone(),
+        // Rejected by `check_signature`.
+        ReturnType::Default => syn::parse_quote!(()),
+    }
+}
+
+/// A call passing each parameter by name.
+fn arg_names(params: &[Param]) -> Vec<&syn::Ident> {
+    params.iter().map(|p| &p.name).collect()
+}
+
+/// Expands `#[mlx::graph]` on a function (free, associated, or a `&self` method).
+pub fn expand(attr: TokenStream, mut item: ItemFn) -> syn::Result<TokenStream> {
+    let options = parse_options(attr)?;
+    check_signature(&item.sig)?;
+    check_body(&item.block)?;
+    let (params, has_self) = params(&mut item.sig)?;
+    let output = output_type(&item.sig);
+    let names = arg_names(&params);
+    let name = item.sig.ident.to_string();
+    let attrs = &item.attrs;
+    let vis = &item.vis;
+    let sig = &item.sig;
+    if has_self {
+        // A `&self` method: the original body becomes a hidden sibling method, so that
+        // `self` and `Self` keep their meaning; the trace calls it on the rebuilt module.
+        let body_name = format_ident!("__mlx_graph_{}", item.sig.ident);
+        let mut inner = item.clone();
+        inner.sig.ident = body_name.clone();
+        inner.attrs.retain(|a| !a.path().is_ident("doc"));
+        inner.vis = syn::Visibility::Inherited;
+        let eager = quote! { self.#body_name(#(#names),*) };
+        let traced = quote! { __mlx_self.#body_name(#(#names),*) };
+        let wrapper = wrapper(&name, &options, &params, true, eager, traced, &output);
+        Ok(quote! {
+            #[doc(hidden)]
+            #inner
+
+            #(#attrs)*
+            #vis #sig {
+                #wrapper
+            }
+        })
+    } else {
+        // A function without `self`: the original body becomes a closure that captures
+        // nothing (so it can live in the compiled closure) and still sees `Self` in an impl.
+        let block = &item.block;
+        let typed = params.iter().map(|p| {
+            let (n, ty) = (&p.name, &p.ty);
+            quote! { #n: #ty }
+        });
+        let body = quote! {
+            let __mlx_graph_body = |#(#typed),*| -> #output #block;
+        };
+        let eager = quote! { __mlx_graph_body(#(#names),*) };
+        let traced = eager.clone();
+        let wrapper = wrapper(&name, &options, &params, false, eager, traced, &output);
+        Ok(quote! {
+            #(#attrs)*
+            #vis #sig {
+                #body
+                #wrapper
+            }
+        })
+    }
+}
+
+/// `#[mlx::graph]` on anything else.
+pub fn misplaced(span: Span) -> syn::Error {
+    syn::Error::new(span, "#[mlx::graph] goes on a function or a `&self` method")
+}

@@ -1,0 +1,266 @@
+//! `#[mlx::graph]`: compiled and eager results agree, weights are inputs (one compiled
+//! closure serves every instance of a module), and the trace counter rises only on a new
+//! signature or a changed static argument.
+
+use std::sync::{Mutex, MutexGuard};
+
+use mlx::fast::{self, Mask};
+use mlx::{random, Array, Dtype, Module};
+
+/// Trace counts and the eager switch are process-wide.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn max_rel_diff(a: &Array, b: &Array) -> f32 {
+    let diff = (a - b).abs().max(mlx::ALL, false).item::<f32>().unwrap();
+    let scale = b.abs().max(mlx::ALL, false).item::<f32>().unwrap();
+    diff / scale.max(f32::MIN_POSITIVE)
+}
+
+fn normal(shape: &[i32], seed: u64) -> Array {
+    random::normal(shape, Dtype::F32, &random::key(seed))
+}
+
+/// Runs `f` compiled and eagerly.
+fn both<T>(f: impl Fn() -> T) -> (T, T) {
+    mlx::compile::set_eager(false);
+    let compiled = f();
+    mlx::compile::set_eager(true);
+    let eager = f();
+    mlx::compile::set_eager(false);
+    (compiled, eager)
+}
+
+#[mlx::graph]
+fn gelu_chain(x: &Array, y: &Array) -> Array {
+    let a = (x * 1.5 + y).gelu();
+    (&a * y.sigmoid() + x.square()).tanh()
+}
+
+#[mlx::graph]
+fn scaled(x: &Array, factor: f32, power: i32) -> Array {
+    let mut y = x * factor;
+    for _ in 1..power {
+        y = &y * x;
+    }
+    y
+}
+
+#[mlx::graph]
+fn split_heads(x: &Array, heads: usize) -> Vec<Array> {
+    x.split(heads as i32, -1)
+}
+
+#[mlx::graph]
+fn stats(xs: &[Array], mask: Option<&Array>) -> (Array, Array) {
+    let stacked = mlx::stack(&xs.iter().collect::<Vec<_>>(), 0);
+    let stacked = match mask {
+        Some(m) => &stacked * m,
+        None => stacked,
+    };
+    (stacked.mean(0, false), stacked.max(0, false))
+}
+
+#[derive(Module, Clone)]
+struct Linear {
+    weight: Array,
+    bias: Option<Array>,
+}
+
+impl Linear {
+    fn random(out: i32, inp: i32, seed: u64) -> Linear {
+        Linear {
+            weight: normal(&[out, inp], seed) * (1.0 / f64::from(inp).sqrt()),
+            bias: Some(normal(&[out], seed + 1000)),
+        }
+    }
+
+    #[mlx::graph]
+    fn forward(&self, x: &Array) -> Array {
+        let y = x.matmul(&self.weight.t());
+        match &self.bias {
+            Some(b) => y + b,
+            None => y,
+        }
+    }
+}
+
+/// A DiT-style block: RMSNorm, adaLN modulation, attention with per-head QK RMSNorm,
+/// SwiGLU feed-forward.
+#[derive(Module, Clone)]
+struct Block {
+    norm1: Array,
+    norm2: Array,
+    q_norm: Array,
+    k_norm: Array,
+    adaln: Linear,
+    qkv: Linear,
+    out: Linear,
+    w1: Linear,
+    w2: Linear,
+    w3: Linear,
+    #[weight(skip)]
+    heads: i32,
+}
+
+impl Block {
+    fn random(dim: i32, heads: i32, seed: u64) -> Block {
+        let hidden = dim * 2;
+        Block {
+            norm1: Array::ones(&[dim], Dtype::F32),
+            norm2: Array::ones(&[dim], Dtype::F32),
+            q_norm: Array::ones(&[dim / heads], Dtype::F32),
+            k_norm: Array::ones(&[dim / heads], Dtype::F32),
+            adaln: Linear::random(4 * dim, dim, seed),
+            qkv: Linear::random(3 * dim, dim, seed + 1),
+            out: Linear::random(dim, dim, seed + 2),
+            w1: Linear::random(hidden, dim, seed + 3),
+            w2: Linear::random(dim, hidden, seed + 4),
+            w3: Linear::random(hidden, dim, seed + 5),
+            heads,
+        }
+    }
+
+    #[mlx::graph]
+    fn forward(&self, x: &Array, c: &Array) -> Array {
+        let [b, l, d] = [
+            x.dim(0).unwrap_or(0),
+            x.dim(1).unwrap_or(0),
+            x.dim(2).unwrap_or(0),
+        ];
+        let hd = d / self.heads;
+        let m = self.adaln.forward(&c.silu()).expand_dims(1).split(4, -1);
+        let h = fast::rms_norm(x, Some(&self.norm1), 1e-5) * (&m[0] + 1.0);
+        let qkv = self.qkv.forward(&h).reshape(&[b, l, 3, self.heads, hd]);
+        let part = |i: i32| {
+            qkv.slice_axis(2, i, i + 1)
+                .squeeze(2)
+                .transpose(&[0, 2, 1, 3])
+        };
+        let q = fast::rms_norm(&part(0), Some(&self.q_norm), 1e-5);
+        let k = fast::rms_norm(&part(1), Some(&self.k_norm), 1e-5);
+        let attn = fast::scaled_dot_product_attention(
+            &q,
+            &k,
+            &part(2),
+            1.0 / (hd as f32).sqrt(),
+            Mask::None,
+        );
+        let attn = attn.transpose(&[0, 2, 1, 3]).reshape(&[b, l, d]);
+        let x = x + self.out.forward(&attn) * m[1].tanh();
+        let h = fast::rms_norm(&x, Some(&self.norm2), 1e-5) * (&m[2] + 1.0);
+        let ff = self
+            .w2
+            .forward(&(self.w1.forward(&h).silu() * self.w3.forward(&h)));
+        &x + ff * m[3].tanh()
+    }
+}
+
+#[test]
+fn compiled_and_eager_agree_over_shapes() {
+    let _serial = serial();
+    for (i, shape) in [[3, 5], [16, 16], [1, 7]].iter().enumerate() {
+        let x = normal(shape, i as u64);
+        let y = normal(shape, 100 + i as u64);
+        let (c, e) = both(|| gelu_chain(&x, &y));
+        assert!(max_rel_diff(&c, &e) <= 1e-6, "gelu_chain {shape:?}");
+        let (c, e) = both(|| scaled(&x, 0.5, 3));
+        assert!(max_rel_diff(&c, &e) <= 1e-6, "scaled {shape:?}");
+        let (c, e) = both(|| {
+            stats(
+                &[x.clone(), y.clone()],
+                Some(&x.greater(0.0).astype(Dtype::F32)),
+            )
+        });
+        assert!(max_rel_diff(&c.0, &e.0) <= 1e-6 && max_rel_diff(&c.1, &e.1) <= 1e-6);
+        let (c, e) = both(|| stats(&[x.clone(), y.clone(), x.clone()], None));
+        assert!(max_rel_diff(&c.0, &e.0) <= 1e-6 && max_rel_diff(&c.1, &e.1) <= 1e-6);
+    }
+    let x = normal(&[2, 12], 7);
+    let (c, e) = both(|| split_heads(&x, 3));
+    assert_eq!(c.len(), 3);
+    for (c, e) in c.iter().zip(&e) {
+        assert_eq!(c.shape(), &[2, 4]);
+        assert!(max_rel_diff(c, e) <= 1e-6);
+    }
+}
+
+#[test]
+fn a_dit_block_compiles_and_matches_eager() {
+    let _serial = serial();
+    for (dim, heads, tokens) in [(32, 4, 16), (48, 3, 9)] {
+        let block = Block::random(dim, heads, dim as u64);
+        let x = normal(&[2, tokens, dim], 1);
+        let c = normal(&[2, dim], 2);
+        let (compiled, eager) = both(|| block.forward(&x, &c));
+        assert_eq!(compiled.shape(), &[2, tokens, dim]);
+        let rel = max_rel_diff(&compiled, &eager);
+        assert!(rel <= 1e-5, "dim {dim}: relative difference {rel}");
+    }
+}
+
+#[test]
+fn instances_share_one_compiled_graph_with_their_own_weights() {
+    let _serial = serial();
+    let a = Linear::random(8, 6, 10);
+    let b = Linear::random(8, 6, 20);
+    let x = normal(&[3, 6], 30);
+    let before = mlx::compile::trace_count();
+    let ya = a.forward(&x);
+    let yb = b.forward(&x);
+    assert_eq!(
+        mlx::compile::trace_count() - before,
+        1,
+        "the second instance reuses the trace"
+    );
+    let expect = |l: &Linear| x.matmul(&l.weight.t()) + l.bias.as_ref().unwrap();
+    assert!(max_rel_diff(&ya, &expect(&a)) <= 1e-6);
+    assert!(max_rel_diff(&yb, &expect(&b)) <= 1e-6);
+    assert!(
+        max_rel_diff(&ya, &yb) > 0.01,
+        "different weights give different results"
+    );
+    // A module without a bias has another structure: a new trace.
+    let no_bias = Linear {
+        bias: None,
+        ..a.clone()
+    };
+    no_bias.forward(&x);
+    assert_eq!(mlx::compile::trace_count() - before, 2);
+}
+
+#[test]
+fn traces_rise_only_on_new_signatures_and_statics() {
+    let _serial = serial();
+    let x = normal(&[4, 4], 1);
+    let count = || mlx::compile::trace_count();
+    let start = count();
+    scaled(&x, 0.25, 2);
+    assert_eq!(count() - start, 1);
+    scaled(&x, 0.25, 2);
+    assert_eq!(count() - start, 1, "same signature, same statics: replay");
+    scaled(&normal(&[4, 4], 2), 0.25, 2);
+    assert_eq!(count() - start, 1, "new values, same shapes: replay");
+    scaled(&x, 0.5, 2);
+    assert_eq!(count() - start, 2, "a changed float static retraces");
+    scaled(&x, 0.5, 3);
+    assert_eq!(count() - start, 3, "a changed int static retraces");
+    scaled(&normal(&[2, 8], 3), 0.5, 3);
+    assert_eq!(count() - start, 4, "a new shape retraces");
+    scaled(&x.astype(Dtype::F16), 0.5, 3);
+    assert_eq!(count() - start, 5, "a new dtype retraces");
+    scaled(&x, 0.5, 3);
+    assert_eq!(count() - start, 5);
+}
+
+#[test]
+fn errors_inside_a_graph_surface_at_the_call() {
+    let _serial = serial();
+    let x = normal(&[3, 5], 1);
+    let y = normal(&[4, 5], 2);
+    let out = gelu_chain(&x, &y);
+    let err = out.check().unwrap_err().to_string();
+    assert!(err.contains("float32[3, 5], float32[4, 5]"), "{err}");
+}
