@@ -248,3 +248,73 @@ fn one_compiled_function_serves_many_threads() {
         h.join().unwrap();
     }
 }
+
+/// MLX's compile caches are per thread; a function freed and replaced by another must never
+/// replay the old one's graph on a thread that called the old one.
+#[test]
+fn freed_functions_never_replay_on_other_threads() {
+    let _guard = lock();
+    let x = Array::from_slice(&[1.0f32, 2.0, 3.0], &[3]);
+    x.eval().unwrap();
+    for k in 0..8 {
+        let factor = (k + 2) as f32;
+        let f = std::sync::Arc::new(
+            Compiled::new(false, move |a: &[Array]| Ok(vec![&a[0] * factor])).unwrap(),
+        );
+        let worker = {
+            let (f, x) = (std::sync::Arc::clone(&f), x.clone());
+            std::thread::spawn(move || f.call(&[&x]).unwrap().remove(0).to_vec::<f32>().unwrap())
+        };
+        let got = worker.join().unwrap();
+        assert_eq!(
+            got,
+            vec![factor, 2.0 * factor, 3.0 * factor],
+            "function {k}"
+        );
+        drop(f);
+    }
+}
+
+#[test]
+fn a_panic_reports_the_callers_line() {
+    let _guard = lock();
+    let f = Compiled::new(false, |_: &[Array]| -> mlx::Result<Vec<Array>> {
+        panic!("kaboom")
+    })
+    .unwrap();
+    let line = line!() + 1;
+    let err = f.call(&[&Array::zeros(&[1], Dtype::F32)]).unwrap_err();
+    match &err {
+        Error::Runtime { location, .. } => assert_eq!(location.line(), line, "{err}"),
+        other => panic!("unexpected error {other}"),
+    }
+    set_eager(true);
+    let eager = f.call(&[&Array::zeros(&[1], Dtype::F32)]);
+    set_eager(false);
+    assert!(
+        eager.unwrap_err().to_string().contains("kaboom"),
+        "eager panics come back as Err too"
+    );
+}
+
+/// Dumping (or tracing over) a graph while another thread evaluates it must not read nodes
+/// that the evaluation detaches.
+#[test]
+fn dumping_while_another_thread_evaluates_is_safe() {
+    for _ in 0..5 {
+        let one = Array::ones(&[16], Dtype::F32);
+        one.eval().unwrap();
+        let mut y = one.clone();
+        for _ in 0..300 {
+            y = (&y + &one).sqrt();
+        }
+        let y = std::sync::Arc::new(y);
+        let evaluator = {
+            let y = std::sync::Arc::clone(&y);
+            std::thread::spawn(move || y.eval().unwrap())
+        };
+        let dumped = dump_graph(&[&y]).unwrap();
+        evaluator.join().unwrap();
+        assert!(dumped.ends_with('\n'));
+    }
+}

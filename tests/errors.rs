@@ -492,3 +492,55 @@ fn setting_an_unavailable_device() {
     assert!(Device::Cpu.is_available());
     mlx::set_default_device(Device::Cpu).unwrap();
 }
+
+/// Arguments MLX would divide by unchecked (killing the process) are rejected first.
+#[test]
+fn zero_divisors_are_errors_not_crashes() {
+    let x = Array::zeros(&[1, 4, 4, 2], Dtype::F32);
+    let w = Array::zeros(&[2, 3, 3, 2], Dtype::F32);
+    let bad_groups = mlx::ops::Conv2d {
+        groups: 0,
+        ..Default::default()
+    };
+    assert!(x
+        .conv2d(&w, bad_groups)
+        .check()
+        .unwrap_err()
+        .to_string()
+        .contains("groups"));
+    let bad_stride = mlx::ops::Conv2d {
+        stride: (0, 1),
+        ..Default::default()
+    };
+    assert!(x.conv2d(&w, bad_stride).error().is_some());
+    let m = Array::zeros(&[4, 64], Dtype::F32);
+    assert!(mlx::ops::Quantized::new(&m, 0, 8, mlx::ops::QuantMode::Affine).is_err());
+    assert!(mlx::ops::Quantized::new(&m, 32, 0, mlx::ops::QuantMode::Mxfp8).is_err());
+    let mut q = mlx::ops::Quantized::new(&m, 32, 8, mlx::ops::QuantMode::Affine).unwrap();
+    q.bits = 0;
+    assert!(q
+        .matmul(&Array::zeros(&[1, 64], Dtype::F32), true)
+        .error()
+        .is_some());
+    assert!(q.dequantize(None).error().is_some());
+    let v = Array::zeros(&[8], Dtype::F32);
+    assert!(v.slice(&[0], &[8], &[0]).error().is_some());
+    assert!(v.slice_update(&v, &[0], &[8], &[0]).error().is_some());
+}
+
+#[test]
+fn overflowing_shapes_are_errors() {
+    let a = Array::from_slice::<f32>(&[], &[1 << 30, 1 << 30, 16]);
+    assert!(a
+        .check()
+        .unwrap_err()
+        .to_string()
+        .contains("do not fill shape"));
+}
+
+#[test]
+fn item_checks_the_size_before_reading() {
+    let big = Array::zeros(&[1 << 20], Dtype::F32);
+    let err = big.item::<f32>().unwrap_err().to_string();
+    assert!(err.contains("exactly one element"), "{err}");
+}

@@ -811,3 +811,26 @@ fn hostile_shard_fails_the_checkpoint() {
     write_index(dir.path(), &[("a", SHARD1), ("b", SHARD1), ("c", SHARD2)]);
     assert_file_error(load_checkpoint(dir.path()), &s2, Some("c"));
 }
+
+/// A BOOL tensor whose bytes are not 0 or 1 reads as proper bools.
+#[test]
+fn bool_bytes_are_normalized_on_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bools.safetensors");
+    let header = br#"{"b":{"dtype":"BOOL","shape":[3],"data_offsets":[0,3]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header);
+    file.extend_from_slice(&[2, 0, 255]);
+    std::fs::write(&path, file).unwrap();
+    let loaded = mlx::io::load_safetensors(&path).unwrap();
+    let values = loaded.tensors["b"].to_vec::<bool>().unwrap();
+    assert_eq!(values, vec![true, false, true]);
+    let negated: Vec<bool> = values.iter().map(|v| !v).collect();
+    assert_eq!(negated, vec![false, true, false], "normalized bools negate properly");
+    let count = loaded.tensors["b"]
+        .astype(Dtype::I32)
+        .sum(mlx::ALL, false)
+        .item::<i32>()
+        .unwrap();
+    assert_eq!(count, 2);
+}

@@ -1355,3 +1355,17 @@ fn uniform_samples_fill_the_half_open_interval() {
         .iter()
         .all(|v| (0.0..1.0).contains(&v.to_f32())));
 }
+
+#[test]
+fn where_types_a_scalar_branch_from_the_other_branch() {
+    let mask = Array::from_slice(&[true, false], &[2]);
+    let b = Array::from_slice(&[bf16::from_f32(2.0), bf16::from_f32(3.0)], &[2]);
+    let left = where_(&mask, 1.0, &b);
+    assert_eq!(left.dtype(), Dtype::Bf16);
+    assert_eq!(
+        read::<bf16>(&left),
+        vec![bf16::from_f32(1.0), bf16::from_f32(3.0)]
+    );
+    let right = where_(&mask, &b, 1.0);
+    assert_eq!(right.dtype(), Dtype::Bf16);
+}

@@ -3,16 +3,21 @@
 
 #include "shim.h"
 
+#include <algorithm>
 #include <cstring>
+#include <new>
 #include <exception>
 #include <functional>
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <unordered_map>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "mlx/compile_impl.h"
 #include "mlx/mlx.h"
 #include "mlx/primitives.h"
 #include "mlx/version.h"
@@ -35,6 +40,11 @@ struct mlxs_vec {
 
 struct mlxs_closure {
   std::function<std::vector<mx::array>(const std::vector<mx::array>&)> f;
+  // MLX keys its compile caches, one per thread, by this id.
+  std::uintptr_t id;
+  // The caches of the threads that called `f`, to erase its entries from when freed.
+  std::mutex mutex;
+  std::vector<mx::detail::CompileCacheWeakPtr> caches;
 };
 
 namespace {
@@ -251,7 +261,8 @@ void mlxs_array_free(mlxs_array* a) {
 }
 
 mlxs_array* mlxs_array_clone(const mlxs_array* a) {
-  return new mlxs_array{a->a};
+  // Null on allocation failure; the Rust side turns it into a failed array.
+  return new (std::nothrow) mlxs_array{a->a};
 }
 
 int mlxs_array_dtype(const mlxs_array* a) {
@@ -313,8 +324,18 @@ int mlxs_array_from_data(
 int mlxs_array_from_external(
     void* data, const int32_t* shape, size_t ndim, int dtype, void (*release)(void*),
     void* ctx, mlxs_array** out) {
+  std::shared_ptr<void> owner;
+  try {
+    // Owns the context from here on: released exactly once, by MLX's deleter or by the
+    // last copy of `owner` if building the array fails.
+    owner = std::shared_ptr<void>(ctx, release);
+  } catch (...) {
+    release(ctx);
+    last_error = "out of memory";
+    return 1;
+  }
   return guard([&] {
-    auto deleter = [release, ctx](void*) { release(ctx); };
+    auto deleter = [owner](void*) mutable { owner.reset(); };
     *out = wrap(mx::array(data, to_shape(shape, ndim), to_dtype(dtype), deleter));
   });
 }
@@ -338,7 +359,7 @@ int mlxs_astype(const mlxs_array* a, int dtype, mlxs_array** out) {
 // --- vectors of arrays ----------------------------------------------------------------------
 
 mlxs_vec* mlxs_vec_new(void) {
-  return new mlxs_vec{};
+  return new (std::nothrow) mlxs_vec{};
 }
 
 void mlxs_vec_free(mlxs_vec* v) {
@@ -349,12 +370,12 @@ size_t mlxs_vec_len(const mlxs_vec* v) {
   return v->v.size();
 }
 
-void mlxs_vec_push(mlxs_vec* v, const mlxs_array* a) {
-  v->v.push_back(a->a);
+int mlxs_vec_push(mlxs_vec* v, const mlxs_array* a) {
+  return guard([&] { v->v.push_back(a->a); });
 }
 
 mlxs_array* mlxs_vec_get(const mlxs_vec* v, size_t i) {
-  return wrap(v->v[i]);
+  return new (std::nothrow) mlxs_array{v->v[i]};
 }
 
 // --- element-wise and reductions ----------------------------------------------------------
@@ -709,8 +730,15 @@ int mlxs_random_uniform(
 
 int mlxs_compile(
     mlxs_trace_fn trace, void* ctx, void (*release)(void*), int shapeless, mlxs_closure** out) {
-  // Owns the context from here on, even if compile throws.
-  std::shared_ptr<void> owner(ctx, release);
+  std::shared_ptr<void> owner;
+  try {
+    // Owns the context from here on: released with the function, or now if this fails.
+    owner = std::shared_ptr<void>(ctx, release);
+  } catch (...) {
+    release(ctx);
+    last_error = "out of memory";
+    return 1;
+  }
   return guard([&] {
     auto fun = [trace, owner](const std::vector<mx::array>& inputs) {
       mlxs_vec in{inputs};
@@ -720,15 +748,42 @@ int mlxs_compile(
       }
       return std::move(outputs.v);
     };
-    *out = new mlxs_closure{mx::compile(std::move(fun), shapeless != 0)};
+    // MLX keys a compiled std::function by its heap address, which a later function can
+    // reuse while another thread's cache still holds the old entries. A counter never
+    // reuses an id; the top bit keeps clear of the addresses MLX uses for plain functions.
+    static std::atomic<std::uintptr_t> next_id{1};
+    std::uintptr_t id = (std::uintptr_t{1} << (sizeof(std::uintptr_t) * 8 - 1)) | next_id++;
+    auto closure = std::make_unique<mlxs_closure>();
+    closure->f = mx::detail::compile(std::move(fun), id, shapeless != 0);
+    closure->id = id;
+    *out = closure.release();
   });
 }
 
-int mlxs_closure_call(const mlxs_closure* f, const mlxs_vec* inputs, mlxs_vec** outputs) {
-  return guard([&] { *outputs = new mlxs_vec{f->f(inputs->v)}; });
+int mlxs_closure_call(mlxs_closure* f, const mlxs_vec* inputs, mlxs_vec** outputs) {
+  return guard([&] {
+    {
+      auto cache = mx::detail::compile_cache();
+      std::lock_guard<std::mutex> lock(f->mutex);
+      auto same = [&](const mx::detail::CompileCacheWeakPtr& c) {
+        return !c.owner_before(cache) && !cache.owner_before(c);
+      };
+      if (std::none_of(f->caches.begin(), f->caches.end(), same)) {
+        f->caches.push_back(cache);
+      }
+    }
+    *outputs = new mlxs_vec{f->f(inputs->v)};
+  });
 }
 
 void mlxs_closure_free(mlxs_closure* f) {
+  try {
+    for (const auto& cache : f->caches) {
+      mx::detail::compile_erase(cache, f->id);
+    }
+  } catch (...) {
+    // Erasing cannot fail short of memory exhaustion; the entries would only leak.
+  }
   delete f;
 }
 

@@ -115,6 +115,7 @@ const char* mlxs_reduce_name(int op);
 // --- array handles ------------------------------------------------------------------------
 
 void mlxs_array_free(mlxs_array* a);
+// Null if out of memory.
 mlxs_array* mlxs_array_clone(const mlxs_array* a);
 int mlxs_array_dtype(const mlxs_array* a);
 size_t mlxs_array_ndim(const mlxs_array* a);
@@ -133,7 +134,8 @@ int mlxs_array_to_string(const mlxs_array* a, const char** s, size_t* len);
 
 int mlxs_array_from_data(
     const void* data, const int32_t* shape, size_t ndim, int dtype, mlxs_array** out);
-// Wraps memory owned elsewhere without copying; `release(ctx)` runs once MLX is done with it.
+// Wraps memory owned elsewhere without copying. The shim owns `ctx` from the call on:
+// `release(ctx)` runs exactly once, when MLX is done with the memory or if this fails.
 int mlxs_array_from_external(
     void* data, const int32_t* shape, size_t ndim, int dtype,
     void (*release)(void*), void* ctx, mlxs_array** out);
@@ -145,11 +147,12 @@ int mlxs_astype(const mlxs_array* a, int dtype, mlxs_array** out);
 
 // --- vectors of arrays ----------------------------------------------------------------------
 
+// Null if out of memory.
 mlxs_vec* mlxs_vec_new(void);
 void mlxs_vec_free(mlxs_vec* v);
 size_t mlxs_vec_len(const mlxs_vec* v);
-void mlxs_vec_push(mlxs_vec* v, const mlxs_array* a);
-// A new handle to element i (i < len).
+int mlxs_vec_push(mlxs_vec* v, const mlxs_array* a);
+// A new handle to element i (i < len); null if out of memory.
 mlxs_array* mlxs_vec_get(const mlxs_vec* v, size_t i);
 
 // --- element-wise and reductions ----------------------------------------------------------
@@ -266,7 +269,7 @@ int mlxs_random_uniform(
 // `release(ctx)` runs once the compiled function and MLX's cache entry for it are gone.
 int mlxs_compile(
     mlxs_trace_fn trace, void* ctx, void (*release)(void*), int shapeless, mlxs_closure** out);
-int mlxs_closure_call(const mlxs_closure* f, const mlxs_vec* inputs, mlxs_vec** outputs);
+int mlxs_closure_call(mlxs_closure* f, const mlxs_vec* inputs, mlxs_vec** outputs);
 void mlxs_closure_free(mlxs_closure* f);
 
 // A text dump of the graph that computes `outputs`: one line per node, inputs first.

@@ -215,25 +215,28 @@ impl Array {
     #[track_caller]
     pub fn item<T: Element>(&self) -> Result<T> {
         let location = Location::caller();
-        let values = self.read::<T>("item", location)?;
-        match values.as_slice() {
-            [value] => Ok(*value),
-            _ => Err(Error::Op {
+        if let Some(error) = self.error() {
+            return Err(error.clone());
+        }
+        if self.size() != 1 {
+            return Err(Error::Op {
                 op: "item",
                 operands: describe(&[self]),
                 message: format!(
                     "item() needs exactly one element, the array has {}",
-                    values.len()
+                    self.size()
                 ),
                 location,
-            }),
+            });
         }
+        let values = self.read::<T>("item", location)?;
+        Ok(values[0])
     }
 
     /// The raw bytes of the evaluated array, row-major.
     pub(crate) fn to_bytes(&self) -> Result<Vec<u8>> {
         let ptr = self.raw().map_err(|e| Error::clone(e))?;
-        let mut out = vec![0u8; self.nbytes()];
+        let mut out = allocate::<u8>(self.nbytes(), "to_bytes", Location::caller())?;
         let _guard = crate::eval::lock();
         // SAFETY: `out` has exactly `nbytes` bytes, which the shim checks.
         let status = unsafe { sys::mlxs_array_read(ptr, out.as_mut_ptr().cast(), out.len()) };
@@ -257,13 +260,40 @@ impl Array {
             });
         }
         let len = self.size();
-        let mut out = vec![T::default(); len];
+        if T::DTYPE == Dtype::Bool {
+            // MLX's bool bytes are 0 or 1 for everything it computes; normalize anyway, as a
+            // Rust `bool` of any other value is undefined behaviour.
+            let mut bytes = allocate::<u8>(len, op, location)?;
+            self.read_into(ptr, bytes.as_mut_ptr().cast(), len, op, location)?;
+            let mut out = allocate::<T>(len, op, location)?;
+            for (slot, byte) in out.iter_mut().zip(bytes) {
+                // SAFETY: `T` is `bool` (its dtype is Bool), and 0/1 are valid bools.
+                *slot = unsafe { std::mem::transmute_copy::<u8, T>(&u8::from(byte != 0)) };
+            }
+            return Ok(out);
+        }
+        let mut out = allocate::<T>(len, op, location)?;
+        self.read_into(
+            ptr,
+            out.as_mut_ptr().cast(),
+            len * std::mem::size_of::<T>(),
+            op,
+            location,
+        )?;
+        Ok(out)
+    }
+
+    fn read_into(
+        &self,
+        ptr: *const mlxs_array,
+        dst: *mut std::ffi::c_void,
+        nbytes: usize,
+        op: &'static str,
+        location: &'static Location<'static>,
+    ) -> Result<()> {
         let _guard = crate::eval::lock();
-        // SAFETY: `out` has room for `len` elements of the array's exact element type, which
-        // is `len * size_of::<T>()` bytes; the shim checks that count against the array.
-        let status = unsafe {
-            sys::mlxs_array_read(ptr, out.as_mut_ptr().cast(), len * std::mem::size_of::<T>())
-        };
+        // SAFETY: `dst` has room for `nbytes` bytes, which the shim checks against the array.
+        let status = unsafe { sys::mlxs_array_read(ptr, dst, nbytes) };
         if status != 0 {
             return Err(Error::Runtime {
                 op,
@@ -271,8 +301,25 @@ impl Array {
                 location,
             });
         }
-        Ok(out)
+        Ok(())
     }
+}
+
+/// A zeroed vector of `len` elements, or an error if the memory cannot be had (reading an
+/// array far larger than memory is a bad input, not a reason to abort).
+fn allocate<T: Element>(
+    len: usize,
+    op: &'static str,
+    location: &'static Location<'static>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|e| Error::Runtime {
+        op,
+        message: format!("cannot allocate {len} elements to read the array into: {e}"),
+        location,
+    })?;
+    out.resize(len, T::default());
+    Ok(out)
 }
 
 impl fmt::Display for Array {

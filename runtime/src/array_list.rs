@@ -4,7 +4,6 @@
 use std::ffi::c_int;
 use std::panic::Location;
 use std::ptr::{self, NonNull};
-use std::sync::Arc;
 
 use crate::array::describe;
 use crate::error::last_error;
@@ -23,20 +22,22 @@ impl Drop for ArrayList {
 impl ArrayList {
     /// An empty list.
     pub(crate) fn new() -> ArrayList {
-        // SAFETY: `mlxs_vec_new` returns a fresh vector (operator new aborts rather than
-        // returning null, so the `NonNull` holds).
-        ArrayList(unsafe { NonNull::new_unchecked(sys::mlxs_vec_new()) })
+        // SAFETY: no arguments; the result is a fresh vector or null.
+        match NonNull::new(unsafe { sys::mlxs_vec_new() }) {
+            Some(list) => ArrayList(list),
+            // Out of memory: abort as Rust's own allocations do.
+            None => std::alloc::handle_alloc_error(std::alloc::Layout::new::<[usize; 3]>()),
+        }
     }
 
     /// A list of the given arrays, or the first error one of them carries.
-    pub(crate) fn of<'a>(
-        arrays: impl IntoIterator<Item = &'a Array>,
-    ) -> Result<ArrayList, Arc<Error>> {
+    pub(crate) fn of<'a>(arrays: impl IntoIterator<Item = &'a Array>) -> Result<ArrayList> {
         let list = ArrayList::new();
         for array in arrays {
-            let raw = array.raw().map_err(Arc::clone)?;
+            let raw = array.raw().map_err(|e| Error::clone(e))?;
             // SAFETY: both handles are live.
-            unsafe { sys::mlxs_vec_push(list.0.as_ptr(), raw) };
+            let status = unsafe { sys::mlxs_vec_push(list.0.as_ptr(), raw) };
+            crate::error::check("array list", status)?;
         }
         Ok(list)
     }

@@ -34,8 +34,10 @@ pub struct Compiled {
     traces: Arc<AtomicU64>,
 }
 
-// SAFETY: the closure is an immutable `std::function` over MLX's compile cache, which MLX
-// guards (its entries are per thread or behind a lock); the body is `Send + Sync`.
+// SAFETY: the closure is an immutable `std::function` over MLX's compile caches, which are
+// per thread; the shim erases this function's entries from every thread's cache it was
+// called on when it is freed; calls are serialized by the eval lock; the body is
+// `Send + Sync`.
 unsafe impl Send for Compiled {}
 // SAFETY: as above; `call` takes `&self` and only reads the closure.
 unsafe impl Sync for Compiled {}
@@ -109,10 +111,11 @@ impl Compiled {
     #[track_caller]
     pub fn call(&self, inputs: &[&Array]) -> Result<Vec<Array>> {
         let location = Location::caller();
-        let list = ArrayList::of(inputs.iter().copied()).map_err(|e| Error::clone(&e))?;
+        let list = ArrayList::of(inputs.iter().copied())?;
         if is_eager() {
             let owned: Vec<Array> = inputs.iter().map(|&a| a.clone()).collect();
-            let outputs = (self.body)(&owned)?;
+            let outputs = catch_unwind(AssertUnwindSafe(|| (self.body)(&owned)))
+                .map_err(|payload| panicked(&*payload, location))??;
             return match outputs.iter().find_map(|a| a.error()) {
                 Some(error) => Err(error.clone()),
                 None => Ok(outputs),
@@ -120,18 +123,27 @@ impl Compiled {
         }
         let mut out = ptr::null_mut();
         TRACE_ERROR.with(|e| e.borrow_mut().take());
-        // SAFETY: live closure and list; on success the shim hands us a new vector we own.
-        let status =
-            unsafe { sys::mlxs_closure_call(self.closure.as_ptr(), list.as_ptr(), &mut out) };
+        let status = {
+            let _guard = crate::eval::lock();
+            // SAFETY: live closure and list; on success the shim hands us a new vector we
+            // own.
+            unsafe { sys::mlxs_closure_call(self.closure.as_ptr(), list.as_ptr(), &mut out) }
+        };
         match NonNull::new(out) {
             Some(list) if status == 0 => Ok(ArrayList::from_raw(list).into_arrays()),
-            _ => Err(TRACE_ERROR
-                .with(|e| e.borrow_mut().take())
-                .unwrap_or_else(|| Error::Runtime {
+            _ => Err(match TRACE_ERROR.with(|e| e.borrow_mut().take()) {
+                Some(TraceFailure::Error(error)) => error,
+                Some(TraceFailure::Panic(message)) => Error::Runtime {
+                    op: "compiled call",
+                    message,
+                    location,
+                },
+                None => Error::Runtime {
                     op: "compiled call",
                     message: last_error(),
                     location,
-                })),
+                },
+            }),
         }
     }
 
@@ -152,7 +164,7 @@ thread_local! {
     /// Depth of traces running on this thread (a traced body may call compiled functions).
     static TRACING: Cell<u32> = const { Cell::new(0) };
     /// Why the last trace on this thread failed, in full, for `call` to return.
-    static TRACE_ERROR: RefCell<Option<Error>> = const { RefCell::new(None) };
+    static TRACE_ERROR: RefCell<Option<TraceFailure>> = const { RefCell::new(None) };
 }
 
 /// Whether this thread is inside a traced body: arrays created now are MLX's tracers.
@@ -209,8 +221,22 @@ pub fn is_eager() -> bool {
     }
 }
 
-fn stash(error: Error) {
-    TRACE_ERROR.with(|e| *e.borrow_mut() = Some(error));
+/// Why a trace failed; a panic gets the caller's location in `call`.
+enum TraceFailure {
+    Error(Error),
+    Panic(String),
+}
+
+fn stash(failure: TraceFailure) {
+    TRACE_ERROR.with(|e| *e.borrow_mut() = Some(failure));
+}
+
+fn panicked(payload: &(dyn Any + Send), location: &'static Location<'static>) -> Error {
+    Error::Runtime {
+        op: "compiled call",
+        message: format!("the function panicked: {}", panic_message(payload)),
+        location,
+    }
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -241,24 +267,32 @@ unsafe extern "C" fn trace(
     let outputs_result = match result {
         Ok(Ok(arrays)) => arrays,
         Ok(Err(error)) => {
-            stash(error);
+            stash(TraceFailure::Error(error));
             return 1;
         }
         Err(payload) => {
-            stash(Error::Runtime {
-                op: "compiled call",
-                message: format!("the traced function panicked: {}", panic_message(&*payload)),
-                location: Location::caller(),
-            });
+            stash(TraceFailure::Panic(format!(
+                "the traced function panicked: {}",
+                panic_message(&*payload)
+            )));
             return 1;
         }
     };
     for array in &outputs_result {
         match array.raw() {
-            // SAFETY: live vector from MLX and live handle.
-            Ok(raw) => unsafe { sys::mlxs_vec_push(outputs, raw) },
+            Ok(raw) => {
+                // SAFETY: live vector from MLX and live handle.
+                if unsafe { sys::mlxs_vec_push(outputs, raw) } != 0 {
+                    stash(TraceFailure::Error(Error::Runtime {
+                        op: "compiled call",
+                        message: last_error(),
+                        location: Location::caller(),
+                    }));
+                    return 1;
+                }
+            }
             Err(error) => {
-                stash(Error::clone(error));
+                stash(TraceFailure::Error(Error::clone(error)));
                 return 1;
             }
         }

@@ -84,8 +84,10 @@ impl Array {
     /// A `data` whose length is not the product of `shape` gives a failed array.
     #[track_caller]
     pub fn from_slice<T: Element>(data: &[T], shape: &[i32]) -> Array {
-        let expected: i64 = shape.iter().map(|&d| i64::from(d)).product();
-        if shape.iter().any(|&d| d < 0) || expected != data.len() as i64 {
+        let expected = shape.iter().try_fold(1usize, |n, &d| {
+            usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+        });
+        if expected != Some(data.len()) {
             return Array::failed(Error::Op {
                 op: "from_slice",
                 operands: format!("{}[{}]", T::DTYPE, data.len()),

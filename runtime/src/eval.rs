@@ -1,5 +1,6 @@
 //! Computing arrays, and where computations run.
 
+use std::cell::Cell;
 use std::panic::Location;
 use std::sync::{Mutex, MutexGuard};
 
@@ -8,16 +9,40 @@ use crate::error::check;
 use crate::sys;
 use crate::{Array, Error, Result};
 
-/// Serializes everything that runs MLX's scheduler: evaluation and data reads. MLX keeps
-/// its streams and scheduler process-wide; graph building needs no lock.
+/// Serializes everything that evaluates graphs or walks them: evaluation, data reads,
+/// compiled calls (tracing walks the graphs of captured arrays) and graph dumps. MLX's
+/// `eval` detaches the nodes it computes, so a concurrent walk of the same nodes would read
+/// freed memory. Building new nodes needs no lock: it reads only shapes and dtypes.
 static EVAL_LOCK: Mutex<()> = Mutex::new(());
 
-pub(crate) fn lock() -> MutexGuard<'static, ()> {
+thread_local! {
+    /// Whether this thread holds `EVAL_LOCK` (a traced body may evaluate, and must not
+    /// deadlock on the lock its compiled call holds).
+    static HELD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Holds the eval lock, unless this thread already held it when it asked.
+pub(crate) struct EvalGuard(Option<MutexGuard<'static, ()>>);
+
+impl Drop for EvalGuard {
+    fn drop(&mut self) {
+        if self.0.take().is_some() {
+            HELD.with(|h| h.set(false));
+        }
+    }
+}
+
+pub(crate) fn lock() -> EvalGuard {
+    if HELD.with(Cell::get) {
+        return EvalGuard(None);
+    }
     // A panic while holding the lock cannot leave MLX half-updated (the shim catches its
     // exceptions), so a poisoned lock is still good to use.
-    EVAL_LOCK
+    let guard = EVAL_LOCK
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    HELD.with(|h| h.set(true));
+    EvalGuard(Some(guard))
 }
 
 /// Computes `arrays` (and whatever they depend on), waiting for the result.
@@ -41,7 +66,7 @@ fn run<'a>(
     arrays: impl IntoIterator<Item = &'a Array>,
     call: unsafe extern "C" fn(*const sys::mlxs_vec) -> i32,
 ) -> Result<()> {
-    let list = ArrayList::of(arrays).map_err(|e| Error::clone(&e))?;
+    let list = ArrayList::of(arrays)?;
     let _guard = lock();
     // SAFETY: live list of live handles.
     check(op, unsafe { call(list.as_ptr()) })
@@ -104,7 +129,8 @@ pub fn default_device() -> Result<Device> {
     })
 }
 
-/// Makes `device` the default for ops built from now on, on every thread.
+/// Makes `device` the default for ops built from now on, on every thread. Set it before
+/// other threads build graphs: MLX reads the default device without synchronization.
 #[track_caller]
 pub fn set_default_device(device: Device) -> Result<()> {
     if !device.is_available() {

@@ -5,7 +5,7 @@ use std::ptr;
 use crate::array_list::ArrayList;
 use crate::error::check;
 use crate::sys;
-use crate::{Array, Error, Result};
+use crate::{Array, Result};
 
 /// The graph that computes `outputs`, one line per node, inputs before their users:
 ///
@@ -21,9 +21,10 @@ use crate::{Array, Error, Result};
 /// `input`.
 #[track_caller]
 pub fn dump_graph(outputs: &[&Array]) -> Result<String> {
-    let list = ArrayList::of(outputs.iter().copied()).map_err(|e| Error::clone(&e))?;
+    let list = ArrayList::of(outputs.iter().copied())?;
     let mut s = ptr::null();
     let mut len = 0usize;
+    let _guard = crate::eval::lock();
     // SAFETY: live list; on success the shim points `s` at `len` bytes of a thread-local
     // string that stays valid until its next call on this thread, and we copy it at once.
     check("dump_graph", unsafe {

@@ -11,7 +11,11 @@
 //! everything else has been released.
 //!
 //! Arrays created while a graph is traced ([`crate::compile::is_tracing`]) belong to MLX and
-//! are never registered. Arrays created outside any loop (weights, inputs) are not tracked.
+//! are never registered. Arrays created outside any loop (weights, inputs) are not tracked,
+//! and neither are arrays other threads create while the loop runs (frames belong to the
+//! thread of their loop): state computed on a thread pool must be evaluated explicitly.
+//! An evaluation that fails at a boundary is logged through `tracing`; the failed arrays
+//! themselves carry the error to whoever reads them.
 //!
 //! # From manual memory management
 //!
@@ -220,11 +224,13 @@ impl Frame {
                 let handle = entry.handle as *const mlxs_array;
                 // SAFETY: the entry exists, so its array (and handle) is alive; pushing
                 // copies the MLX array, so the list stays valid after the lock is released.
+                // A failed push (out of memory) leaves that array lazy.
                 unsafe {
-                    sys::mlxs_vec_push(list.as_mut_ptr(), handle);
-                    bytes += sys::mlxs_array_nbytes(handle);
+                    if sys::mlxs_vec_push(list.as_mut_ptr(), handle) == 0 {
+                        bytes += sys::mlxs_array_nbytes(handle);
+                        count += 1;
+                    }
                 }
-                count += 1;
             }
         }
         (list, count, bytes)

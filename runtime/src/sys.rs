@@ -154,7 +154,7 @@ extern "C" {
     pub fn mlxs_vec_new() -> *mut mlxs_vec;
     pub fn mlxs_vec_free(v: *mut mlxs_vec);
     pub fn mlxs_vec_len(v: *const mlxs_vec) -> usize;
-    pub fn mlxs_vec_push(v: *mut mlxs_vec, a: *const mlxs_array);
+    pub fn mlxs_vec_push(v: *mut mlxs_vec, a: *const mlxs_array) -> c_int;
     pub fn mlxs_vec_get(v: *const mlxs_vec, i: usize) -> *mut mlxs_array;
 
     pub fn mlxs_unary(op: c_int, a: *const mlxs_array, out: *mut *mut mlxs_array) -> c_int;
@@ -458,7 +458,7 @@ extern "C" {
         out: *mut *mut mlxs_closure,
     ) -> c_int;
     pub fn mlxs_closure_call(
-        f: *const mlxs_closure,
+        f: *mut mlxs_closure,
         inputs: *const mlxs_vec,
         outputs: *mut *mut mlxs_vec,
     ) -> c_int;

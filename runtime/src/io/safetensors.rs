@@ -178,12 +178,16 @@ fn tensor_to_array(map: &Arc<Mmap>, view: &TensorView<'_>) -> Result<Array, Stri
         .collect::<Result<Vec<i32>, String>>()?;
     let data = view.data();
     let aligned = (data.as_ptr() as usize) % dtype.size() == 0;
+    // Bool bytes other than 0 and 1 are undefined behaviour for MLX and for Rust's `bool`:
+    // such tensors are copied and normalized.
+    let aligned = aligned && dtype != Dtype::Bool;
     let mut out = ptr::null_mut();
     let status = if aligned && !data.is_empty() {
         let ctx = Arc::into_raw(Arc::clone(map)).cast_mut().cast::<c_void>();
-        // SAFETY: `data` points into the map, which `ctx` keeps alive until MLX releases the
-        // array; its length matches shape and dtype (checked by the safetensors parser).
-        let status = unsafe {
+        // SAFETY: `data` points into the map, which `ctx` keeps alive until the shim
+        // releases it (once, whether or not the call succeeds); its length matches shape and
+        // dtype (checked by the safetensors parser).
+        unsafe {
             sys::mlxs_array_from_external(
                 data.as_ptr().cast_mut().cast(),
                 shape.as_ptr(),
@@ -193,13 +197,7 @@ fn tensor_to_array(map: &Arc<Mmap>, view: &TensorView<'_>) -> Result<Array, Stri
                 ctx,
                 &mut out,
             )
-        };
-        if status != 0 {
-            // MLX did not take the buffer, so the reference is still ours.
-            // SAFETY: `ctx` came from `Arc::into_raw` just above and was not released.
-            unsafe { release_map(ctx) };
         }
-        status
     } else {
         // Copy through a buffer aligned for any element type.
         let mut buffer = vec![0u64; data.len().div_ceil(8)];
@@ -207,6 +205,15 @@ fn tensor_to_array(map: &Arc<Mmap>, view: &TensorView<'_>) -> Result<Array, Stri
         unsafe {
             ptr::copy_nonoverlapping(data.as_ptr(), buffer.as_mut_ptr().cast::<u8>(), data.len())
         };
+        if dtype == Dtype::Bool {
+            // SAFETY: the buffer holds at least `data.len()` initialized bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(buffer.as_mut_ptr().cast::<u8>(), data.len())
+            };
+            for b in bytes {
+                *b = u8::from(*b != 0);
+            }
+        }
         // SAFETY: an aligned buffer of shape-and-dtype-sized data, copied by the shim.
         unsafe {
             sys::mlxs_array_from_data(
@@ -283,7 +290,10 @@ pub fn save_safetensors<'a, S: AsRef<str>>(
         .file_name()
         .ok_or_else(|| Error::file(path, None, "not a file path"))?;
     let mut temp_name = file_name.to_os_string();
-    temp_name.push(format!(".tmp-{}", std::process::id()));
+    // Unique per process and call, so concurrent saves never share a temporary file.
+    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    temp_name.push(format!(".tmp-{}-{n}", std::process::id()));
     let temp = path.with_file_name(temp_name);
     let written =
         safetensors::serialize_to_file(prepared.iter().map(|(k, v)| (k.as_str(), v)), info, &temp)

@@ -13,17 +13,30 @@ pub trait Operand<'a> {
     /// This operand as an array, to be combined with `like`.
     #[track_caller]
     fn into_operand(self, like: &Array) -> Cow<'a, Array>;
+
+    /// The array, if this operand is one (a scalar takes its dtype from the other side).
+    fn as_array(&self) -> Option<&Array> {
+        None
+    }
 }
 
 impl<'a> Operand<'a> for &'a Array {
     fn into_operand(self, _like: &Array) -> Cow<'a, Array> {
         Cow::Borrowed(self)
     }
+
+    fn as_array(&self) -> Option<&Array> {
+        Some(self)
+    }
 }
 
 impl<'a> Operand<'a> for Array {
     fn into_operand(self, _like: &Array) -> Cow<'a, Array> {
         Cow::Owned(self)
+    }
+
+    fn as_array(&self) -> Option<&Array> {
+        Some(self)
     }
 }
 
@@ -188,7 +201,11 @@ impl Array {
 /// `a` where `cond` is true, `b` elsewhere (all three broadcast together).
 #[track_caller]
 pub fn where_<'a, 'b>(cond: &Array, a: impl Operand<'a>, b: impl Operand<'b>) -> Array {
-    let a = a.into_operand(cond);
+    // A scalar branch takes its dtype from the other branch, as in `where(m, 1.0, bf16)`.
+    let a = match b.as_array() {
+        Some(other) => a.into_operand(other),
+        None => a.into_operand(cond),
+    };
     let b = b.into_operand(&a);
     op("where", &[Some(cond), Some(&a), Some(&b)], |r, out| {
         // SAFETY: live handles.

@@ -1,6 +1,6 @@
 //! Matrix products and convolution.
 
-use crate::array::op;
+use crate::array::{invalid, op};
 use crate::ops::arith::binary;
 use crate::sys::{self, Binary};
 use crate::Array;
@@ -31,6 +31,14 @@ impl Array {
             dilation,
             groups,
         } = params;
+        // MLX divides by these unchecked: zero would kill the process.
+        if groups < 1 || stride.0 < 1 || stride.1 < 1 || dilation.0 < 1 || dilation.1 < 1 {
+            return invalid(
+                "conv2d",
+                &[self, weight],
+                format!("groups, strides and dilations must be at least 1 (got {params:?})"),
+            );
+        }
         op("conv2d", &[Some(self), Some(weight)], |r, out| {
             // SAFETY: live handles.
             unsafe {

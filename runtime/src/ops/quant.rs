@@ -84,6 +84,7 @@ impl Quantized {
     /// Quantizes `w` (last axis divisible by `group_size`) with `bits` per element.
     #[track_caller]
     pub fn new(w: &Array, group_size: i32, bits: i32, mode: QuantMode) -> Result<Quantized> {
+        check_params("quantize", &[w], group_size, bits)?;
         let mut parts = op_list("quantize", &[w], |r, out| {
             // SAFETY: live handle; static NUL-terminated mode name.
             unsafe { sys::mlxs_quantize(r[0], group_size, bits, mode.c_name().as_ptr(), out) }
@@ -110,6 +111,10 @@ impl Quantized {
     /// The float matrix the packed weights stand for, in the scales' dtype or `dtype`.
     #[track_caller]
     pub fn dequantize(&self, dtype: Option<Dtype>) -> Array {
+        if let Err(error) = check_params("dequantize", &[&self.weights], self.group_size, self.bits)
+        {
+            return Array::failed(error);
+        }
         let mode = self.mode;
         op(
             "dequantize",
@@ -140,6 +145,14 @@ impl Quantized {
     /// computed on the packed weights.
     #[track_caller]
     pub fn matmul(&self, x: &Array, transpose: bool) -> Array {
+        if let Err(error) = check_params(
+            "quantized_matmul",
+            &[x, &self.weights],
+            self.group_size,
+            self.bits,
+        ) {
+            return Array::failed(error);
+        }
         let mode = self.mode;
         op(
             "quantized_matmul",
@@ -167,4 +180,19 @@ impl Quantized {
             },
         )
     }
+}
+
+/// MLX divides by the group size and bit width unchecked: zero or less would kill the
+/// process, so they are rejected here.
+#[track_caller]
+fn check_params(op: &'static str, inputs: &[&Array], group_size: i32, bits: i32) -> Result<()> {
+    if group_size < 1 || bits < 1 {
+        return Err(Error::Op {
+            op,
+            operands: crate::array::describe(inputs),
+            message: format!("group size and bits must be positive (got {group_size} and {bits})"),
+            location: std::panic::Location::caller(),
+        });
+    }
+    Ok(())
 }

@@ -147,6 +147,13 @@ impl Array {
         } else {
             strides
         };
+        if strides.contains(&0) {
+            return invalid(
+                "slice",
+                &[self],
+                format!("strides must not be zero: {strides:?}"),
+            );
+        }
         if stop.len() != start.len() || strides.len() != start.len() {
             return invalid(
                 "slice",
@@ -212,6 +219,13 @@ impl Array {
         } else {
             strides
         };
+        if strides.contains(&0) {
+            return invalid(
+                "slice_update",
+                &[self, update],
+                format!("strides must not be zero: {strides:?}"),
+            );
+        }
         if stop.len() != start.len() || strides.len() != start.len() {
             return invalid(
                 "slice_update",
