@@ -134,9 +134,9 @@ fn take_static_marker(attrs: &mut Vec<syn::Attribute>) -> syn::Result<bool> {
         if !attr.path().is_ident("mlx") {
             return true;
         }
-        match attr.parse_args::<syn::Ident>() {
-            Ok(ident) if ident == "static" => marked = true,
-            _ => {
+        match attr.parse_args::<Token![static]>() {
+            Ok(_) => marked = true,
+            Err(_) => {
                 error = Some(syn::Error::new(
                     attr.span(),
                     "expected #[mlx(static)] on a graph parameter",
@@ -354,6 +354,10 @@ fn wrapper(
             }
         }
     }
+    // Spanned at the return type, so that an unsupported one is reported there.
+    let unflatten =
+        quote_spanned! {output.span()=> ::mlx::graph::unflatten::<#output>(__mlx_result) };
+    let flatten = quote_spanned! {output.span()=> ::mlx::graph::flatten::<#output>(__mlx_out) };
     quote! {
         if ::mlx::compile::is_eager() {
             return #eager_call;
@@ -369,10 +373,10 @@ fn wrapper(
                 let mut __mlx_it = __mlx_arrays.iter().cloned();
                 #(#rebuilds)*
                 let __mlx_out: #output = #traced_call;
-                ::mlx::Result::Ok(::mlx::graph::flatten(__mlx_out))
+                ::mlx::Result::Ok(#flatten)
             })
         });
-        ::mlx::graph::unflatten::<#output>(__mlx_result)
+        #unflatten
     }
 }
 
@@ -445,7 +449,113 @@ pub fn expand(attr: TokenStream, mut item: ItemFn) -> syn::Result<TokenStream> {
     }
 }
 
+/// The item as written, minus `#[mlx(...)]` parameter attributes (which only mean something
+/// to this macro), for emitting next to an error.
+pub fn strip_graph_attrs(item: TokenStream) -> TokenStream {
+    match syn::parse2::<ItemFn>(item.clone()) {
+        Ok(mut f) => {
+            for input in f.sig.inputs.iter_mut() {
+                if let FnArg::Typed(p) = input {
+                    p.attrs.retain(|a| !a.path().is_ident("mlx"));
+                }
+            }
+            quote! { #f }
+        }
+        Err(_) => item,
+    }
+}
+
 /// `#[mlx::graph]` on anything else.
 pub fn misplaced(span: Span) -> syn::Error {
     syn::Error::new(span, "#[mlx::graph] goes on a function or a `&self` method")
+}
+
+#[cfg(test)]
+mod tests {
+    //! The expansion of representative graphs, pretty-printed, as snapshots in
+    //! `tests/snapshots/`: every change to the generated code shows in review.
+
+    use super::*;
+
+    /// Expands `item` (inside `impl Model { ... }` when `in_impl`) and pretty-prints it.
+    fn expansion(attr: &str, item: &str, in_impl: bool) -> String {
+        let parsed: ItemFn = syn::parse_str(item).expect("test item parses");
+        let tokens = expand(attr.parse().expect("test options parse"), parsed).expect("expands");
+        let tokens = if in_impl {
+            quote! { impl Model { #tokens } }
+        } else {
+            tokens
+        };
+        let file: syn::File = syn::parse2(tokens).expect("the expansion parses as a file");
+        prettyplease::unparse(&file)
+    }
+
+    fn snapshot(name: &str, text: String) {
+        insta::with_settings!({
+            snapshot_path => "../../tests/snapshots",
+            prepend_module_to_snapshot => false,
+        }, {
+            insta::assert_snapshot!(name, text);
+        });
+    }
+
+    #[test]
+    fn expands_a_free_function() {
+        snapshot(
+            "expand_free_function",
+            expansion(
+                "",
+                "fn gelu_chain(x: &Array, y: &Array) -> Array { (x * 1.5 + y).gelu() }",
+                false,
+            ),
+        );
+    }
+
+    #[test]
+    fn expands_statics_and_borrowed_forms() {
+        snapshot(
+            "expand_statics_and_borrowed_forms",
+            expansion(
+                "",
+                "pub fn mix(xs: &[Array], mask: Option<&Array>, scale: f32, #[mlx(static)] act: Act) -> (Array, Array) { todo!() }",
+                false,
+            ),
+        );
+    }
+
+    #[test]
+    fn expands_a_method() {
+        snapshot(
+            "expand_method",
+            expansion(
+                "",
+                "pub fn forward(&self, x: &Array) -> Array { x.matmul(&self.weight.t()) }",
+                true,
+            ),
+        );
+    }
+
+    #[test]
+    fn expands_a_shapeless_method_with_a_vec_output() {
+        snapshot(
+            "expand_shapeless_method",
+            expansion(
+                "shapeless",
+                "fn heads(&self, x: &Array, n: usize) -> Vec<Array> { x.split(n as i32, -1) }",
+                true,
+            ),
+        );
+    }
+
+    #[test]
+    fn expands_an_associated_function_using_self_type() {
+        snapshot(
+            "expand_associated_function",
+            expansion(
+                "",
+                "fn both(a: &Array, b: (Array, Array)) -> Array { Self::helper(a, &b.0) }",
+                true,
+            ),
+        );
+    }
 }

@@ -27,10 +27,20 @@ pub fn graph(attr: TokenStream, item: TokenStream) -> TokenStream {
         Ok(item) => graph::expand(attr, item),
         Err(_) => Err(graph::misplaced(
             item2
+                .clone()
                 .into_iter()
                 .next()
                 .map_or_else(proc_macro2::Span::call_site, |t| t.span()),
         )),
     };
-    result.unwrap_or_else(syn::Error::into_compile_error).into()
+    match result {
+        Ok(tokens) => tokens.into(),
+        // Keep the item as written next to the error, so that the error is the only one
+        // (no knock-on "unused import" or "cannot find function").
+        Err(error) => {
+            let mut tokens = error.into_compile_error();
+            tokens.extend(graph::strip_graph_attrs(item2));
+            tokens.into()
+        }
+    }
 }

@@ -50,7 +50,7 @@ fn role(field: &Field, index: usize) -> syn::Result<Role> {
         }
         let malformed = || {
             syn::Error::new(
-                attr.span(),
+                attr.meta.span(),
                 "expected #[weight(\"checkpoint.name\")] or #[weight(skip)]",
             )
         };

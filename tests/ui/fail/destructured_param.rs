@@ -1,0 +1,8 @@
+use mlx::Array;
+
+#[mlx::graph]
+fn sum_pair((a, b): (Array, Array)) -> Array {
+    a + b
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[mlx::graph]
+struct NotAFunction;
+
+fn main() {}

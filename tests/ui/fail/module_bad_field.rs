@@ -1,0 +1,9 @@
+use mlx::{Array, Module};
+
+#[derive(Module)]
+struct Norm {
+    weight: Array,
+    eps: f32,
+}
+
+fn main() {}

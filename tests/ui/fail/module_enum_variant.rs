@@ -1,0 +1,8 @@
+use mlx::{Array, Module};
+
+#[derive(Module)]
+enum Layer {
+    Dense { weight: Array },
+}
+
+fn main() {}

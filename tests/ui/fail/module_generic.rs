@@ -1,0 +1,8 @@
+use mlx::Module;
+
+#[derive(Module)]
+struct Wrapper<T> {
+    inner: T,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use mlx::Array;
+
+#[mlx::graph]
+fn nothing(_x: &Array) {}
+
+fn main() {}
