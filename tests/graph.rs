@@ -264,3 +264,56 @@ fn errors_inside_a_graph_surface_at_the_call() {
     let err = out.check().unwrap_err().to_string();
     assert!(err.contains("float32[3, 5], float32[4, 5]"), "{err}");
 }
+
+// === lowered graphs ===========================================================================
+
+/// The graph a function builds, as `mlx::dump_graph` prints it, from evaluated inputs (so
+/// inputs print as `input`): the ops MLX traces, before its own simplification and fusion.
+fn lowered(outputs: impl FnOnce() -> Vec<Array>) -> String {
+    mlx::compile::set_eager(true);
+    let outputs = outputs();
+    mlx::compile::set_eager(false);
+    mlx::dump_graph(&outputs.iter().collect::<Vec<_>>()).unwrap()
+}
+
+fn snapshot(name: &str, text: String) {
+    insta::with_settings!({ snapshot_path => "snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+fn evaluated(shape: &[i32], seed: u64) -> Array {
+    let a = normal(shape, seed);
+    a.eval().unwrap();
+    a
+}
+
+fn evaluated_module<M: Module>(m: M) -> M {
+    mlx::eval(m.parameters().into_iter().map(|(_, a)| a)).unwrap();
+    m
+}
+
+#[test]
+fn lowered_graphs_are_stable() {
+    let _serial = serial();
+    let x = evaluated(&[4, 8], 1);
+    let y = evaluated(&[4, 8], 2);
+    snapshot("lowered_gelu_chain", lowered(|| vec![gelu_chain(&x, &y)]));
+    snapshot("lowered_scaled", lowered(|| vec![scaled(&x, 0.5, 3)]));
+    snapshot(
+        "lowered_stats",
+        lowered(|| {
+            let (mean, max) = stats(&[x.clone(), y.clone()], Some(&y));
+            vec![mean, max]
+        }),
+    );
+    let linear = evaluated_module(Linear::random(6, 8, 3));
+    snapshot("lowered_linear", lowered(|| vec![linear.forward(&x)]));
+    let block = evaluated_module(Block::random(32, 4, 4));
+    let tokens = evaluated(&[1, 16, 32], 5);
+    let c = evaluated(&[1, 32], 6);
+    snapshot(
+        "lowered_dit_block",
+        lowered(|| vec![block.forward(&tokens, &c)]),
+    );
+}

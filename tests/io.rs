@@ -826,7 +826,11 @@ fn bool_bytes_are_normalized_on_load() {
     let values = loaded.tensors["b"].to_vec::<bool>().unwrap();
     assert_eq!(values, vec![true, false, true]);
     let negated: Vec<bool> = values.iter().map(|v| !v).collect();
-    assert_eq!(negated, vec![false, true, false], "normalized bools negate properly");
+    assert_eq!(
+        negated,
+        vec![false, true, false],
+        "normalized bools negate properly"
+    );
     let count = loaded.tensors["b"]
         .astype(Dtype::I32)
         .sum(mlx::ALL, false)
