@@ -1,6 +1,8 @@
-//! Procedural macros of the `mlx` crate, re-exported by it: `#[derive(mlx::Module)]`.
+//! Procedural macros of the `mlx` crate, re-exported by it: `#[mlx::graph]`,
+//! `#[derive(mlx::Module)]` and `#[derive(mlx::GraphOutput)]`.
 
 mod module;
+mod output;
 
 use proc_macro::TokenStream;
 
@@ -43,4 +45,15 @@ pub fn graph(attr: TokenStream, item: TokenStream) -> TokenStream {
             tokens.into()
         }
     }
+}
+
+/// Lets a struct of arrays (fields that are `Array`s, tuples, `Vec<Array>` or other such
+/// structs) be returned from an `#[mlx::graph]` function. A `Vec<Array>` field takes all the
+/// remaining outputs, so it must be the last field.
+#[proc_macro_derive(GraphOutput)]
+pub fn derive_graph_output(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    output::expand(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }

@@ -89,10 +89,11 @@ pub fn skeleton<M: Module>(module: &M) -> M {
     }))
 }
 
-/// What a graph function may return: arrays, tuples of them, `Vec<Array>`.
+/// What a graph function may return: arrays, tuples of them, `Vec<Array>`, and structs of
+/// those with `#[derive(mlx::GraphOutput)]`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be returned from an #[mlx::graph] function",
-    label = "return `Array`, `Vec<Array>`, or a tuple of those",
+    label = "return `Array`, `Vec<Array>`, a tuple of those, or a `#[derive(GraphOutput)]` struct",
     note = "a compiled graph's outputs are arrays"
 )]
 pub trait GraphOutput: Sized {
