@@ -14,7 +14,6 @@
 use std::time::Instant;
 
 use mlx::compile::set_eager;
-use mlx::fast::{self, Mask};
 use mlx::{random, Array, Dtype, Module};
 
 const TRIALS: usize = 7;
@@ -53,87 +52,9 @@ fn chain12(x: &Array) -> Array {
     (&c * &a - x * 0.1).abs() / (c + 2.0)
 }
 
-#[derive(Module)]
-struct Linear {
-    weight: Array,
-}
-
-impl Linear {
-    fn random(out: i32, inp: i32, seed: u64) -> Linear {
-        Linear {
-            weight: normal(&[out, inp], seed) * (1.0 / f64::from(inp).sqrt()),
-        }
-    }
-
-    fn forward(&self, x: &Array) -> Array {
-        x.matmul(&self.weight.t())
-    }
-}
-
-#[derive(Module)]
-struct Block {
-    norm1: Array,
-    norm2: Array,
-    q_norm: Array,
-    k_norm: Array,
-    adaln: Linear,
-    qkv: Linear,
-    out: Linear,
-    w1: Linear,
-    w2: Linear,
-    w3: Linear,
-    #[weight(skip)]
-    heads: i32,
-}
-
-impl Block {
-    fn random(dim: i32, heads: i32) -> Block {
-        Block {
-            norm1: Array::ones(&[dim], Dtype::F32),
-            norm2: Array::ones(&[dim], Dtype::F32),
-            q_norm: Array::ones(&[dim / heads], Dtype::F32),
-            k_norm: Array::ones(&[dim / heads], Dtype::F32),
-            adaln: Linear::random(4 * dim, dim, 1),
-            qkv: Linear::random(3 * dim, dim, 2),
-            out: Linear::random(dim, dim, 3),
-            w1: Linear::random(dim * 8 / 3, dim, 4),
-            w2: Linear::random(dim, dim * 8 / 3, 5),
-            w3: Linear::random(dim * 8 / 3, dim, 6),
-            heads,
-        }
-    }
-
-    /// RMSNorm, adaLN modulation, attention with per-head QK RMSNorm, SwiGLU.
-    #[mlx::graph]
-    fn forward(&self, x: &Array, c: &Array) -> Array {
-        let (b, l, d) = (
-            x.dim(0).unwrap_or(0),
-            x.dim(1).unwrap_or(0),
-            x.dim(2).unwrap_or(0),
-        );
-        let hd = d / self.heads;
-        let m = self.adaln.forward(&c.silu()).expand_dims(1).split(4, -1);
-        let h = fast::rms_norm(x, Some(&self.norm1), 1e-5) * (&m[0] + 1.0);
-        let qkv = self.qkv.forward(&h).reshape(&[b, l, 3, self.heads, hd]);
-        let part = |i: i32| {
-            qkv.slice_axis(2, i, i + 1)
-                .squeeze(2)
-                .transpose(&[0, 2, 1, 3])
-        };
-        let q = fast::rms_norm(&part(0), Some(&self.q_norm), 1e-5);
-        let k = fast::rms_norm(&part(1), Some(&self.k_norm), 1e-5);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let attn = fast::scaled_dot_product_attention(&q, &k, &part(2), scale, Mask::None)
-            .transpose(&[0, 2, 1, 3])
-            .reshape(&[b, l, d]);
-        let x = x + self.out.forward(&attn) * m[1].tanh();
-        let h = fast::rms_norm(&x, Some(&self.norm2), 1e-5) * (&m[2] + 1.0);
-        let ff = self
-            .w2
-            .forward(&(self.w1.forward(&h).silu() * self.w3.forward(&h)));
-        &x + ff * m[3].tanh()
-    }
-}
+#[path = "../tests/common/dit_block.rs"]
+mod dit_block;
+use dit_block::Block;
 
 /// Microseconds per call of `f`, building graphs only.
 fn per_call_us(calls: usize, f: impl Fn() -> Array) -> f64 {
@@ -202,7 +123,7 @@ fn main() -> mlx::Result<()> {
     }
 
     // 3. First-trace latency of a DiT-style block.
-    let block = Block::random(256, 8);
+    let block = Block::random(256, 8, 1);
     mlx::eval(block.parameters().into_iter().map(|(_, a)| a))?;
     let tokens = normal(&[1, 256, 256], 4);
     let c = normal(&[1, 256], 5);
