@@ -264,3 +264,90 @@ fn lowered_graphs_are_stable() {
         lowered(|| vec![block.forward(&tokens, &c)]),
     );
 }
+
+// === graphs in traits, mut parameters, slices of shapes =======================================
+
+trait Forward: Module + Sized + Send + Sync + 'static {
+    fn apply(&self, x: &Array) -> Array;
+
+    /// A graph in a trait's default method: one function, many `Self` types.
+    #[mlx::graph]
+    fn run(&self, x: &Array) -> Array {
+        self.apply(x)
+    }
+}
+
+mod first {
+    #[derive(mlx::Module)]
+    pub struct Layer {
+        pub w: mlx::Array,
+    }
+}
+
+mod second {
+    #[derive(mlx::Module)]
+    pub struct Layer {
+        pub w: mlx::Array,
+    }
+}
+
+impl Forward for first::Layer {
+    fn apply(&self, x: &Array) -> Array {
+        x * &self.w
+    }
+}
+
+impl Forward for second::Layer {
+    fn apply(&self, x: &Array) -> Array {
+        x * &self.w * 100.0
+    }
+}
+
+trait Scale {
+    fn scale(&self, x: &Array) -> Array;
+}
+
+impl Scale for first::Layer {
+    /// A graph as a trait method implementation.
+    #[mlx::graph]
+    fn scale(&self, x: &Array) -> Array {
+        x * &self.w * 2.0
+    }
+}
+
+#[mlx::graph]
+fn bump(x: &Array, mut n: i32) -> Array {
+    n += 1;
+    let mut shape = x.shape().to_vec();
+    shape.push(1);
+    x.reshape(&shape) * n as f32
+}
+
+#[test]
+fn trait_graphs_keep_types_apart() {
+    let _serial = serial();
+    let x = Array::ones(&[2], Dtype::F32);
+    let a = first::Layer {
+        w: Array::full(&[2], 2.0, Dtype::F32),
+    };
+    let b = second::Layer {
+        w: Array::full(&[2], 2.0, Dtype::F32),
+    };
+    assert_eq!(a.run(&x).to_vec::<f32>().unwrap(), vec![2.0, 2.0]);
+    assert_eq!(
+        b.run(&x).to_vec::<f32>().unwrap(),
+        vec![200.0, 200.0],
+        "same name, same shapes, other type"
+    );
+    assert_eq!(a.scale(&x).to_vec::<f32>().unwrap(), vec![4.0, 4.0]);
+}
+
+#[test]
+fn mut_parameters_and_shape_copies_work() {
+    let _serial = serial();
+    let x = Array::ones(&[2, 3], Dtype::F32);
+    let (c, e) = both(|| bump(&x, 2));
+    assert_eq!(c.shape(), &[2, 3, 1]);
+    assert_eq!(c.to_vec::<f32>().unwrap(), vec![3.0; 6]);
+    assert!(max_rel_diff(&c, &e) <= 1e-6);
+}

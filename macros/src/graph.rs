@@ -62,6 +62,8 @@ enum Kind {
 
 struct Param {
     name: syn::Ident,
+    /// Declared `mut`: kept on the body's parameter, dropped from the wrapper's.
+    mutable: bool,
     ty: Type,
     kind: Kind,
 }
@@ -93,6 +95,10 @@ fn classify(ty: &Type, marked_static: bool) -> syn::Result<Kind> {
         )),
         Type::Reference(r) => match &*r.elem {
             Type::Slice(s) if is_path(&s.elem, &["Array"]) => Ok(Kind::Slice),
+            Type::Slice(s) => Err(syn::Error::new(
+                s.span(),
+                "a slice of modules cannot be a graph argument: pass `&Vec<_>` of them",
+            )),
             Type::Path(p) if p.path.is_ident("str") => Err(unsupported(ty)),
             _ => Ok(Kind::ModuleRef),
         },
@@ -105,6 +111,11 @@ fn classify(ty: &Type, marked_static: bool) -> syn::Result<Kind> {
                         if r.mutability.is_none() && is_path(&r.elem, &["Array"]) {
                             return Ok(Kind::OptionRef);
                         }
+                        return Err(syn::Error::new(
+                            r.span(),
+                            "`Option<&_>` of a module cannot be a graph argument: pass \
+                             `&Option<_>` instead",
+                        ));
                     }
                 }
             }
@@ -116,6 +127,26 @@ fn classify(ty: &Type, marked_static: bool) -> syn::Result<Kind> {
         Type::Tuple(_) | Type::Paren(_) | Type::Group(_) => Ok(Kind::ModuleValue),
         _ => Err(unsupported(ty)),
     }
+}
+
+/// Static arguments live in the cache key and in the compiled closure: they must be owned,
+/// and arrays are inputs, never statics (their values would be baked into the graph).
+fn check_static_type(ty: &Type) -> syn::Result<()> {
+    if let Type::Reference(r) = ty {
+        return Err(syn::Error::new(
+            r.span(),
+            "a #[mlx(static)] argument must be an owned value (it is kept in the compiled \
+             closure): take it by value",
+        ));
+    }
+    if is_path(ty, &["Array"]) {
+        return Err(syn::Error::new(
+            ty.span(),
+            "an array cannot be static: its values would be baked into the compiled graph; \
+             remove #[mlx(static)] to pass it as an input",
+        ));
+    }
+    Ok(())
 }
 
 fn unsupported(ty: &Type) -> syn::Error {
@@ -160,6 +191,18 @@ fn check_signature(sig: &Signature) -> syn::Result<()> {
              await outside and pass the arrays in",
         ));
     }
+    let only_lifetimes = sig
+        .generics
+        .params
+        .iter()
+        .all(|p| matches!(p, syn::GenericParam::Lifetime(_)));
+    if !sig.generics.params.is_empty() && only_lifetimes {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "an #[mlx::graph] function cannot name lifetimes: use elided references \
+             (`&Array`); its outputs are new arrays that borrow nothing",
+        ));
+    }
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new(
             sig.generics.span(),
@@ -191,12 +234,14 @@ struct HostReads {
 impl<'ast> Visit<'ast> for HostReads {
     fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
         let name = call.method.to_string();
-        if self.error.is_none()
-            && matches!(
-                name.as_str(),
-                "item" | "to_vec" | "eval" | "async_eval" | "to_bytes"
-            )
-        {
+        // `to_vec` also copies slices (`x.shape().to_vec()`): only the turbofish form
+        // (`.to_vec::<f32>()`) is certainly a read of array data.
+        let reads = match name.as_str() {
+            "item" | "eval" | "async_eval" => true,
+            "to_vec" => call.turbofish.is_some(),
+            _ => false,
+        };
+        if self.error.is_none() && reads {
             self.error = Some(syn::Error::new(
                 call.method.span(),
                 format!(
@@ -244,7 +289,15 @@ fn params(sig: &mut Signature) -> syn::Result<(Vec<Param>, bool)> {
     for input in sig.inputs.iter_mut() {
         match input {
             FnArg::Receiver(r) => {
-                if r.reference.is_none() || r.mutability.is_some() {
+                let shared_ref = match (&r.reference, r.colon_token) {
+                    (Some(_), _) => r.mutability.is_none(),
+                    // `self: &Self`
+                    (None, Some(_)) => {
+                        matches!(&*r.ty, Type::Reference(t) if t.mutability.is_none())
+                    }
+                    (None, None) => false,
+                };
+                if !shared_ref {
                     return Err(syn::Error::new(
                         r.span(),
                         "an #[mlx::graph] method takes `&self`: a compiled graph cannot \
@@ -255,19 +308,24 @@ fn params(sig: &mut Signature) -> syn::Result<(Vec<Param>, bool)> {
             }
             FnArg::Typed(pat_type) => {
                 let marked = take_static_marker(&mut pat_type.attrs)?;
-                let name =
-                    match &*pat_type.pat {
+                let (name, mutable) =
+                    match &mut *pat_type.pat {
                         Pat::Ident(ident) if ident.by_ref.is_none() && ident.subpat.is_none() => {
-                            ident.ident.clone()
+                            // The wrapper only forwards the value: `mut` belongs to the body.
+                            (ident.ident.clone(), ident.mutability.take().is_some())
                         }
                         other => return Err(syn::Error::new(
                             other.span(),
                             "graph parameters must be plain names (destructure inside the body)",
                         )),
                     };
+                if marked {
+                    check_static_type(&pat_type.ty)?;
+                }
                 let kind = classify(&pat_type.ty, marked)?;
                 out.push(Param {
                     name,
+                    mutable,
                     ty: (*pat_type.ty).clone(),
                     kind,
                 });
@@ -293,6 +351,18 @@ fn wrapper(
     let mut push = Vec::new();
     let mut skeletons = Vec::new();
     let mut rebuilds = Vec::new();
+    // The cache is a `static` inside the function, shared by every type a trait default
+    // method or generic impl is instantiated for: the key names the instantiation.
+    if has_self {
+        key.push(
+            quote! { __mlx_key.push_str(::std::any::type_name::<Self>()); __mlx_key.push(';'); },
+        );
+    } else {
+        key.push(quote! {
+            __mlx_key.push_str(::std::any::type_name_of_val(&__mlx_graph_body));
+            __mlx_key.push(';');
+        });
+    }
     if has_self {
         key.push(quote! { ::mlx::Module::structure(self, &mut __mlx_key); __mlx_key.push(';'); });
         push.push(quote! { ::mlx::Module::visit(self, "", &mut |_, a| __mlx_inputs.push(a)); });
@@ -394,6 +464,10 @@ fn arg_names(params: &[Param]) -> Vec<&syn::Ident> {
 }
 
 /// Expands `#[mlx::graph]` on a function (free, associated, or a `&self` method).
+///
+/// The original body becomes a closure that captures nothing (so that the compiled closure
+/// can own it and it still sees `Self` and the impl's items); in a method, `self` becomes
+/// the closure's first parameter. The function keeps its signature and runs the wrapper.
 pub fn expand(attr: TokenStream, mut item: ItemFn) -> syn::Result<TokenStream> {
     let options = parse_options(attr)?;
     check_signature(&item.sig)?;
@@ -402,51 +476,66 @@ pub fn expand(attr: TokenStream, mut item: ItemFn) -> syn::Result<TokenStream> {
     let output = output_type(&item.sig);
     let names = arg_names(&params);
     let name = item.sig.ident.to_string();
+    let typed = params.iter().map(|p| {
+        let (n, ty) = (&p.name, &p.ty);
+        let mutability = p.mutable.then(|| quote! { mut });
+        quote! { #mutability #n: #ty }
+    });
+    let block = &item.block;
+    let (this, body, eager_args, traced_args) = if has_self {
+        let body = rewrite_self(quote! { #block });
+        (
+            quote! { __mlx_this: &Self, },
+            body,
+            quote! { self, },
+            quote! { &__mlx_self, },
+        )
+    } else {
+        (quote! {}, quote! { #block }, quote! {}, quote! {})
+    };
+    let closure = quote! {
+        let __mlx_graph_body = |#this #(#typed),*| -> #output #body;
+    };
+    let eager = quote! { ::mlx::graph::eager(|| __mlx_graph_body(#eager_args #(#names),*)) };
+    let traced = quote! { __mlx_graph_body(#traced_args #(#names),*) };
+    let wrapper = wrapper(&name, &options, &params, has_self, eager, traced, &output);
     let attrs = &item.attrs;
     let vis = &item.vis;
     let sig = &item.sig;
-    if has_self {
-        // A `&self` method: the original body becomes a hidden sibling method, so that
-        // `self` and `Self` keep their meaning; the trace calls it on the rebuilt module.
-        let body_name = format_ident!("__mlx_graph_{}", item.sig.ident);
-        let mut inner = item.clone();
-        inner.sig.ident = body_name.clone();
-        inner.attrs.retain(|a| !a.path().is_ident("doc"));
-        inner.vis = syn::Visibility::Inherited;
-        let eager = quote! { self.#body_name(#(#names),*) };
-        let traced = quote! { __mlx_self.#body_name(#(#names),*) };
-        let wrapper = wrapper(&name, &options, &params, true, eager, traced, &output);
-        Ok(quote! {
-            #[doc(hidden)]
-            #inner
+    Ok(quote! {
+        #(#attrs)*
+        #vis #sig {
+            #closure
+            #wrapper
+        }
+    })
+}
 
-            #(#attrs)*
-            #vis #sig {
-                #wrapper
+/// `self` in a method body, as the body closure's `__mlx_this` parameter; `self::` paths
+/// (the current module) are left alone.
+fn rewrite_self(tokens: TokenStream) -> TokenStream {
+    use proc_macro2::{Group, Ident, TokenTree};
+    let mut out = Vec::new();
+    let mut iter = tokens.into_iter().peekable();
+    while let Some(tree) = iter.next() {
+        match tree {
+            TokenTree::Ident(ident) if ident == "self" => {
+                let path = matches!(iter.peek(), Some(TokenTree::Punct(p)) if p.as_char() == ':');
+                if path {
+                    out.push(TokenTree::Ident(ident));
+                } else {
+                    out.push(TokenTree::Ident(Ident::new("__mlx_this", ident.span())));
+                }
             }
-        })
-    } else {
-        // A function without `self`: the original body becomes a closure that captures
-        // nothing (so it can live in the compiled closure) and still sees `Self` in an impl.
-        let block = &item.block;
-        let typed = params.iter().map(|p| {
-            let (n, ty) = (&p.name, &p.ty);
-            quote! { #n: #ty }
-        });
-        let body = quote! {
-            let __mlx_graph_body = |#(#typed),*| -> #output #block;
-        };
-        let eager = quote! { __mlx_graph_body(#(#names),*) };
-        let traced = eager.clone();
-        let wrapper = wrapper(&name, &options, &params, false, eager, traced, &output);
-        Ok(quote! {
-            #(#attrs)*
-            #vis #sig {
-                #body
-                #wrapper
+            TokenTree::Group(group) => {
+                let mut new = Group::new(group.delimiter(), rewrite_self(group.stream()));
+                new.set_span(group.span());
+                out.push(TokenTree::Group(new));
             }
-        })
+            other => out.push(other),
+        }
     }
+    out.into_iter().collect()
 }
 
 /// The item as written, minus `#[mlx(...)]` parameter attributes (which only mean something

@@ -81,6 +81,7 @@ fn role(field: &Field, index: usize) -> syn::Result<Role> {
 }
 
 fn expand_struct(name: &syn::Ident, fields: &Fields) -> syn::Result<TokenStream> {
+    let mut paths = std::collections::HashSet::new();
     let mut visit = Vec::new();
     let mut rebuild = Vec::new();
     let mut load = Vec::new();
@@ -93,6 +94,12 @@ fn expand_struct(name: &syn::Ident, fields: &Fields) -> syn::Result<TokenStream>
         let ty = &field.ty;
         match role(field, i)? {
             Role::Weights(path) => {
+                if !paths.insert(path.clone()) {
+                    return Err(syn::Error::new(
+                        field.span(),
+                        format!("two fields load from the checkpoint path `{path}`"),
+                    ));
+                }
                 // The span points errors about the field's type (not a module) at the field.
                 visit.push(quote_spanned! {ty.span()=>
                     <#ty as ::mlx::Module>::visit(&self.#member, &::mlx::module::join_path(prefix, #path), f);
@@ -111,6 +118,15 @@ fn expand_struct(name: &syn::Ident, fields: &Fields) -> syn::Result<TokenStream>
                 });
             }
             Role::Skip => {
+                if let syn::Type::Path(p) = ty {
+                    if p.path.segments.last().is_some_and(|s| s.ident == "Array") {
+                        return Err(syn::Error::new(
+                            ty.span(),
+                            "an array is a weight, not configuration: remove #[weight(skip)] \
+                             (skipped fields are baked into compiled graphs as constants)",
+                        ));
+                    }
+                }
                 let label = format!("{}=", member_label(&member));
                 rebuild.push(quote_spanned! {ty.span()=>
                     #member: ::core::clone::Clone::clone(&self.#member)

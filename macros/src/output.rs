@@ -29,6 +29,17 @@ pub fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         })
         .collect();
     let types: Vec<&syn::Type> = data.fields.iter().map(|f| &f.ty).collect();
+    // A `Vec<Array>` takes every remaining output, so only the last field may be one.
+    for ty in types.iter().rev().skip(1) {
+        if let syn::Type::Path(p) = ty {
+            if p.path.segments.last().is_some_and(|s| s.ident == "Vec") {
+                return Err(syn::Error::new(
+                    ty.span(),
+                    "a `Vec` field takes all the remaining outputs: make it the last field",
+                ));
+            }
+        }
+    }
     let flatten = members.iter().zip(&types).map(|(m, ty)| {
         quote_spanned! {ty.span()=> <#ty as ::mlx::graph::GraphOutput>::flatten(self.#m, out); }
     });

@@ -15,7 +15,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::compile::Body;
 use crate::{Array, Compiled, Error, Module, Result};
 
-/// The compiled closures of one graph function, by cache key.
+/// Keys in one cache past which a warning is logged: each key keeps a compiled closure.
+const MANY_KEYS: usize = 64;
+
+/// The compiled closures of one graph function, by cache key. Entries are never evicted:
+/// static arguments should take few values.
 pub struct GraphCache {
     name: &'static str,
     entries: OnceLock<Mutex<HashMap<String, Arc<Compiled>>>>,
@@ -57,6 +61,16 @@ impl GraphCache {
                     let body = make();
                     let compiled = Arc::new(Compiled::new(shapeless, body)?);
                     entries.insert(key, Arc::clone(&compiled));
+                    if entries.len() == MANY_KEYS {
+                        tracing::warn!(
+                            function = self.name,
+                            keys = MANY_KEYS,
+                            "a graph function has been compiled for {MANY_KEYS} different static \
+                             arguments or module structures, and keeps every one: is an \
+                             integer argument (a position, a step) changing on every call? \
+                             Pass it as an array instead"
+                        );
+                    }
                     compiled
                 }
             }
@@ -74,6 +88,28 @@ impl GraphCache {
                 .map(|c| c.trace_count())
                 .sum()
         })
+    }
+}
+
+/// Runs a graph body eagerly (see [`crate::compile::set_eager`]): a panic comes back as
+/// failed outputs carrying the error, as it does from a compiled call.
+#[track_caller]
+pub fn eager<T: GraphOutput>(body: impl FnOnce() -> T) -> T {
+    let location = std::panic::Location::caller();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(outputs) => outputs,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic payload".into());
+            T::failed(&Error::Runtime {
+                op: "graph",
+                message: format!("the function panicked: {message}"),
+                location,
+            })
+        }
     }
 }
 
