@@ -335,8 +335,9 @@ fn params(sig: &mut Signature) -> syn::Result<(Vec<Param>, bool)> {
     Ok((out, has_self))
 }
 
-/// The wrapper body shared by functions and methods. `body_call` calls the original body
-/// with the rebuilt arguments (bound to the parameter names) inside the trace.
+/// The wrapper body shared by functions and methods: the cache key, the flattened inputs,
+/// and the trace closure, which rebuilds the arguments from tracers (bound to the parameter
+/// names) and runs `traced_call`. `eager_call` runs instead in eager mode.
 fn wrapper(
     name: &str,
     options: &Options,
