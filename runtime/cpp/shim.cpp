@@ -330,7 +330,7 @@ int mlxs_array_from_external(
     // last copy of `owner` if building the array fails.
     owner = std::shared_ptr<void>(ctx, release);
   } catch (...) {
-    release(ctx);
+    // The shared_ptr constructor has already called `release(ctx)` when it throws.
     last_error = "out of memory";
     return 1;
   }
@@ -735,7 +735,7 @@ int mlxs_compile(
     // Owns the context from here on: released with the function, or now if this fails.
     owner = std::shared_ptr<void>(ctx, release);
   } catch (...) {
-    release(ctx);
+    // The shared_ptr constructor has already called `release(ctx)` when it throws.
     last_error = "out of memory";
     return 1;
   }
