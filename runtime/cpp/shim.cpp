@@ -88,6 +88,19 @@ int guard(F&& f) noexcept {
   return 1;
 }
 
+// Takes ownership of a context handed over by Rust: `release(ctx)` runs exactly once, when
+// the last copy of `owner` dies, or at once if this fails (shared_ptr's constructor releases
+// what it cannot own).
+bool adopt(void* ctx, void (*release)(void*), std::shared_ptr<void>& owner) noexcept {
+  try {
+    owner = std::shared_ptr<void>(ctx, release);
+    return true;
+  } catch (...) {
+    last_error = "out of memory";
+    return false;
+  }
+}
+
 mlxs_array* wrap(mx::array a) {
   return new mlxs_array{std::move(a)};
 }
@@ -325,13 +338,7 @@ int mlxs_array_from_external(
     void* data, const int32_t* shape, size_t ndim, int dtype, void (*release)(void*),
     void* ctx, mlxs_array** out) {
   std::shared_ptr<void> owner;
-  try {
-    // Owns the context from here on: released exactly once, by MLX's deleter or by the
-    // last copy of `owner` if building the array fails.
-    owner = std::shared_ptr<void>(ctx, release);
-  } catch (...) {
-    // The shared_ptr constructor has already called `release(ctx)` when it throws.
-    last_error = "out of memory";
+  if (!adopt(ctx, release, owner)) {
     return 1;
   }
   return guard([&] {
@@ -731,12 +738,7 @@ int mlxs_random_uniform(
 int mlxs_compile(
     mlxs_trace_fn trace, void* ctx, void (*release)(void*), int shapeless, mlxs_closure** out) {
   std::shared_ptr<void> owner;
-  try {
-    // Owns the context from here on: released with the function, or now if this fails.
-    owner = std::shared_ptr<void>(ctx, release);
-  } catch (...) {
-    // The shared_ptr constructor has already called `release(ctx)` when it throws.
-    last_error = "out of memory";
+  if (!adopt(ctx, release, owner)) {
     return 1;
   }
   return guard([&] {
