@@ -97,31 +97,28 @@ fn new_frame_id() -> u64 {
     NEXT_FRAME.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Hands every array of frame `from` to frame `to`; returns their count and bytes.
-fn reparent(from: u64, to: u64) -> (usize, usize) {
+/// Calls `each` with every entry of `frame`; returns their count and bytes.
+fn scan(frame: u64, mut each: impl FnMut(&mut Entry)) -> (usize, usize) {
     let (mut count, mut bytes) = (0, 0);
     for entry in registry().slots.iter_mut().flatten() {
-        if entry.frame == from {
-            entry.frame = to;
+        if entry.frame == frame {
             count += 1;
             // SAFETY: the entry exists, so its handle is alive while we hold the lock.
             bytes += unsafe { sys::mlxs_array_nbytes(entry.handle as *const mlxs_array) };
+            each(entry);
         }
     }
     (count, bytes)
 }
 
+/// Hands every array of frame `from` to frame `to`.
+fn reparent(from: u64, to: u64) {
+    scan(from, |entry| entry.frame = to);
+}
+
 /// The count and bytes of the arrays of `frame`.
 fn frame_size(frame: u64) -> (usize, usize) {
-    let (mut count, mut bytes) = (0, 0);
-    for entry in registry().slots.iter().flatten() {
-        if entry.frame == frame {
-            count += 1;
-            // SAFETY: the entry exists, so its handle is alive while we hold the lock.
-            bytes += unsafe { sys::mlxs_array_nbytes(entry.handle as *const mlxs_array) };
-        }
-    }
-    (count, bytes)
+    scan(frame, |_| {})
 }
 
 thread_local! {
@@ -216,36 +213,22 @@ impl Frame {
     /// The frame's live arrays, handed to the parent frame; returns new handles to them.
     fn take_survivors(&self) -> (ArrayList, usize, usize) {
         let list = ArrayList::new();
-        let (mut count, mut bytes) = (0, 0);
-        let mut registry = registry();
-        for entry in registry.slots.iter_mut().flatten() {
-            if entry.frame == self.id {
-                entry.frame = self.parent;
-                let handle = entry.handle as *const mlxs_array;
-                // SAFETY: the entry exists, so its array (and handle) is alive; pushing
-                // copies the MLX array, so the list stays valid after the lock is released.
-                // A failed push (out of memory) leaves that array lazy.
-                unsafe {
-                    if sys::mlxs_vec_push(list.as_mut_ptr(), handle) == 0 {
-                        bytes += sys::mlxs_array_nbytes(handle);
-                        count += 1;
-                    }
-                }
-            }
-        }
+        let (count, bytes) = scan(self.id, |entry| {
+            entry.frame = self.parent;
+            // SAFETY: the entry exists, so its array (and handle) is alive; pushing copies
+            // the MLX array, so the list stays valid after the lock is released. A failed
+            // push (out of memory) leaves that array lazy.
+            let _ =
+                unsafe { sys::mlxs_vec_push(list.as_mut_ptr(), entry.handle as *const mlxs_array) };
+        });
         (list, count, bytes)
-    }
-
-    fn close(self) {
-        // Done in `Drop`, so that break, `?` and panics close the frame too.
-        drop(self);
     }
 }
 
 impl Drop for Frame {
     fn drop(&mut self) {
         // Survivors that nobody evaluated (the loop ended early) stay lazy, in the parent.
-        drop(self.take_survivors());
+        reparent(self.id, self.parent);
         STACK.with(|s| {
             let mut stack = s.borrow_mut();
             if let Some(pos) = stack.iter().rposition(|&f| f == self.id) {
@@ -320,7 +303,7 @@ impl<I> Steps<I> {
     /// Closes the current iteration: evaluates its Keep set and reports.
     fn finish_step(&mut self, frame: Frame) {
         let (survivors, kept, kept_bytes) = frame.take_survivors();
-        frame.close();
+        drop(frame);
         let evaluated = {
             let _guard = crate::eval::lock();
             // SAFETY: a live list of live arrays.
