@@ -111,9 +111,11 @@ impl Compiled {
     #[track_caller]
     pub fn call(&self, inputs: &[&Array]) -> Result<Vec<Array>> {
         let location = Location::caller();
-        let list = ArrayList::of(inputs.iter().copied())?;
         if is_eager() {
-            let owned: Vec<Array> = inputs.iter().map(|&a| a.clone()).collect();
+            let owned = inputs
+                .iter()
+                .map(|&a| a.check().cloned())
+                .collect::<Result<Vec<Array>>>()?;
             let outputs = catch_unwind(AssertUnwindSafe(|| (self.body)(&owned)))
                 .map_err(|payload| panicked(&*payload, location))??;
             return match outputs.iter().find_map(|a| a.error()) {
@@ -121,6 +123,7 @@ impl Compiled {
                 None => Ok(outputs),
             };
         }
+        let list = ArrayList::of(inputs.iter().copied())?;
         let mut out = ptr::null_mut();
         TRACE_ERROR.with(|e| e.borrow_mut().take());
         let status = {
@@ -239,7 +242,8 @@ fn panicked(payload: &(dyn Any + Send), location: &'static Location<'static>) ->
     }
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// The message a panic was raised with.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

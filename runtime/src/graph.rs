@@ -98,18 +98,14 @@ pub fn eager<T: GraphOutput>(body: impl FnOnce() -> T) -> T {
     let location = std::panic::Location::caller();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
         Ok(outputs) => outputs,
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string panic payload".into());
-            T::failed(&Error::Runtime {
-                op: "graph",
-                message: format!("the function panicked: {message}"),
-                location,
-            })
-        }
+        Err(payload) => T::failed(&Error::Runtime {
+            op: "graph",
+            message: format!(
+                "the function panicked: {}",
+                crate::compile::panic_message(&*payload)
+            ),
+            location,
+        }),
     }
 }
 

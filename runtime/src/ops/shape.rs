@@ -1,14 +1,13 @@
 //! Reshaping, reordering, joining, splitting and slicing.
 
-use std::panic::Location;
 use std::ptr;
 
 use crate::array::{invalid, op};
-use crate::array_list::ArrayList;
+use crate::array_list::{op_list, ArrayList};
 use crate::error::last_error;
 use crate::ops::Axes;
 use crate::sys;
-use crate::{Array, Error};
+use crate::Array;
 
 impl Array {
     /// The same elements in a new shape; one dimension may be `-1` (inferred).
@@ -114,25 +113,8 @@ impl Array {
         parts: usize,
         call: impl FnOnce(*const sys::mlxs_array, *mut *mut sys::mlxs_vec) -> i32,
     ) -> Vec<Array> {
-        let location = Location::caller();
-        let raw = match self.raw() {
-            Ok(raw) => raw,
-            Err(_) => return vec![self.clone(); parts],
-        };
-        let mut out = ptr::null_mut();
-        let status = call(raw, &mut out);
-        match ptr::NonNull::new(out) {
-            Some(list) if status == 0 => ArrayList::from_raw(list).into_arrays(),
-            _ => {
-                let failed = Array::failed(Error::Op {
-                    op: name,
-                    operands: crate::array::describe(&[self]),
-                    message: last_error(),
-                    location,
-                });
-                vec![failed; parts]
-            }
-        }
+        op_list(name, &[self], |r, out| call(r[0], out))
+            .unwrap_or_else(|error| vec![Array::failed(error); parts])
     }
 
     /// The elements from `start` (inclusive) to `stop` (exclusive) with `strides` along
