@@ -10,7 +10,7 @@ use std::ptr;
 use std::sync::Arc;
 
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype as StDtype, SafeTensorError, SafeTensors, TensorView, View};
+use safetensors::tensor::{Dtype as StDtype, SafeTensorError, SafeTensors, TensorInfo, View};
 
 use crate::error::last_error;
 use crate::sys;
@@ -39,23 +39,26 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Safetensors> {
     // file must not be truncated by someone else while mapped.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::file(path, None, e))?;
     let map = Arc::new(map);
-    let parsed = SafeTensors::deserialize(&map[..]).map_err(|e| {
+    // One parse validates the header: every tensor's offsets fit its shape and dtype, and
+    // together they tile the data exactly.
+    let (header_len, header) = SafeTensors::read_metadata(&map[..]).map_err(|e| {
         let tensor = diagnose(&map[..]);
         Error::file(path, tensor.as_deref(), describe_error(&e))
     })?;
-    let (_, header) = SafeTensors::read_metadata(&map[..])
-        .map_err(|e| Error::file(path, None, describe_error(&e)))?;
     let metadata = header
         .metadata()
         .as_ref()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
 
+    // The data follows the 8-byte header length and the header.
+    let data = &map[8 + header_len..];
     let mut tensors = BTreeMap::new();
-    for (name, view) in parsed.iter() {
-        let array = tensor_to_array(&map, &view)
-            .map_err(|message| Error::file(path, Some(name), message))?;
-        tensors.insert(name.to_string(), array);
+    for (name, info) in header.tensors() {
+        let (begin, end) = info.data_offsets;
+        let array = tensor_to_array(&map, info, &data[begin..end])
+            .map_err(|message| Error::file(path, Some(&name), message))?;
+        tensors.insert(name, array);
     }
     Ok(Safetensors { tensors, metadata })
 }
@@ -169,14 +172,13 @@ unsafe extern "C" fn release_map(ctx: *mut c_void) {
     drop(unsafe { Arc::from_raw(ctx.cast_const().cast::<Mmap>()) });
 }
 
-fn tensor_to_array(map: &Arc<Mmap>, view: &TensorView<'_>) -> Result<Array, String> {
-    let dtype = dtype_of(view.dtype())?;
-    let shape = view
-        .shape()
+fn tensor_to_array(map: &Arc<Mmap>, info: &TensorInfo, data: &[u8]) -> Result<Array, String> {
+    let dtype = dtype_of(info.dtype)?;
+    let shape = info
+        .shape
         .iter()
         .map(|&d| i32::try_from(d).map_err(|_| format!("dimension {d} exceeds MLX's int32 shapes")))
         .collect::<Result<Vec<i32>, String>>()?;
-    let data = view.data();
     let aligned = (data.as_ptr() as usize) % dtype.size() == 0;
     // Bool bytes other than 0 and 1 are undefined behaviour for MLX and for Rust's `bool`:
     // such tensors are copied and normalized.
