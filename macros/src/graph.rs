@@ -607,7 +607,7 @@ mod tests {
             "expand_statics_and_borrowed_forms",
             expansion(
                 "",
-                "pub fn mix(xs: &[Array], mask: Option<&Array>, scale: f32, #[mlx(static)] act: Act) -> (Array, Array) { todo!() }",
+                "pub fn mix(xs: &[Array], mask: Option<&Array>, scale: f32, #[mlx(static)] act: Act) -> (Array, Array) { (&xs[0] * scale, mask.cloned().unwrap_or_else(|| act.apply(&xs[0]))) }",
                 false,
             ),
         );
