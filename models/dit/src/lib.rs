@@ -1,0 +1,43 @@
+//! The Z-Image diffusion transformer written with `#[mlx::graph]` and `#[derive(mlx::Module)]`:
+//! diffusers' `ZImageTransformer2DModel` (same `config.json`, weight names and numerics),
+//! checkpoint loading, the flow-match Euler sampler, and the `dit` command.
+//!
+//! - [`config`]: `config.json` and the built-in model sizes.
+//! - [`layers`]: linear, attention, feed-forward, transformer block, embedders, final layer.
+//! - [`sequence`]: patchify, pad tokens, RoPE positions and attention masks.
+//! - [`model`]: the transformer.
+//! - [`weights`]: loading and writing checkpoints, built-in random weights.
+//! - [`scheduler`], [`sampler`]: the denoising loop.
+//! - [`preview`]: a PNG of latents.
+
+pub mod config;
+pub mod layers;
+pub mod model;
+pub mod preview;
+pub mod sampler;
+pub mod scheduler;
+pub mod sequence;
+pub mod weights;
+
+pub use config::DitConfig;
+pub use model::ZImage;
+
+use std::path::PathBuf;
+
+/// What can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum DitError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Mlx(#[from] mlx::Error),
+}
+
+pub type Result<T> = std::result::Result<T, DitError>;

@@ -1,0 +1,159 @@
+//! Flow-match Euler, as diffusers' `FlowMatchEulerDiscreteScheduler` runs it for
+//! `ZImagePipeline`: sigmas `linspace(1, 1/n, n)`, shifted by `mu` computed from the image
+//! token count (or by a fixed shift when dynamic shifting is off), a final sigma of 0, and
+//! `x ← x + (σ_next − σ)·v`. Arithmetic is float32 where diffusers' is, so timesteps and
+//! sigmas match it bit for bit or within an ulp.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::{DitError, Result};
+
+/// The scheduler's `scheduler_config.json` keys this sampler uses.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    pub num_train_timesteps: u32,
+    pub shift: f32,
+    pub use_dynamic_shifting: bool,
+    pub base_shift: f64,
+    pub max_shift: f64,
+    pub base_image_seq_len: u32,
+    pub max_image_seq_len: u32,
+}
+
+impl Default for SchedulerConfig {
+    /// Dynamic shifting with the pipeline's `calculate_shift` defaults.
+    fn default() -> SchedulerConfig {
+        SchedulerConfig {
+            num_train_timesteps: 1000,
+            shift: 1.0,
+            use_dynamic_shifting: true,
+            base_shift: 0.5,
+            max_shift: 1.15,
+            base_image_seq_len: 256,
+            max_image_seq_len: 4096,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// The scheduler config shipped with a checkpoint: `scheduler_config.json` in the
+    /// transformer's directory or in `../scheduler/` (a whole pipeline's layout); the
+    /// default when there is none.
+    pub fn for_model_dir(dir: &Path) -> Result<SchedulerConfig> {
+        let candidates = [
+            dir.join("scheduler_config.json"),
+            dir.join("../scheduler/scheduler_config.json"),
+        ];
+        let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+            return Ok(SchedulerConfig::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| DitError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        serde_json::from_str(&text).map_err(|e| DitError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `calculate_shift` of the pipeline: `mu` linear in the image token count.
+    pub fn mu(&self, image_seq_len: u32) -> f64 {
+        let (base, max) = (
+            f64::from(self.base_image_seq_len),
+            f64::from(self.max_image_seq_len),
+        );
+        let m = (self.max_shift - self.base_shift) / (max - base);
+        let b = self.base_shift - m * base;
+        f64::from(image_seq_len) * m + b
+    }
+
+    /// The schedule of `steps` steps for images of `image_seq_len` tokens.
+    pub fn schedule(&self, steps: usize, image_seq_len: u32) -> Schedule {
+        let base = linspace_f32(1.0, 1.0 / steps as f32, steps);
+        let shifted: Vec<f32> = if self.use_dynamic_shifting {
+            let e = self.mu(image_seq_len).exp() as f32;
+            base.iter().map(|&s| e / (e + (1.0 / s - 1.0))).collect()
+        } else {
+            let shift = self.shift;
+            base.iter()
+                .map(|&s| shift * s / (1.0 + (shift - 1.0) * s))
+                .collect()
+        };
+        let train = self.num_train_timesteps as f32;
+        let timesteps = shifted.iter().map(|&s| s * train).collect();
+        let mut sigmas = shifted;
+        sigmas.push(0.0);
+        Schedule { timesteps, sigmas }
+    }
+}
+
+/// Timesteps (`σ·1000`) and sigmas (one more, ending at 0) of a sampling run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    pub timesteps: Vec<f32>,
+    pub sigmas: Vec<f32>,
+}
+
+impl Schedule {
+    pub fn len(&self) -> usize {
+        self.timesteps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.timesteps.is_empty()
+    }
+
+    /// The transformer's `t` at step `i`, as the pipeline computes it: `(1000 − t) / 1000`.
+    pub fn model_t(&self, i: usize) -> f32 {
+        (1000.0 - self.timesteps[i]) / 1000.0
+    }
+
+    /// `σ_{i+1} − σ_i`, the Euler step's multiplier of the velocity.
+    pub fn dt(&self, i: usize) -> f32 {
+        self.sigmas[i + 1] - self.sigmas[i]
+    }
+}
+
+/// `torch.linspace` in float32: the first half counts up from `start`, the second half
+/// down from `end`, so both ends are exact.
+fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+    if n == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (n - 1) as f32;
+    let half = n / 2;
+    (0..n)
+        .map(|i| {
+            if i < half {
+                start + step * i as f32
+            } else {
+                end - step * (n - 1 - i) as f32
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linspace_ends_exactly() {
+        let v = linspace_f32(1.0, 0.125, 8);
+        assert_eq!((v[0], v[7]), (1.0, 0.125));
+        assert!(v.windows(2).all(|w| w[0] > w[1]));
+    }
+
+    #[test]
+    fn schedule_starts_at_one_and_ends_at_zero() {
+        let s = SchedulerConfig::default().schedule(8, 1024);
+        assert_eq!(s.len(), 8);
+        assert_eq!(s.sigmas.len(), 9);
+        assert_eq!((s.sigmas[0], s.sigmas[8]), (1.0, 0.0));
+        assert_eq!(s.model_t(0), 0.0);
+    }
+}
