@@ -242,8 +242,8 @@ fn panicked(payload: &(dyn Any + Send), location: &'static Location<'static>) ->
     }
 }
 
-/// The message a panic was raised with.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// The message a panic was raised with (its payload as `&str` or `String`).
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -166,7 +166,7 @@ impl DitConfig {
         if self.siglip_feat_dim.is_some() {
             return Err("the omni variant (siglip_feat_dim) is not supported".into());
         }
-        if !(self.norm_eps > 0.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return Err("norm_eps must be positive".into());
         }
         Ok(())

@@ -65,7 +65,7 @@ fn normalize(values: &[f32]) -> Vec<u8> {
     values
         .iter()
         .map(|&v| {
-            if !(range > 0.0) || !v.is_finite() {
+            if range.is_nan() || range <= 0.0 || !v.is_finite() {
                 128
             } else {
                 ((v - lo) / range * 255.0).round() as u8

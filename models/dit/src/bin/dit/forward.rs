@@ -1,0 +1,74 @@
+//! `dit forward`: one transformer forward pass, for checking against other implementations.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use dit::weights::{self, ModelSource};
+use mlx::io::{load_safetensors, save_safetensors};
+use mlx::Dtype;
+
+use crate::{compute_dtype, model_source, CliResult, FloatDtype};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// tiny, small, or a checkpoint directory.
+    #[arg(long, value_parser = model_source)]
+    model: ModelSource,
+    /// Tensors `latents` [B, C, H, W], `timestep` [B] (the transformer's `t`, before
+    /// t_scale), `cap_feats` [B, L, cap_feat_dim], optional `cap_lens` [B] (int32).
+    #[arg(long)]
+    inputs: PathBuf,
+    /// Where to write the output tensor `out` [B, C, H, W] (float32).
+    #[arg(long)]
+    out: PathBuf,
+    /// Compute dtype (default: f32 on the CPU, bf16 on a GPU).
+    #[arg(long, value_enum)]
+    dtype: Option<FloatDtype>,
+    /// Run the graph functions eagerly instead of compiled.
+    #[arg(long)]
+    no_compile: bool,
+}
+
+pub fn run(args: Args) -> CliResult {
+    mlx::compile::set_eager(args.no_compile);
+    let file = load_safetensors(&args.inputs)?;
+    let get = |name: &str| {
+        file.tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("{}: no tensor `{name}`", args.inputs.display()))
+    };
+    let (latents, t, cap_feats) = (get("latents")?, get("timestep")?, get("cap_feats")?);
+    let batch = latents.dim(0).unwrap_or(0);
+    if t.shape() != [batch] {
+        return Err(format!(
+            "{}: `timestep` must be [{batch}] (one per latent), found {:?}",
+            args.inputs.display(),
+            t.shape()
+        )
+        .into());
+    }
+    let cap_lens = match file.tensors.get("cap_lens") {
+        Some(lens) if lens.dtype() == Dtype::I32 && lens.shape() == [batch] => {
+            lens.to_vec::<i32>()?
+        }
+        Some(lens) => {
+            return Err(format!(
+                "{}: `cap_lens` must be int32 [{batch}], found {} {:?}",
+                args.inputs.display(),
+                lens.dtype(),
+                lens.shape()
+            )
+            .into())
+        }
+        None => vec![cap_feats.dim(1).unwrap_or(0); batch.max(0) as usize],
+    };
+    let loaded = weights::load(&args.model, compute_dtype(args.dtype)?)?;
+    let out = loaded
+        .model
+        .forward(&latents, &t, &cap_feats, &cap_lens)?
+        .astype(Dtype::F32);
+    save_safetensors(&args.out, [("out", &out)], &BTreeMap::new())?;
+    println!("wrote `out` {:?} to {}", out.shape(), args.out.display());
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! `dit`: sample images, run single forward passes, write and describe checkpoints of the
+//! Z-Image transformer. Errors print as one `error:` line and exit with status 1.
+
+mod forward;
+mod generate;
+mod info;
+mod init;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use dit::weights::ModelSource;
+use mlx::{Device, Dtype};
+
+#[derive(Parser)]
+#[command(
+    name = "dit",
+    version,
+    about = "The Z-Image diffusion transformer on MLX"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sample latents with flow-match Euler and write a PNG preview.
+    Generate(generate::Args),
+    /// Run one transformer forward pass on inputs from a safetensors file.
+    Forward(forward::Args),
+    /// Write a built-in model as a diffusers-layout checkpoint directory.
+    Init(init::Args),
+    /// Describe a model: architecture, sizes, dtypes, bytes.
+    Info(info::Args),
+}
+
+/// A floating-point dtype for `--dtype`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FloatDtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl FloatDtype {
+    pub fn dtype(self) -> Dtype {
+        match self {
+            FloatDtype::F32 => Dtype::F32,
+            FloatDtype::Bf16 => Dtype::Bf16,
+            FloatDtype::F16 => Dtype::F16,
+        }
+    }
+}
+
+/// The compute dtype: `--dtype` if given, else float32 on the CPU (where bfloat16 matmul
+/// has no BLAS) and bfloat16 on a GPU.
+pub fn compute_dtype(chosen: Option<FloatDtype>) -> mlx::Result<Dtype> {
+    Ok(match chosen {
+        Some(d) => d.dtype(),
+        None => match mlx::default_device()? {
+            Device::Cpu => Dtype::F32,
+            Device::Gpu(_) => Dtype::Bf16,
+        },
+    })
+}
+
+/// Parses `--model`.
+pub fn model_source(arg: &str) -> Result<ModelSource, String> {
+    if arg.is_empty() {
+        return Err("expected tiny, small or a checkpoint directory".into());
+    }
+    Ok(ModelSource::parse(arg))
+}
+
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    // A bug must still end in one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let message = mlx::compile::panic_message(info.payload());
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: internal error{place}: {message}");
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Forward(args) => forward::run(args),
+        Command::Init(args) => init::run(args),
+        Command::Info(args) => info::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The `dit` command end to end: its flags, files and JSON, and its errors (one `error:`
+//! line and a non-zero exit, never a panic).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mlx::io::{load_safetensors, save_safetensors};
+use mlx::{random, Array, Dtype};
+use serde_json::Value;
+
+fn dit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dit"))
+        .args(args)
+        .output()
+        .expect("the dit binary runs")
+}
+
+fn succeed(args: &[&str]) -> String {
+    let out = dit(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dit {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail and returns its error line.
+fn fail(args: &[&str]) -> String {
+    let out = dit(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "dit {args:?} succeeded");
+    assert!(
+        !stderr.contains("panicked"),
+        "dit {args:?} panicked: {stderr}"
+    );
+    assert!(stderr.starts_with("error"), "dit {args:?}: {stderr}");
+    stderr
+}
+
+fn last_json(stdout: &str) -> Value {
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+#[test]
+fn init_info_and_generate_on_the_written_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    succeed(&["init", "--model", "tiny", "--out", path(&model)]);
+    assert!(model.join("config.json").is_file());
+    assert!(model.join("diffusion_pytorch_model.safetensors").is_file());
+
+    let info = last_json(&succeed(&["info", "--model", path(&model), "--json"]));
+    assert_eq!(info["architecture"], "ZImageTransformer2DModel");
+    assert_eq!(info["layers"]["main"], 2);
+    assert_eq!(info["quantization"], "none");
+    let builtin = last_json(&succeed(&["info", "--model", "tiny", "--json"]));
+    assert_eq!(info["parameters"], builtin["parameters"]);
+    assert!(succeed(&["info", "--model", path(&model)]).contains("parameters"));
+
+    let png = dir.path().join("out.png");
+    let latents = dir.path().join("latents.safetensors");
+    let run = |model: &str, latents: &Path| {
+        let stdout = succeed(&[
+            "generate",
+            "--model",
+            model,
+            "--steps",
+            "3",
+            "--width",
+            "128",
+            "--height",
+            "96",
+            "--seed",
+            "7",
+            "--out",
+            path(&png),
+            "--save-latents",
+            path(latents),
+            "--json",
+        ]);
+        last_json(&stdout)
+    };
+    let report = run(path(&model), &latents);
+    for key in [
+        "model",
+        "steps",
+        "width",
+        "height",
+        "forward_passes",
+        "cache_hits",
+        "step_ms",
+        "active_bytes",
+        "peak_bytes",
+        "weights_bytes",
+        "compute_dtype",
+    ] {
+        assert!(report.get(key).is_some(), "no `{key}` in {report}");
+    }
+    assert_eq!(report["forward_passes"], 3);
+    assert_eq!(report["step_ms"].as_array().unwrap().len(), 3);
+    assert_eq!(report["compute_dtype"], "float32");
+
+    let decoder = png::Decoder::new(std::fs::File::open(&png).unwrap());
+    let reader = decoder.read_info().unwrap();
+    assert_eq!((reader.info().width, reader.info().height), (128, 96));
+    let file = load_safetensors(&latents).unwrap();
+    let from_dir = file.tensors.get("latents").unwrap();
+    assert_eq!(from_dir.shape(), [1, 16, 12, 16]);
+
+    // The directory holds exactly the built-in weights: the same run gives the same bits.
+    let builtin_latents = dir.path().join("builtin.safetensors");
+    run("tiny", &builtin_latents);
+    let builtin = load_safetensors(&builtin_latents).unwrap();
+    assert_eq!(
+        builtin.tensors["latents"].to_vec::<f32>().unwrap(),
+        from_dir.to_vec::<f32>().unwrap()
+    );
+}
+
+#[test]
+fn memory_is_flat_across_steps() {
+    for extra in [&[][..], &["--cfg", "3.5"][..], &["--no-compile"][..]] {
+        let mut args = vec![
+            "generate", "--steps", "5", "--width", "64", "--height", "64", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let report = last_json(&succeed(&args));
+        let active: Vec<u64> = report["active_bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(active.len(), 5);
+        assert!(
+            active[1..].iter().all(|&a| a == active[1]),
+            "{extra:?}: {active:?}"
+        );
+        assert_eq!(
+            report["forward_passes"], 5,
+            "{extra:?}: guidance batches both branches"
+        );
+    }
+}
+
+#[test]
+fn forward_matches_the_diffusers_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let inputs = fixtures().join("model_b_batch_mask.inputs.safetensors");
+    let model = fixtures().join("model_b");
+    succeed(&[
+        "forward",
+        "--model",
+        path(&model),
+        "--inputs",
+        path(&inputs),
+        "--out",
+        path(&out),
+    ]);
+    let ours = load_safetensors(&out).unwrap().tensors["out"]
+        .to_vec::<f32>()
+        .unwrap();
+    let expected = load_safetensors(fixtures().join("model_b_batch_mask.expected.safetensors"))
+        .unwrap()
+        .tensors["out"]
+        .to_vec::<f32>()
+        .unwrap();
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = ours
+        .iter()
+        .zip(&expected)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff / scale <= 1e-4, "relative error {}", diff / scale);
+}
+
+#[test]
+fn caption_files_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, shape: &[i32]| {
+        let file = dir.path().join(name);
+        let feats = random::normal(shape, Dtype::F32, &random::key(3));
+        save_safetensors(&file, [("cap_feats", &feats)], &BTreeMap::new()).unwrap();
+        file
+    };
+    let good = write("good.safetensors", &[10, 64]);
+    let base = [
+        "generate",
+        "--steps",
+        "1",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--cap-feats",
+    ];
+    let mut args = base.to_vec();
+    args.push(path(&good));
+    succeed(&args);
+
+    let narrow = write("narrow.safetensors", &[10, 32]);
+    let mut args = base.to_vec();
+    args.push(path(&narrow));
+    assert!(fail(&args).contains("cap_feat_dim"));
+}
+
+#[test]
+fn bad_input_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(fail(&["generate", "--bogus"]).contains("--bogus"));
+    assert!(fail(&["generate", "--steps", "many"]).contains("--steps"));
+    assert!(fail(&["generate", "--width", "100"]).contains("multiples of 16"));
+    assert!(fail(&["generate", "--steps", "0"]).contains("at least 1"));
+    assert!(fail(&["info", "--model", path(&d.join("nope"))]).contains("not a model directory"));
+    assert!(fail(&["init", "--model", path(d), "--out", path(&d.join("x"))]).contains("built-in"));
+
+    // A directory without weights, then with a malformed config.
+    let model = d.join("model");
+    succeed(&["init", "--model", "tiny", "--out", path(&model)]);
+    std::fs::write(model.join("config.json"), "{\"dim\": \"wide\"").unwrap();
+    assert!(fail(&["info", "--model", path(&model)]).contains("config.json"));
+    std::fs::write(model.join("config.json"), "{\"dim\": 64, \"n_heads\": 3}").unwrap();
+    assert!(fail(&["info", "--model", path(&model)]).contains("divisible"));
+
+    // Weights that do not fit the config: every problem is listed at once.
+    let config = serde_json::json!({"dim": 64, "n_heads": 2, "n_layers": 3, "n_refiner_layers": 1,
+        "cap_feat_dim": 64, "axes_dims": [8, 12, 12]});
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let err = fail(&["info", "--model", path(&model)]);
+    assert!(
+        err.contains("missing") && err.contains("layers.2.attention.to_q.weight"),
+        "{err}"
+    );
+
+    // A truncated weights file.
+    let weights = model.join("diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(
+        model.join("config.json"),
+        serde_json::json!({"dim": 64, "n_heads": 2,
+        "n_layers": 2, "n_refiner_layers": 1, "cap_feat_dim": 64, "axes_dims": [8, 12, 12]})
+        .to_string(),
+    )
+    .unwrap();
+    assert!(fail(&["info", "--model", path(&model)]).contains("safetensors"));
+
+    // forward: missing tensors and mismatched shapes.
+    let inputs = d.join("inputs.safetensors");
+    let latents = Array::zeros(&[1, 16, 8, 8], Dtype::F32);
+    save_safetensors(&inputs, [("latents", &latents)], &BTreeMap::new()).unwrap();
+    let out = d.join("out.safetensors");
+    let args = [
+        "forward",
+        "--model",
+        "tiny",
+        "--inputs",
+        path(&inputs),
+        "--out",
+        path(&out),
+    ];
+    assert!(fail(&args).contains("timestep"));
+    let t = Array::zeros(&[1], Dtype::F32);
+    let caps = Array::zeros(&[1, 4, 64], Dtype::F32);
+    let lens = Array::from_slice(&[9i32], &[1]);
+    save_safetensors(
+        &inputs,
+        [
+            ("latents", &latents),
+            ("timestep", &t),
+            ("cap_feats", &caps),
+            ("cap_lens", &lens),
+        ],
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    assert!(fail(&args).contains("exceeds"));
+    assert!(!out.exists());
+}
