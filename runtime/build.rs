@@ -247,8 +247,8 @@ fn link_into_out_dir(lib: &Path) -> Option<PathBuf> {
 /// MLX's Linux wheel calls a bundled reference BLAS. Linking OpenBLAS into the executable
 /// ahead of `libmlx` makes the dynamic linker bind MLX's `cblas_*` calls to OpenBLAS
 /// (about 44x faster float32 matmul on a 2-core x86-64). The shim calls one OpenBLAS
-/// function (`openblas_get_config`, reported by `build_info`), so the linker's
-/// `--as-needed` keeps the dependency, in that order.
+/// function (`openblas_get_config`, from a static initializer and `build_info`), so the
+/// linker's `--as-needed` keeps the dependency, in that order, in every binary.
 fn find_openblas() -> Option<PathBuf> {
     const DIRS: &[&str] = &[
         "/usr/lib/x86_64-linux-gnu",

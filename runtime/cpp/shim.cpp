@@ -28,6 +28,14 @@ namespace mx = mlx::core;
 // Declared by OpenBLAS's cblas.h, which we don't include to keep its BLAS prototypes out of
 // this translation unit.
 extern "C" char* openblas_get_config(void);
+
+// Keeps libopenblas needed, ahead of libmlx, in every binary. Binaries that never call
+// mlxs_blas lose it to --gc-sections, and --as-needed then drops OpenBLAS; a static
+// initializer is a garbage-collection root.
+__attribute__((constructor)) static void mlxs_keep_openblas(void) {
+  char* (*volatile keep)(void) = openblas_get_config;
+  (void)keep;
+}
 #endif
 
 struct mlxs_array {

@@ -285,3 +285,18 @@ fn bad_input_is_one_clear_error() {
     assert!(fail(&args).contains("exceeds"));
     assert!(!out.exists());
 }
+
+#[test]
+fn the_command_runs_on_openblas_when_the_build_found_it() {
+    if !mlx::build_info().blas.contains("OpenBLAS") {
+        return; // built without OpenBLAS (MLX_NO_OPENBLAS, or not installed)
+    }
+    let Ok(ldd) = Command::new("ldd").arg(env!("CARGO_BIN_EXE_dit")).output() else {
+        return; // no ldd on this system
+    };
+    let libraries = String::from_utf8_lossy(&ldd.stdout);
+    assert!(
+        libraries.contains("libopenblas"),
+        "dit does not load OpenBLAS, so float32 matmul runs on the reference BLAS:\n{libraries}"
+    );
+}
