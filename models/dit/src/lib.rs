@@ -17,6 +17,7 @@ pub mod preview;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
+pub mod teacache;
 pub mod weights;
 
 pub use config::DitConfig;

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use mlx::io::{load_checkpoint, save_safetensors, Checkpoint};
 use mlx::{random, Array, Dtype, Module};
 
-use crate::config::DitConfig;
+use crate::config::{DitConfig, T_FREQ_DIM};
 use crate::model::ZImage;
+use crate::teacache::{Coefficients, COEFFICIENTS_FILE};
 use crate::{DitError, Result};
 
 /// The file diffusers writes an unsharded transformer to.
@@ -63,6 +64,27 @@ impl fmt::Display for ModelSource {
         match self {
             ModelSource::Builtin(b) => f.write_str(b.name()),
             ModelSource::Dir(dir) => write!(f, "{}", dir.display()),
+        }
+    }
+}
+
+/// TeaCache's fitted polynomial for a model: the built-in models ship theirs; a
+/// directory may carry one in `teacache_coefficients.json`.
+pub fn teacache_coefficients(source: &ModelSource) -> Result<Option<Coefficients>> {
+    match source {
+        ModelSource::Builtin(builtin) => {
+            let text = match builtin {
+                Builtin::Tiny => include_str!("../coefficients/tiny.json"),
+                Builtin::Small => include_str!("../coefficients/small.json"),
+            };
+            // The files are committed and tested: they parse.
+            Ok(Coefficients::parse(text).ok())
+        }
+        ModelSource::Dir(dir) => {
+            let path = dir.join(COEFFICIENTS_FILE);
+            path.is_file()
+                .then(|| Coefficients::read(&path))
+                .transpose()
         }
     }
 }
@@ -160,7 +182,31 @@ pub fn random_weights(config: &DitConfig) -> Checkpoint {
             let fan_in = like.dim(1).unwrap_or(1);
             noise * (1.0 / f64::from(fan_in).sqrt())
         };
+        let value = if name == "t_embedder.mlp.0.weight" {
+            value * smooth_timestep_response()
+        } else {
+            value
+        };
         (name, value)
     });
     Checkpoint::from_arrays(arrays)
+}
+
+/// Per-feature weights `[1, 256]` for the timestep MLP's input: sinusoidal features whose
+/// frequency would turn more than a few radians over the timestep range (`t·1000` spans
+/// 0..1000) are damped in proportion. Uniform random weights would make the model's
+/// modulation, and so its output, jump between neighbouring steps, which no trained
+/// diffusion model does and which would make every caching decision meaningless.
+fn smooth_timestep_response() -> Array {
+    /// The highest frequency kept at full weight: 3 radians over the range.
+    const MAX_FREQ: f32 = 3.0 / 1000.0;
+    let half = T_FREQ_DIM / 2;
+    let damping: Vec<f32> = (0..T_FREQ_DIM)
+        .map(|i| {
+            let k = i % half;
+            let freq = (-(10000f32.ln()) * k as f32 / half as f32).exp();
+            (MAX_FREQ / freq).min(1.0)
+        })
+        .collect();
+    Array::from_slice(&damping, &[1, T_FREQ_DIM])
 }

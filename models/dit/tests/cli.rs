@@ -126,7 +126,14 @@ fn init_info_and_generate_on_the_written_directory() {
 
 #[test]
 fn memory_is_flat_across_steps() {
-    for extra in [&[][..], &["--cfg", "3.5"][..], &["--no-compile"][..]] {
+    let runs: [&[&str]; 5] = [
+        &[],
+        &["--cfg", "3.5"],
+        &["--no-compile"],
+        &["--teacache", "naive", "--threshold", "0"],
+        &["--teacache", "poly", "--threshold", "0", "--cfg", "2"],
+    ];
+    for extra in runs {
         let mut args = vec![
             "generate", "--steps", "5", "--width", "64", "--height", "64", "--json",
         ];
@@ -148,6 +155,78 @@ fn memory_is_flat_across_steps() {
             "{extra:?}: guidance batches both branches"
         );
     }
+}
+
+#[test]
+fn teacache_flags_report_and_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "generate", "--steps", "8", "--width", "64", "--height", "64", "--json",
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+    let report = last_json(&succeed(&with(&[
+        "--teacache",
+        "naive",
+        "--threshold",
+        "0.3",
+    ])));
+    assert_eq!(report["teacache"]["mode"], "naive");
+    assert_eq!(report["teacache"]["threshold"], 0.3);
+    let passes = report["forward_passes"].as_u64().unwrap();
+    let hits = report["cache_hits"].as_u64().unwrap();
+    assert!(hits > 0 && passes + hits == 8, "{report}");
+    let off = last_json(&succeed(&with(&[])));
+    assert_eq!(off["teacache"]["mode"], "off");
+    assert_eq!(off["cache_hits"], 0);
+
+    // Fitted coefficients are written, and generate takes them.
+    let fitted = dir.path().join("coefficients.json");
+    succeed(&[
+        "teacache-fit",
+        "--model",
+        "tiny",
+        "--runs",
+        "2",
+        "--steps",
+        "4",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--out",
+        path(&fitted),
+    ]);
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&fitted).unwrap()).unwrap();
+    assert_eq!(json["coefficients"].as_array().unwrap().len(), 5);
+    assert_eq!(json["pairs"], 6);
+    let report = last_json(&succeed(&with(&[
+        "--teacache",
+        "poly",
+        "--coefficients",
+        path(&fitted),
+    ])));
+    assert_eq!(report["teacache"]["coefficients"], json["coefficients"]);
+
+    // A directory carries its coefficients; without them, poly says what to do.
+    let model = dir.path().join("model");
+    succeed(&["init", "--model", "tiny", "--out", path(&model)]);
+    assert!(model.join("teacache_coefficients.json").is_file());
+    succeed(&with(&["--model", path(&model), "--teacache", "poly"]));
+    std::fs::remove_file(model.join("teacache_coefficients.json")).unwrap();
+    assert!(fail(&with(&["--model", path(&model), "--teacache", "poly"])).contains("teacache-fit"));
+    std::fs::write(&fitted, r#"{"coefficients": []}"#).unwrap();
+    let err = fail(&with(&[
+        "--teacache",
+        "poly",
+        "--coefficients",
+        path(&fitted),
+    ]));
+    assert!(err.contains("coefficients"), "{err}");
+    assert!(fail(&with(&["--teacache", "naive", "--threshold", "-1"])).contains("--threshold"));
+    assert!(fail(&with(&["--teacache", "sometimes"])).contains("--teacache"));
 }
 
 #[test]

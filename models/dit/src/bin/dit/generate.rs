@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use dit::preview;
-use dit::sampler::{self, Caption, Request};
+use dit::sampler::{self, Caption, Request, TeaCacheOptions};
 use dit::scheduler::SchedulerConfig;
+use dit::teacache::{Coefficients, Mode};
 use dit::weights::{self, ModelSource};
 use dit::ZImage;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -59,6 +60,37 @@ pub struct Args {
     /// Print a JSON report as the last line of stdout.
     #[arg(long)]
     json: bool,
+    /// TeaCache: reuse the last noise prediction (naive) or the main blocks' residual
+    /// (poly) on steps whose input barely changed.
+    #[arg(long, value_enum, default_value = "off")]
+    teacache: TeaCacheArg,
+    /// TeaCache's threshold (default: 0.1 for naive, 0.6 for poly).
+    #[arg(long, allow_negative_numbers = true)]
+    threshold: Option<f64>,
+    /// Steps at the start that always compute (default: 3 with --cfg, else 1).
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    /// Poly mode's polynomial, from `dit teacache-fit` (default: the model's own).
+    #[arg(long)]
+    coefficients: Option<PathBuf>,
+}
+
+/// `--teacache`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TeaCacheArg {
+    Off,
+    Naive,
+    Poly,
+}
+
+impl TeaCacheArg {
+    fn mode(self) -> Mode {
+        match self {
+            TeaCacheArg::Off => Mode::Off,
+            TeaCacheArg::Naive => Mode::Naive,
+            TeaCacheArg::Poly => Mode::Poly,
+        }
+    }
 }
 
 pub fn run(args: Args) -> CliResult {
@@ -105,7 +137,7 @@ pub fn run(args: Args) -> CliResult {
         args.height,
         args.model,
         mean_ms,
-        generation.forward_passes,
+        generation.forward_passes(),
         mib(model.nbytes()),
         mib(peak),
     );
@@ -124,8 +156,10 @@ pub fn run(args: Args) -> CliResult {
             "cfg": args.cfg,
             "compiled": !args.no_compile,
             "compute_dtype": dtype.to_string(),
-            "forward_passes": generation.forward_passes,
-            "cache_hits": generation.cache_hits,
+            "forward_passes": generation.forward_passes(),
+            "cache_hits": generation.cache_hits(),
+            "computed_steps": generation.computed,
+            "teacache": teacache_report(&request.teacache),
             "timesteps": generation.schedule.timesteps,
             "step_ms": step_ms,
             "active_bytes": active,
@@ -180,6 +214,42 @@ fn request(args: &Args, model: &ZImage) -> Result<Request, Box<dyn std::error::E
         caption,
         negative,
         scheduler,
+        teacache: teacache_options(args)?,
+        record_changes: false,
+    })
+}
+
+fn teacache_options(args: &Args) -> Result<TeaCacheOptions, Box<dyn std::error::Error>> {
+    let mode = args.teacache.mode();
+    let threshold = args.threshold.unwrap_or_else(|| mode.default_threshold());
+    if !(threshold.is_finite() && threshold >= 0.0) {
+        return Err(format!("--threshold must be a non-negative number, found {threshold}").into());
+    }
+    let coefficients = match (&args.coefficients, mode) {
+        (Some(path), _) => Some(Coefficients::read(path)?),
+        (None, Mode::Poly) => weights::teacache_coefficients(&args.model)?,
+        (None, _) => None,
+    };
+    Ok(TeaCacheOptions {
+        mode,
+        threshold,
+        warmup: args
+            .warmup_steps
+            .unwrap_or(if args.cfg != 0.0 { 3 } else { 1 }),
+        rescale: 1.0,
+        coefficients,
+    })
+}
+
+fn teacache_report(options: &TeaCacheOptions) -> serde_json::Value {
+    if options.mode == Mode::Off {
+        return json!({ "mode": "off" });
+    }
+    json!({
+        "mode": options.mode.name(),
+        "threshold": options.threshold,
+        "warmup_steps": options.warmup,
+        "coefficients": options.coefficients.as_ref().map(|c| &c.coefficients),
     })
 }
 

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use dit::teacache::COEFFICIENTS_FILE;
 use dit::weights::{self, ModelSource};
 use mlx::Module;
 
@@ -30,6 +31,9 @@ pub fn run(args: Args) -> CliResult {
     }
     let loaded = weights::load(&args.model, mlx::Dtype::F32)?;
     weights::save(&loaded.model, &args.out, args.dtype.dtype())?;
+    if let Some(coefficients) = weights::teacache_coefficients(&args.model)? {
+        coefficients.write(&args.out.join(COEFFICIENTS_FILE))?;
+    }
     println!(
         "wrote the {} model to {} ({} tensors, {})",
         args.model,

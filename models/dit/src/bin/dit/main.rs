@@ -5,6 +5,7 @@ mod forward;
 mod generate;
 mod info;
 mod init;
+mod teacache_fit;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,8 @@ enum Command {
     Init(init::Args),
     /// Describe a model: architecture, sizes, dtypes, bytes.
     Info(info::Args),
+    /// Fit TeaCache's polynomial for a model.
+    TeacacheFit(teacache_fit::Args),
 }
 
 /// A floating-point dtype for `--dtype`.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward::run(args),
         Command::Init(args) => init::run(args),
         Command::Info(args) => info::run(args),
+        Command::TeacacheFit(args) => teacache_fit::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

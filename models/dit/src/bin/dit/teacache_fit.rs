@@ -1,0 +1,102 @@
+//! `dit teacache-fit`: fits TeaCache's polynomial for a model.
+
+use std::path::PathBuf;
+
+use dit::sampler::{self, Caption, Request, TeaCacheOptions};
+use dit::scheduler::SchedulerConfig;
+use dit::teacache::{fit_polynomial, polyval, Coefficients};
+use dit::weights::{self, ModelSource};
+
+use crate::{compute_dtype, model_source, CliResult, FloatDtype};
+
+/// Degree of the fitted polynomial (the TeaCache paper's).
+const DEGREE: usize = 4;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// tiny, small, or a checkpoint directory.
+    #[arg(long, value_parser = model_source)]
+    model: ModelSource,
+    /// Seeded sampling runs to collect pairs from (seeds 0..R).
+    #[arg(long, default_value_t = 4)]
+    runs: u64,
+    /// Steps per run.
+    #[arg(long, default_value_t = 8)]
+    steps: usize,
+    /// Image width in pixels (a multiple of 16).
+    #[arg(long, default_value_t = 256)]
+    width: i32,
+    /// Image height in pixels (a multiple of 16).
+    #[arg(long, default_value_t = 256)]
+    height: i32,
+    /// Compute dtype (default: f32 on the CPU, bf16 on a GPU).
+    #[arg(long, value_enum)]
+    dtype: Option<FloatDtype>,
+    /// Where to write the coefficients (JSON).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Samples `runs` seeded images computing every step, pairs each step's relative change
+/// of the first main block's modulated input with the relative change of the model's
+/// output, and fits `output change ≈ p(input change)` by least squares.
+pub fn run(args: Args) -> CliResult {
+    if args.runs == 0 || args.steps < 2 {
+        return Err("teacache-fit needs --runs of at least 1 and --steps of at least 2".into());
+    }
+    let loaded = weights::load(&args.model, compute_dtype(args.dtype)?)?;
+    let model = &loaded.model;
+    let scheduler = match &args.model {
+        ModelSource::Dir(dir) => SchedulerConfig::for_model_dir(dir)?,
+        ModelSource::Builtin(_) => SchedulerConfig::default(),
+    };
+    let dim = model.config.cap_feat_dim;
+    let mut pairs = Vec::new();
+    for seed in 0..args.runs {
+        let request = Request {
+            width: args.width,
+            height: args.height,
+            steps: args.steps,
+            seed,
+            cfg: 0.0,
+            caption: Caption::random(64, dim, seed.wrapping_add(1)),
+            negative: Caption::random(64, dim, seed.wrapping_add(2)),
+            scheduler: scheduler.clone(),
+            teacache: TeaCacheOptions::measure_only(),
+            record_changes: true,
+        };
+        let generation = sampler::generate(model, &request, |_, _| {})?;
+        pairs.extend(generation.changes.unwrap_or_default());
+        eprintln!("run {}/{}: {} pairs", seed + 1, args.runs, pairs.len());
+    }
+    let coefficients = fit_polynomial(&pairs, DEGREE)?;
+    let rms = (pairs
+        .iter()
+        .map(|&(x, y)| (polyval(&coefficients, x) - y).powi(2))
+        .sum::<f64>()
+        / pairs.len() as f64)
+        .sqrt();
+    let fitted = Coefficients {
+        coefficients,
+        model: args.model.to_string(),
+        runs: args.runs as usize,
+        steps: args.steps,
+        pairs: pairs.len(),
+    };
+    fitted.write(&args.out)?;
+    let range = |values: Vec<f64>| {
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{lo:.4}..{hi:.4}")
+    };
+    println!(
+        "fitted a degree-{DEGREE} polynomial to {} pairs (input change {}, output change {}, \
+         RMS residual {rms:.4}): {:?}",
+        pairs.len(),
+        range(pairs.iter().map(|p| p.0).collect()),
+        range(pairs.iter().map(|p| p.1).collect()),
+        fitted.coefficients
+    );
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
