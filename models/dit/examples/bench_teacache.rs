@@ -3,14 +3,17 @@
 //! error against no caching, and the time per step, all in one process.
 //!
 //! ```text
-//! cargo run --release -p dit --example bench_teacache -- [tiny|small] [steps]
+//! cargo run --release -p dit --example bench_teacache -- [tiny|small] [steps] [coefficients.json]
 //! ```
+//!
+//! Poly uses the model's shipped coefficients (fitted on 8-step runs) unless a file from
+//! `dit teacache-fit --steps <steps>` is given.
 
 use std::time::Instant;
 
-use dit::sampler::{self, Caption, Generation, Request, TeaCacheOptions};
+use dit::sampler::{self, Caption, Generation, Request};
 use dit::scheduler::SchedulerConfig;
-use dit::teacache::Mode;
+use dit::teacache::{Coefficients, Mode, TeaCacheOptions};
 use dit::weights::{self, ModelSource};
 use mlx::Dtype;
 
@@ -19,7 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let source = ModelSource::parse(args.first().map_or("small", String::as_str));
     let steps: usize = args.get(1).map_or(Ok(8), |s| s.parse())?;
     let model = weights::load(&source, Dtype::F32)?.model;
-    let coefficients = weights::teacache_coefficients(&source)?;
+    let coefficients = match args.get(2) {
+        Some(path) => Some(Coefficients::read(std::path::Path::new(path))?),
+        None => weights::teacache_coefficients(&source)?,
+    };
     let dim = model.config.cap_feat_dim;
     let request = |seed: u64, teacache: TeaCacheOptions| Request {
         width: 256,

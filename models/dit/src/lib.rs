@@ -7,10 +7,11 @@
 //! - [`sequence`]: patchify, pad tokens, RoPE positions and attention masks.
 //! - [`model`]: the transformer.
 //! - [`weights`]: loading and writing checkpoints, built-in random weights.
-//! - [`scheduler`], [`sampler`]: the denoising loop.
+//! - [`scheduler`], [`sampler`]: the denoising loop; [`teacache`]: step skipping.
 //! - [`preview`]: a PNG of latents.
 
 pub mod config;
+mod denoiser;
 pub mod layers;
 pub mod model;
 pub mod preview;

@@ -49,6 +49,42 @@ impl Mode {
     }
 }
 
+/// TeaCache's settings for a sampling run.
+#[derive(Clone, Debug)]
+pub struct TeaCacheOptions {
+    pub mode: Mode,
+    pub threshold: f64,
+    /// Steps at the start that always compute.
+    pub warmup: usize,
+    /// Naive mode's factor on timestep distances.
+    pub rescale: f64,
+    /// Poly mode's fitted polynomial.
+    pub coefficients: Option<Coefficients>,
+}
+
+impl TeaCacheOptions {
+    pub fn off() -> TeaCacheOptions {
+        TeaCacheOptions {
+            mode: Mode::Off,
+            threshold: 0.0,
+            warmup: 0,
+            rescale: 1.0,
+            coefficients: None,
+        }
+    }
+
+    /// Poly mode at threshold 0, which computes every step (rescaled changes are never
+    /// negative) while measuring what poly measures: the setting `dit teacache-fit`
+    /// records changes with, before any polynomial exists.
+    pub fn measure_only() -> TeaCacheOptions {
+        TeaCacheOptions {
+            mode: Mode::Poly,
+            coefficients: Some(Coefficients::identity()),
+            ..TeaCacheOptions::off()
+        }
+    }
+}
+
 /// Naive mode's decisions.
 #[derive(Clone, Debug)]
 pub struct Naive {
@@ -98,7 +134,7 @@ impl Naive {
 #[derive(Clone, Debug)]
 pub struct Poly {
     threshold: f64,
-    coefficients: Vec<f64>,
+    coefficients: Coefficients,
     warmup: usize,
     steps: usize,
     accumulated: f64,
@@ -109,7 +145,7 @@ impl Poly {
     pub fn new(threshold: f64, coefficients: &Coefficients, warmup: usize, steps: usize) -> Poly {
         Poly {
             threshold,
-            coefficients: coefficients.coefficients.clone(),
+            coefficients: coefficients.clone(),
             warmup: warmup.max(1),
             steps,
             accumulated: 0.0,
@@ -123,7 +159,7 @@ impl Poly {
             self.accumulated = 0.0;
             return true;
         }
-        self.accumulated += rescale(&self.coefficients, input_change);
+        self.accumulated += self.coefficients.rescale(input_change);
         if self.accumulated < self.threshold {
             return false;
         }
@@ -135,11 +171,6 @@ impl Poly {
 /// The polynomial with `coefficients` (highest degree first) at `x`.
 pub fn polyval(coefficients: &[f64], x: f64) -> f64 {
     coefficients.iter().fold(0.0, |acc, c| acc * x + c)
-}
-
-/// The fitted polynomial at `x`, never negative: it estimates a distance.
-pub fn rescale(coefficients: &[f64], x: f64) -> f64 {
-    polyval(coefficients, x).max(0.0)
 }
 
 /// A fitted polynomial and how it was fitted: the `--coefficients` file format, and
@@ -157,6 +188,10 @@ pub struct Coefficients {
     /// The (input change, output change) pairs the fit used.
     #[serde(default)]
     pub pairs: usize,
+    /// The input changes the fit saw, lowest and highest. Inputs outside are clamped
+    /// into it: a degree-4 polynomial extrapolates wildly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_range: Option<(f64, f64)>,
 }
 
 /// The file a checkpoint directory carries its coefficients in.
@@ -171,7 +206,18 @@ impl Coefficients {
             runs: 0,
             steps: 0,
             pairs: 0,
+            input_range: None,
         }
+    }
+
+    /// The estimated output change for an input change of `x`: the polynomial at `x`
+    /// clamped into the fitted range, never negative (it estimates a distance).
+    pub fn rescale(&self, x: f64) -> f64 {
+        let x = match self.input_range {
+            Some((lo, hi)) => x.clamp(lo, hi),
+            None => x,
+        };
+        polyval(&self.coefficients, x).max(0.0)
     }
 
     pub fn read(path: &Path) -> Result<Coefficients> {
@@ -189,6 +235,11 @@ impl Coefficients {
         let c: Coefficients = serde_json::from_str(text).map_err(|e| e.to_string())?;
         if c.coefficients.is_empty() || c.coefficients.iter().any(|v| !v.is_finite()) {
             return Err("`coefficients` must be a non-empty list of finite numbers".into());
+        }
+        if let Some((lo, hi)) = c.input_range {
+            if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+                return Err("`input_range` must be [low, high] with low <= high".into());
+            }
         }
         Ok(c)
     }
@@ -311,10 +362,7 @@ mod tests {
         // rescale(x) = 2x: changes of 0.1 accumulate 0.2 per step.
         let coefficients = Coefficients {
             coefficients: vec![2.0, 0.0],
-            model: String::new(),
-            runs: 0,
-            steps: 0,
-            pairs: 0,
+            ..Coefficients::identity()
         };
         let mut poly = Poly::new(0.5, &coefficients, 1, 8);
         let decisions: Vec<bool> = (0..8).map(|i| poly.should_compute(i, 0.1)).collect();
@@ -331,6 +379,15 @@ mod tests {
         };
         let mut poly = Poly::new(0.0, &negative, 1, 4);
         assert!((0..4).all(|i| poly.should_compute(i, 0.5)));
+        // Outside the fitted range the polynomial is held at the range's ends.
+        let clamped = Coefficients {
+            coefficients: vec![1.0, 0.0, 0.0],
+            input_range: Some((0.1, 0.2)),
+            ..Coefficients::identity()
+        };
+        assert_eq!(clamped.rescale(0.0), clamped.rescale(0.1));
+        assert_eq!(clamped.rescale(5.0), clamped.rescale(0.2));
+        assert!((clamped.rescale(0.15) - 0.0225).abs() < 1e-12);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! TeaCache in the sampler: decisions as the policies make them, threshold 0 is exactly
 //! no caching, and skipping changes the result by a bounded amount.
 
-use dit::sampler::{self, Caption, Generation, Request, TeaCacheOptions};
+use dit::sampler::{self, Caption, Generation, Request};
 use dit::scheduler::SchedulerConfig;
-use dit::teacache::{Coefficients, Mode, Naive, Poly};
+use dit::teacache::{Coefficients, Mode, Naive, Poly, TeaCacheOptions};
 use dit::weights::{self, Builtin, ModelSource};
 use dit::ZImage;
 use mlx::Dtype;

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use dit::preview;
-use dit::sampler::{self, Caption, Request, TeaCacheOptions};
+use dit::sampler::{self, Caption, Request};
 use dit::scheduler::SchedulerConfig;
-use dit::teacache::{Coefficients, Mode};
+use dit::teacache::{Coefficients, Mode, TeaCacheOptions};
 use dit::weights::{self, ModelSource};
 use dit::ZImage;
 use indicatif::{ProgressBar, ProgressStyle};

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use dit::sampler::{self, Caption, Request, TeaCacheOptions};
+use dit::sampler::{self, Caption, Request};
 use dit::scheduler::SchedulerConfig;
-use dit::teacache::{fit_polynomial, polyval, Coefficients};
+use dit::teacache::{fit_polynomial, polyval, Coefficients, TeaCacheOptions};
 use dit::weights::{self, ModelSource};
 
 use crate::{compute_dtype, model_source, CliResult, FloatDtype};
@@ -76,25 +76,30 @@ pub fn run(args: Args) -> CliResult {
         .sum::<f64>()
         / pairs.len() as f64)
         .sqrt();
+    let range = |values: Vec<f64>| {
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lo, hi)
+    };
+    let inputs = range(pairs.iter().map(|p| p.0).collect());
+    let outputs = range(pairs.iter().map(|p| p.1).collect());
     let fitted = Coefficients {
         coefficients,
         model: args.model.to_string(),
         runs: args.runs as usize,
         steps: args.steps,
         pairs: pairs.len(),
+        input_range: Some(inputs),
     };
     fitted.write(&args.out)?;
-    let range = |values: Vec<f64>| {
-        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        format!("{lo:.4}..{hi:.4}")
-    };
     println!(
-        "fitted a degree-{DEGREE} polynomial to {} pairs (input change {}, output change {}, \
-         RMS residual {rms:.4}): {:?}",
+        "fitted a degree-{DEGREE} polynomial to {} pairs (input change {:.4}..{:.4}, output \
+         change {:.4}..{:.4}, RMS residual {rms:.4}): {:?}",
         pairs.len(),
-        range(pairs.iter().map(|p| p.0).collect()),
-        range(pairs.iter().map(|p| p.1).collect()),
+        inputs.0,
+        inputs.1,
+        outputs.0,
+        outputs.1,
         fitted.coefficients
     );
     println!("wrote {}", args.out.display());
