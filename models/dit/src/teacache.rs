@@ -37,14 +37,15 @@ impl Mode {
         }
     }
 
-    /// The threshold used when none is given: the seed's for naive; for poly, the one
-    /// that skips at least 40% of main-block passes at under 5% latent error on the
-    /// built-in models (see the README's TeaCache figures).
+    /// The threshold used when none is given: the seed's for naive. For poly it bounds the
+    /// estimated output drift a skipped stretch may accumulate: 30%. A schedule whose
+    /// every step changes the output more than that (8 steps of the built-in models) then
+    /// skips nothing, as it should.
     pub fn default_threshold(self) -> f64 {
         match self {
             Mode::Off => 0.0,
             Mode::Naive => 0.1,
-            Mode::Poly => 0.6,
+            Mode::Poly => 0.3,
         }
     }
 }
@@ -181,10 +182,12 @@ pub struct Coefficients {
     pub coefficients: Vec<f64>,
     #[serde(default)]
     pub model: String,
+    /// Sampling runs the pairs came from.
     #[serde(default)]
     pub runs: usize,
+    /// The step counts of those runs.
     #[serde(default)]
-    pub steps: usize,
+    pub steps: Vec<usize>,
     /// The (input change, output change) pairs the fit used.
     #[serde(default)]
     pub pairs: usize,
@@ -204,7 +207,7 @@ impl Coefficients {
             coefficients: vec![1.0, 0.0],
             model: String::new(),
             runs: 0,
-            steps: 0,
+            steps: Vec::new(),
             pairs: 0,
             input_range: None,
         }

@@ -64,7 +64,7 @@ pub struct Args {
     /// (poly) on steps whose input barely changed.
     #[arg(long, value_enum, default_value = "off")]
     teacache: TeaCacheArg,
-    /// TeaCache's threshold (default: 0.1 for naive, 0.6 for poly).
+    /// TeaCache's threshold (default: 0.1 for naive, 0.3 for poly).
     #[arg(long, allow_negative_numbers = true)]
     threshold: Option<f64>,
     /// Steps at the start that always compute (default: 3 with --cfg, else 1).

@@ -20,9 +20,10 @@ pub struct Args {
     /// Seeded sampling runs to collect pairs from (seeds 0..R).
     #[arg(long, default_value_t = 4)]
     runs: u64,
-    /// Steps per run.
-    #[arg(long, default_value_t = 8)]
-    steps: usize,
+    /// Steps per run; several counts (`8,30`) run every seed at each, so the fit covers
+    /// the input changes of each schedule.
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    steps: Vec<usize>,
     /// Image width in pixels (a multiple of 16).
     #[arg(long, default_value_t = 256)]
     width: i32,
@@ -41,7 +42,7 @@ pub struct Args {
 /// of the first main block's modulated input with the relative change of the model's
 /// output, and fits `output change ≈ p(input change)` by least squares.
 pub fn run(args: Args) -> CliResult {
-    if args.runs == 0 || args.steps < 2 {
+    if args.runs == 0 || args.steps.iter().any(|&n| n < 2) {
         return Err("teacache-fit needs --runs of at least 1 and --steps of at least 2".into());
     }
     let loaded = weights::load(&args.model, compute_dtype(args.dtype)?)?;
@@ -52,11 +53,14 @@ pub fn run(args: Args) -> CliResult {
     };
     let dim = model.config.cap_feat_dim;
     let mut pairs = Vec::new();
-    for seed in 0..args.runs {
+    let runs: Vec<(u64, usize)> = (0..args.runs)
+        .flat_map(|seed| args.steps.iter().map(move |&steps| (seed, steps)))
+        .collect();
+    for (i, &(seed, steps)) in runs.iter().enumerate() {
         let request = Request {
             width: args.width,
             height: args.height,
-            steps: args.steps,
+            steps,
             seed,
             cfg: 0.0,
             caption: Caption::random(64, dim, seed.wrapping_add(1)),
@@ -67,7 +71,7 @@ pub fn run(args: Args) -> CliResult {
         };
         let generation = sampler::generate(model, &request, |_, _| {})?;
         pairs.extend(generation.changes.unwrap_or_default());
-        eprintln!("run {}/{}: {} pairs", seed + 1, args.runs, pairs.len());
+        eprintln!("run {}/{}: {} pairs", i + 1, runs.len(), pairs.len());
     }
     let coefficients = fit_polynomial(&pairs, DEGREE)?;
     let rms = (pairs
@@ -86,8 +90,8 @@ pub fn run(args: Args) -> CliResult {
     let fitted = Coefficients {
         coefficients,
         model: args.model.to_string(),
-        runs: args.runs as usize,
-        steps: args.steps,
+        runs: runs.len(),
+        steps: args.steps.clone(),
         pairs: pairs.len(),
         input_range: Some(inputs),
     };
