@@ -41,6 +41,9 @@ pub enum DitError {
     Config { path: PathBuf, message: String },
     #[error("{0}")]
     Input(String),
+    /// A checkpoint does not fit the model: every problem at once.
+    #[error("{0}")]
+    Checkpoint(weights::Mismatch),
     #[error(transparent)]
     Mlx(#[from] mlx::Error),
 }
