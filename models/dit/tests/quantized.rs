@@ -338,7 +338,8 @@ fn a_quantized_checkpoint_runs_exactly_like_in_memory_quantization() {
 }
 
 /// The tensors and `config.json` `dit quantize` writes, for a bfloat16 checkpoint: packed
-/// weights, scales (and affine biases) per quantized layer, dense tensors still bfloat16.
+/// weights, scales (and affine biases) per quantized layer, dense tensors still bfloat16;
+/// and the sampling files next to the weights, copied.
 #[test]
 fn quantize_writes_the_documented_layout() {
     let dir = tempfile::tempdir().unwrap();
@@ -352,6 +353,8 @@ fn quantize_writes_the_documented_layout() {
         "--dtype",
         "bf16",
     ]);
+    let scheduler = r#"{"shift": 3.0, "use_dynamic_shifting": false}"#;
+    std::fs::write(bf16.join("scheduler_config.json"), scheduler).unwrap();
     for format in QuantFormat::ALL {
         let out = dir.path().join(format.name());
         succeed(&[
@@ -398,6 +401,11 @@ fn quantize_writes_the_documented_layout() {
         }
         assert_eq!(get("x_pad_token").dtype(), Dtype::Bf16);
         assert_eq!(get("layers.0.attention_norm1.weight").dtype(), Dtype::Bf16);
+
+        let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(read(&out, "scheduler_config.json"), scheduler);
+        let coefficients = "teacache_coefficients.json";
+        assert_eq!(read(&out, coefficients), read(&bf16, coefficients));
     }
 }
 

@@ -1,8 +1,9 @@
 //! `dit quantize`: a dense checkpoint with its linear layers quantized to 8 bits.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use dit::quant::{QuantFormat, BITS, GROUP_SIZE};
+use dit::teacache::COEFFICIENTS_FILE;
 use dit::weights::{self, LoadOptions, ModelSource};
 use mlx::Module;
 
@@ -38,6 +39,7 @@ pub fn run(args: Args) -> CliResult {
     };
     let loaded = weights::load(&args.model, options)?;
     weights::save(&loaded.model, &args.out, dtype)?;
+    copy_sampling_files(&args.model, &args.out)?;
 
     let report = &loaded.quantization;
     println!(
@@ -59,3 +61,22 @@ pub fn run(args: Args) -> CliResult {
     );
     Ok(())
 }
+
+/// What travels with a checkpoint for sampling holds for its quantized copy too: TeaCache's
+/// polynomial (fitted on the dense model, which the quantized one approximates) and a
+/// `scheduler_config.json` next to the weights.
+fn copy_sampling_files(source: &ModelSource, out: &Path) -> CliResult {
+    if let Some(coefficients) = weights::teacache_coefficients(source)? {
+        coefficients.write(&out.join(COEFFICIENTS_FILE))?;
+    }
+    if let ModelSource::Dir(dir) = source {
+        let scheduler = dir.join(SCHEDULER_FILE);
+        if scheduler.is_file() {
+            std::fs::copy(&scheduler, out.join(SCHEDULER_FILE))
+                .map_err(|e| format!("{}: {e}", scheduler.display()))?;
+        }
+    }
+    Ok(())
+}
+
+const SCHEDULER_FILE: &str = "scheduler_config.json";
