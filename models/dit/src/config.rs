@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::quant::QuantConfig;
 use crate::{DitError, Result};
 
 /// Width of the timestep embedding that modulates every block: `min(dim, 256)`.
@@ -37,9 +38,10 @@ pub struct DitConfig {
     pub t_scale: f32,
     pub axes_dims: Vec<i32>,
     pub axes_lens: Vec<i32>,
-    /// Set by `dit quantize`: how the linear layers' weights are stored.
+    /// Set by `dit quantize` (and by in-memory quantization): how the quantized linear
+    /// layers are stored. Not a diffusers key.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub quantization: Option<serde_json::Value>,
+    pub quantization: Option<QuantConfig>,
 }
 
 impl Default for DitConfig {
@@ -169,6 +171,9 @@ impl DitConfig {
         if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return Err("norm_eps must be positive".into());
         }
+        if let Some(quantization) = &self.quantization {
+            quantization.validate()?;
+        }
         Ok(())
     }
 
@@ -249,5 +254,28 @@ mod tests {
             ..DitConfig::tiny()
         };
         assert!(bad.validate().unwrap_err().contains("divisible"));
+    }
+
+    #[test]
+    fn quantization_round_trips_and_unknown_modes_are_named() {
+        use crate::quant::QuantFormat;
+        let config = DitConfig {
+            quantization: Some(QuantConfig::new(QuantFormat::Affine8)),
+            ..DitConfig::tiny()
+        };
+        let json = config.to_json();
+        assert_eq!(
+            json["quantization"],
+            serde_json::json!({"mode": "affine8", "group_size": 32, "bits": 8})
+        );
+        assert_eq!(serde_json::from_value::<DitConfig>(json).unwrap(), config);
+        assert!(DitConfig::tiny().to_json().get("quantization").is_none());
+
+        let json = r#"{"quantization": {"mode": "int3", "group_size": 32, "bits": 8}}"#;
+        let err = serde_json::from_str::<DitConfig>(json).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown quantization mode `int3`"),
+            "{err}"
+        );
     }
 }

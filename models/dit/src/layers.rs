@@ -2,21 +2,174 @@
 //! paths are diffusers' weight names, with its forward pass as an `#[mlx::graph]`.
 
 use mlx::fast::{self, Mask};
+use mlx::ops::Quantized;
 use mlx::{Array, Dtype, Module};
 
 use crate::config::{DitConfig, T_FREQ_DIM};
+use crate::quant::{MatmulPath, QuantFormat, BITS, GROUP_SIZE};
 
-/// `nn.Linear`: `x wᵀ + b`.
+/// `nn.Linear`: `x wᵀ + b`, its weight dense or quantized to 8 bits (see [`crate::quant`]).
+/// Either way it sits at the same checkpoint path; the variant is part of the structure
+/// compiled graphs are keyed on.
 #[derive(Module, Clone)]
-pub struct Linear {
-    pub weight: Array,
-    pub bias: Option<Array>,
+pub enum Linear {
+    Dense(Dense),
+    Quantized(QuantizedLinear),
 }
 
 impl Linear {
     #[mlx::graph]
     pub fn forward(&self, x: &Array) -> Array {
+        match self {
+            Linear::Dense(dense) => dense.apply(x),
+            Linear::Quantized(quantized) => quantized.apply(x),
+        }
+    }
+
+    /// The dtype the layer computes in.
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            Linear::Dense(dense) => dense.weight.dtype(),
+            Linear::Quantized(quantized) => quantized.dtype,
+        }
+    }
+
+    /// `(out, in)` features.
+    pub fn features(&self) -> (i32, i32) {
+        match self {
+            Linear::Dense(dense) => matrix_dims(&dense.weight),
+            Linear::Quantized(quantized) => quantized.features(),
+        }
+    }
+
+    /// The layer's parameters counted as a dense layer's: `out · in` weights and the bias
+    /// (a quantized weight counts its float elements, not its packed words).
+    pub fn dense_parameters(&self) -> usize {
+        let (out, inp) = self.features();
+        let bias = match self {
+            Linear::Dense(dense) => dense.bias.is_some(),
+            Linear::Quantized(quantized) => quantized.bias.is_some(),
+        };
+        out as usize * inp as usize + if bias { out as usize } else { 0 }
+    }
+}
+
+/// The two dims of a matrix (a linear weight is `[out, in]` by construction: loading keeps
+/// the template's shape).
+fn matrix_dims(w: &Array) -> (i32, i32) {
+    (w.dim(0).unwrap_or(0), w.dim(1).unwrap_or(0))
+}
+
+/// A dense linear layer: diffusers' `weight` `[out, in]` and optional `bias` `[out]`.
+#[derive(Module, Clone)]
+pub struct Dense {
+    pub weight: Array,
+    pub bias: Option<Array>,
+}
+
+impl Dense {
+    fn apply(&self, x: &Array) -> Array {
         let y = x.matmul(&self.weight.t());
+        match &self.bias {
+            Some(bias) => y + bias,
+            None => y,
+        }
+    }
+}
+
+/// A linear layer with an 8-bit weight in MLX's packed layout, stored as `weight` (packed
+/// `uint32`, `[out, in / 4]`), `weight_scale` (`[out, in / 32]`), `weight_qbias` (affine8
+/// only) and the layer's own float `bias`.
+#[derive(Module, Clone)]
+pub struct QuantizedLinear {
+    #[weight("weight")]
+    pub packed: Array,
+    #[weight("weight_scale")]
+    pub scales: Array,
+    #[weight("weight_qbias")]
+    pub qbias: Option<Array>,
+    pub bias: Option<Array>,
+    #[weight(skip)]
+    pub format: QuantFormat,
+    #[weight(skip)]
+    pub matmul: MatmulPath,
+    /// The compute dtype: of the activations, the output and the dequantized weight.
+    #[weight(skip)]
+    pub dtype: Dtype,
+}
+
+impl QuantizedLinear {
+    /// Quantizes a dense layer (lazily); its input features must be a multiple of
+    /// [`GROUP_SIZE`].
+    #[track_caller]
+    pub fn from_dense(
+        dense: &Dense,
+        format: QuantFormat,
+        matmul: MatmulPath,
+    ) -> mlx::Result<QuantizedLinear> {
+        let q = format.quantize(&dense.weight)?;
+        Ok(QuantizedLinear {
+            packed: q.weights,
+            scales: q.scales,
+            qbias: q.biases,
+            bias: dense.bias.clone(),
+            format,
+            matmul,
+            dtype: dense.weight.dtype(),
+        })
+    }
+
+    /// Zeros of the shapes and dtypes a `[out, inp]` layer stores, ready to be loaded.
+    pub fn zeros(
+        (out, inp): (i32, i32),
+        bias: bool,
+        format: QuantFormat,
+        matmul: MatmulPath,
+        dtype: Dtype,
+    ) -> QuantizedLinear {
+        let groups = [out, inp / GROUP_SIZE];
+        let scale_dtype = format.scale_dtype(dtype);
+        QuantizedLinear {
+            packed: Array::zeros(&[out, inp * BITS / 32], Dtype::U32),
+            scales: Array::zeros(&groups, scale_dtype),
+            qbias: format
+                .has_biases()
+                .then(|| Array::zeros(&groups, scale_dtype)),
+            bias: bias.then(|| Array::zeros(&[out], dtype)),
+            format,
+            matmul,
+            dtype,
+        }
+    }
+
+    /// `(out, in)` features, from the packed shape.
+    pub fn features(&self) -> (i32, i32) {
+        let (out, packed) = matrix_dims(&self.packed);
+        (out, packed * 32 / BITS)
+    }
+
+    /// MLX's view of the packed weight (clones share the arrays).
+    pub fn quantized(&self) -> Quantized {
+        Quantized {
+            weights: self.packed.clone(),
+            scales: self.scales.clone(),
+            biases: self.qbias.clone(),
+            group_size: GROUP_SIZE,
+            bits: BITS,
+            mode: self.format.mode(),
+        }
+    }
+
+    /// The float weight the packed one stands for, `[out, in]` in the compute dtype.
+    pub fn dequantize(&self) -> Array {
+        self.quantized().dequantize(Some(self.dtype))
+    }
+
+    fn apply(&self, x: &Array) -> Array {
+        let y = match self.matmul {
+            MatmulPath::Kernel => self.quantized().matmul(x, true),
+            MatmulPath::Dequantize => x.matmul(&self.dequantize().t()),
+        };
         match &self.bias {
             Some(bias) => y + bias,
             None => y,
@@ -136,6 +289,31 @@ pub struct Block {
 }
 
 impl Block {
+    /// The block's linear layers with their paths inside the block.
+    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        let Attention {
+            to_q,
+            to_k,
+            to_v,
+            to_out,
+            ..
+        } = &mut self.attention;
+        let FeedForward { w1, w2, w3 } = &mut self.feed_forward;
+        let mut out = vec![
+            ("attention.to_q", to_q),
+            ("attention.to_k", to_k),
+            ("attention.to_v", to_v),
+            ("attention.to_out.0", to_out),
+            ("feed_forward.w1", w1),
+            ("feed_forward.w2", w2),
+            ("feed_forward.w3", w3),
+        ];
+        if let Some(modulation) = &mut self.modulation {
+            out.push(("adaLN_modulation.0", modulation));
+        }
+        out
+    }
+
     /// `(scale_msa, gate_msa, scale_mlp, gate_mlp)` as `[batch, 1, dim]`, scales already
     /// `1 + s` and gates already `tanh`; `None` for an unmodulated block.
     fn modulation_params(&self, adaln: Option<&Array>) -> Option<[Array; 4]> {
@@ -213,7 +391,7 @@ impl TimestepEmbedder {
     /// `t: [batch]`, already multiplied by `t_scale`.
     #[mlx::graph]
     pub fn forward(&self, t: &Array) -> Array {
-        let features = timestep_features(t).astype(self.fc1.weight.dtype());
+        let features = timestep_features(t).astype(self.fc1.dtype());
         self.fc2.forward(&self.fc1.forward(&features).silu())
     }
 }
@@ -282,10 +460,10 @@ impl Shapes<'_> {
     }
 
     pub fn linear(&self, out: i32, inp: i32, bias: bool) -> Linear {
-        Linear {
+        Linear::Dense(Dense {
             weight: self.array(&[out, inp]),
             bias: bias.then(|| self.array(&[out])),
-        }
+        })
     }
 
     pub fn block(&self, modulated: bool) -> Block {

@@ -3,7 +3,9 @@
 //! checkpoint loading, the flow-match Euler sampler, and the `dit` command.
 //!
 //! - [`config`]: `config.json` and the built-in model sizes.
-//! - [`layers`]: linear, attention, feed-forward, transformer block, embedders, final layer.
+//! - [`layers`]: linear (dense or quantized), attention, feed-forward, transformer block,
+//!   embedders, final layer.
+//! - [`quant`]: the 8-bit formats of quantized linear layers (`mxfp8`, `affine8`).
 //! - [`sequence`]: patchify, pad tokens, RoPE positions and attention masks.
 //! - [`model`]: the transformer.
 //! - [`weights`]: loading and writing checkpoints, built-in random weights.
@@ -15,6 +17,7 @@ mod denoiser;
 pub mod layers;
 pub mod model;
 pub mod preview;
+pub mod quant;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
@@ -38,6 +41,9 @@ pub enum DitError {
     Config { path: PathBuf, message: String },
     #[error("{0}")]
     Input(String),
+    /// A checkpoint does not fit the model: every problem at once.
+    #[error("{0}")]
+    Checkpoint(weights::Mismatch),
     #[error(transparent)]
     Mlx(#[from] mlx::Error),
 }

@@ -8,6 +8,7 @@ use mlx::{Array, Dtype, Module};
 
 use crate::config::{DitConfig, T_EMBED_MID, T_FREQ_DIM};
 use crate::layers::{Block, CaptionEmbedder, FinalLayer, Linear, Shapes, TimestepEmbedder};
+use crate::quant::GROUP_SIZE;
 use crate::sequence::{fit_captions, patchify, unpatchify, Layout, Sequence};
 use crate::{DitError, Result};
 
@@ -67,6 +68,66 @@ impl ZImage {
             context_refiner: blocks(c.n_refiner_layers, false),
             layers: blocks(c.n_layers, true),
             config: config.clone(),
+        }
+    }
+
+    /// Every linear layer with its checkpoint path (the `#[weight]` paths above), in
+    /// checkpoint order: what quantization walks.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let ZImage {
+            x_embedder,
+            final_layer,
+            t_embedder,
+            cap_embedder,
+            noise_refiner,
+            context_refiner,
+            layers,
+            ..
+        } = self;
+        let mut out: Vec<(String, &mut Linear)> = vec![
+            ("all_x_embedder.2-1".into(), x_embedder),
+            (Self::OUTPUT_PROJECTION.into(), &mut final_layer.linear),
+            (
+                "all_final_layer.2-1.adaLN_modulation.1".into(),
+                &mut final_layer.modulation,
+            ),
+            ("t_embedder.mlp.0".into(), &mut t_embedder.fc1),
+            ("t_embedder.mlp.2".into(), &mut t_embedder.fc2),
+            ("cap_embedder.1".into(), &mut cap_embedder.linear),
+        ];
+        for (name, blocks) in [
+            ("noise_refiner", noise_refiner),
+            ("context_refiner", context_refiner),
+            ("layers", layers),
+        ] {
+            for (i, block) in blocks.iter_mut().enumerate() {
+                out.extend(
+                    block
+                        .linears_mut()
+                        .into_iter()
+                        .map(|(path, linear)| (format!("{name}.{i}.{path}"), linear)),
+                );
+            }
+        }
+        out
+    }
+
+    /// The final layer's projection to patch pixels. Quantization leaves it dense, as the
+    /// seed did: its error lands unfiltered in the predicted velocity, and it is tiny.
+    pub const OUTPUT_PROJECTION: &'static str = "all_final_layer.2-1.linear";
+
+    /// Why quantization leaves the linear layer at `path` dense, or `None` if it
+    /// quantizes it.
+    pub fn keeps_dense(path: &str, linear: &Linear) -> Option<String> {
+        let (_, inp) = linear.features();
+        if path == Self::OUTPUT_PROJECTION {
+            Some("the final projection to patch pixels".into())
+        } else if inp % GROUP_SIZE != 0 {
+            Some(format!(
+                "{inp} input features are not a multiple of the group size {GROUP_SIZE}"
+            ))
+        } else {
+            None
         }
     }
 
@@ -191,5 +252,32 @@ impl ZImage {
             self.config.in_channels,
             (height, width),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DitConfig;
+
+    /// `linears_mut` spells out the checkpoint paths the `#[weight]` attributes define: it
+    /// must name exactly the model's linear weights (the 2-D `*.weight` tensors).
+    #[test]
+    fn linears_mut_names_every_linear_weight() {
+        let mut model = ZImage::zeros(&DitConfig::tiny(), Dtype::F32);
+        let mut expected: Vec<String> = model
+            .parameters()
+            .into_iter()
+            .filter(|(path, array)| path.ends_with(".weight") && array.ndim() == 2)
+            .map(|(path, _)| path)
+            .collect();
+        let mut named: Vec<String> = model
+            .linears_mut()
+            .into_iter()
+            .map(|(path, _)| format!("{path}.weight"))
+            .collect();
+        expected.sort();
+        named.sort();
+        assert_eq!(named, expected);
     }
 }

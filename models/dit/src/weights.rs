@@ -1,16 +1,20 @@
 //! Where a model's weights come from: a diffusers-layout directory (`config.json` and one
 //! or many `*.safetensors`, sharded ones with `*.safetensors.index.json`) or a built-in
-//! model with deterministic random weights; and writing a model back in that layout.
+//! model with deterministic random weights; and writing a model back in that layout. Linear
+//! layers may be stored quantized (`dit quantize`) or quantized at load (`--fp8`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use mlx::io::{load_checkpoint, save_safetensors, Checkpoint};
+use mlx::module::LoadReport;
 use mlx::{random, Array, Dtype, Module};
 
 use crate::config::{DitConfig, T_FREQ_DIM};
+use crate::layers::{Linear, QuantizedLinear};
 use crate::model::ZImage;
+use crate::quant::{self, MatmulPath, QuantConfig, QuantFormat, GROUP_SIZE};
 use crate::teacache::{Coefficients, COEFFICIENTS_FILE};
 use crate::{DitError, Result};
 
@@ -89,6 +93,29 @@ pub fn teacache_coefficients(source: &ModelSource) -> Result<Option<Coefficients
     }
 }
 
+/// How to load a model. A `Dtype` converts into the options that load the checkpoint as it
+/// is stored (dense, or quantized by `dit quantize`), computing in that dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The dtype the model computes in.
+    pub dtype: Dtype,
+    /// Quantize a dense checkpoint's linear layers in memory (`--fp8`).
+    pub fp8: Option<QuantFormat>,
+    /// The matmul of quantized layers; `None` probes the device once (see
+    /// [`quant::probe`]). Tests force one path or the other.
+    pub matmul: Option<MatmulPath>,
+}
+
+impl From<Dtype> for LoadOptions {
+    fn from(dtype: Dtype) -> LoadOptions {
+        LoadOptions {
+            dtype,
+            fp8: None,
+            matmul: None,
+        }
+    }
+}
+
 /// A loaded model and what its checkpoint held.
 pub struct Loaded {
     pub model: ZImage,
@@ -96,11 +123,99 @@ pub struct Loaded {
     pub stored_dtypes: BTreeMap<String, usize>,
     /// Bytes of the stored tensors.
     pub stored_bytes: usize,
+    /// How the linear layers are stored in memory.
+    pub quantization: QuantReport,
 }
 
-/// Loads a model to compute in `dtype`, its weights evaluated (a checkpoint in `dtype`
-/// stays memory-mapped, others are converted once).
-pub fn load(source: &ModelSource, dtype: Dtype) -> Result<Loaded> {
+/// What a loaded model's linear layers are (their format is `config.quantization`):
+/// `dit info` and `dit quantize` report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuantReport {
+    /// How the quantized layers multiply; `None` for a dense model.
+    pub matmul: Option<MatmulPath>,
+    /// Quantized linear layers.
+    pub quantized: usize,
+    /// The linear layers left dense (all of them in a dense model), each with the reason.
+    pub dense: Vec<(String, String)>,
+    /// Bytes of the weights were every linear layer dense in the compute dtype.
+    pub dense_bytes: usize,
+    /// The model's parameters (a quantized weight counts its float elements, not the
+    /// packed words).
+    pub parameters: usize,
+}
+
+impl QuantReport {
+    fn of(model: &mut ZImage, matmul: Option<MatmulPath>) -> QuantReport {
+        let mut report = QuantReport {
+            matmul,
+            quantized: 0,
+            dense: Vec::new(),
+            dense_bytes: model.nbytes(),
+            parameters: model.num_parameters(),
+        };
+        for (path, linear) in model.linears_mut() {
+            match &*linear {
+                Linear::Quantized(q) => {
+                    let dense = linear.dense_parameters();
+                    report.quantized += 1;
+                    report.parameters = report.parameters + dense - q.num_parameters();
+                    report.dense_bytes = report.dense_bytes + dense * q.dtype.size() - q.nbytes();
+                }
+                Linear::Dense(_) => {
+                    let reason =
+                        ZImage::keeps_dense(&path, linear).unwrap_or_else(|| "stored dense".into());
+                    report.dense.push((path, reason));
+                }
+            }
+        }
+        report
+    }
+}
+
+/// A checkpoint that does not fit the model: every missing, unexpected, mis-shaped and
+/// mis-typed tensor, and every quantized layer that cannot be.
+#[derive(Debug)]
+pub struct Mismatch {
+    pub report: LoadReport,
+    /// `(path, what is wrong)`: dtypes and quantized layers.
+    pub other: Vec<(String, String)>,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.report;
+        write!(
+            f,
+            "the checkpoint does not fit the model: {} missing, {} unexpected, {} wrongly shaped, {} other",
+            r.missing.len(),
+            r.unexpected.len(),
+            r.mismatched.len(),
+            self.other.len()
+        )?;
+        for path in &r.missing {
+            write!(f, "\n  missing:    {path}")?;
+        }
+        for path in &r.unexpected {
+            write!(f, "\n  unexpected: {path}")?;
+        }
+        for (path, expected, found) in &r.mismatched {
+            write!(
+                f,
+                "\n  shape:      {path}: expected {expected:?}, found {found:?}"
+            )?;
+        }
+        for (path, problem) in &self.other {
+            write!(f, "\n  other:      {path}: {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads a model, its weights evaluated (a checkpoint in the compute dtype stays
+/// memory-mapped, others are converted once). A checkpoint written by `dit quantize` is
+/// recognized by its `config.json`; `options.fp8` quantizes a dense one in memory.
+pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Loaded> {
+    let options = options.into();
     let (config, checkpoint) = match source {
         ModelSource::Builtin(builtin) => {
             let config = builtin.config();
@@ -115,14 +230,157 @@ pub fn load(source: &ModelSource, dtype: Dtype) -> Result<Loaded> {
         *stored_dtypes.entry(array.dtype().to_string()).or_insert(0) += 1;
         stored_bytes += array.nbytes();
     }
-    let mut model = ZImage::zeros(&config, dtype);
-    model.load(checkpoint)?;
+    let stored = stored_format(source, &config, &checkpoint)?;
+    if let (Some(stored), Some(_)) = (stored, options.fp8) {
+        return Err(DitError::Input(format!(
+            "{source} is already quantized ({stored}): quantization applies to dense checkpoints"
+        )));
+    }
+    let matmul = stored.or(options.fp8).map(|format| {
+        options
+            .matmul
+            .unwrap_or_else(|| quant::probe(format, options.dtype))
+    });
+    let mut model = ZImage::zeros(&config, options.dtype);
+    if let (Some(format), Some(matmul)) = (stored, matmul) {
+        fill_quantized(&mut model, checkpoint, format, matmul)?;
+    } else {
+        fill(&mut model, checkpoint, Vec::new())?;
+    }
+    if let (Some(format), Some(matmul)) = (options.fp8, matmul) {
+        quantize_linears(&mut model, format, matmul)?;
+        model.config.quantization = Some(QuantConfig::new(format));
+    }
     mlx::eval(model.parameters().into_iter().map(|(_, a)| a))?;
+    let quantization = QuantReport::of(&mut model, matmul);
     Ok(Loaded {
         model,
         stored_dtypes,
         stored_bytes,
+        quantization,
     })
+}
+
+/// Loads every array of `model` from `checkpoint`; reports every missing, unexpected and
+/// mis-shaped tensor at once, with the `other` problems found beforehand.
+fn fill(
+    model: &mut ZImage,
+    mut checkpoint: Checkpoint,
+    other: Vec<(String, String)>,
+) -> Result<()> {
+    let mut report = LoadReport::default();
+    model.load_from("", &mut checkpoint, &mut report);
+    report.unexpected = checkpoint.names().map(str::to_owned).collect();
+    if report.is_clean() && other.is_empty() {
+        Ok(())
+    } else {
+        Err(DitError::Checkpoint(Mismatch { report, other }))
+    }
+}
+
+/// The format a checkpoint is quantized in, from `config.json`, checked against the
+/// tensors: quantized layers are those with a `<layer>.weight_scale`.
+fn stored_format(
+    source: &ModelSource,
+    config: &DitConfig,
+    checkpoint: &Checkpoint,
+) -> Result<Option<QuantFormat>> {
+    let mut scales = checkpoint
+        .names()
+        .filter(|name| name.ends_with(QUANT_SCALE_SUFFIX));
+    let first = scales.next();
+    let message = match (&config.quantization, first) {
+        (Some(q), None) => format!(
+            "config.json records {} quantization, but no tensor is quantized (no *{QUANT_SCALE_SUFFIX})",
+            q.mode
+        ),
+        (None, Some(name)) => format!(
+            "{name} and {} more quantized tensors, but config.json records no quantization",
+            scales.count()
+        ),
+        (quantization, _) => return Ok(quantization.as_ref().map(|q| q.mode)),
+    };
+    let path = match source {
+        ModelSource::Dir(dir) => dir.join("config.json"),
+        ModelSource::Builtin(builtin) => PathBuf::from(builtin.name()),
+    };
+    Err(DitError::Config { path, message })
+}
+
+/// The suffix that marks a quantized layer's tensors in a checkpoint.
+const QUANT_SCALE_SUFFIX: &str = ".weight_scale";
+
+/// [`fill`]s `model` from a quantized checkpoint: first turns its dense layers into
+/// quantized ones wherever `checkpoint` holds `<layer>.weight_scale`, noting what cannot
+/// fit: a quantized layer whose input features are not whole groups, and tensors of the
+/// wrong dtype (loading would convert them silently).
+fn fill_quantized(
+    model: &mut ZImage,
+    checkpoint: Checkpoint,
+    format: QuantFormat,
+    matmul: MatmulPath,
+) -> Result<()> {
+    let dtype = model.dtype();
+    let mut problems = Vec::new();
+    for (path, linear) in model.linears_mut() {
+        let Linear::Dense(dense) = &*linear else {
+            continue;
+        };
+        if checkpoint
+            .get(&format!("{path}{QUANT_SCALE_SUFFIX}"))
+            .is_none()
+        {
+            continue;
+        }
+        let (out, inp) = linear.features();
+        if inp % GROUP_SIZE != 0 {
+            problems.push((
+                path,
+                format!(
+                    "quantized, but its {inp} input features are not whole groups of {GROUP_SIZE}"
+                ),
+            ));
+            continue;
+        }
+        let template =
+            QuantizedLinear::zeros((out, inp), dense.bias.is_some(), format, matmul, dtype);
+        problems.extend(wrong_dtypes(&path, &template, &checkpoint));
+        *linear = Linear::Quantized(template);
+    }
+    fill(model, checkpoint, problems)
+}
+
+/// The tensors of the quantized layer at `path` whose stored dtype `template` cannot take:
+/// packed words and E8M0 scales must be stored as such; floats may be any float dtype.
+fn wrong_dtypes(
+    path: &str,
+    template: &QuantizedLinear,
+    checkpoint: &Checkpoint,
+) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    for (name, array) in template.parameters() {
+        let name = format!("{path}.{name}");
+        let expected = array.dtype();
+        if let Some(found) = checkpoint.get(&name).map(Array::dtype) {
+            if found != expected && !(found.is_float() && expected.is_float()) {
+                problems.push((name, format!("expected {expected}, found {found}")));
+            }
+        }
+    }
+    problems
+}
+
+/// Quantizes every linear layer of `model` that [`ZImage::keeps_dense`] allows (lazily).
+fn quantize_linears(model: &mut ZImage, format: QuantFormat, matmul: MatmulPath) -> Result<()> {
+    for (path, linear) in model.linears_mut() {
+        if ZImage::keeps_dense(&path, linear).is_some() {
+            continue;
+        }
+        if let Linear::Dense(dense) = &*linear {
+            *linear = Linear::Quantized(QuantizedLinear::from_dense(dense, format, matmul)?);
+        }
+    }
+    Ok(())
 }
 
 /// Reads `config.json` and the safetensors of a checkpoint directory.
@@ -138,8 +396,28 @@ fn read_dir(dir: &Path) -> Result<(DitConfig, Checkpoint)> {
     Ok((config, checkpoint))
 }
 
+/// The float dtype a model's tensors are stored in: the checkpoint's own when all its float
+/// tensors share one, else float32 (which holds float16 and bfloat16 exactly), and float32
+/// for the built-in models.
+pub fn stored_dtype(source: &ModelSource) -> Result<Dtype> {
+    let ModelSource::Dir(dir) = source else {
+        return Ok(Dtype::F32);
+    };
+    let (_, checkpoint) = read_dir(dir)?;
+    let floats: BTreeSet<Dtype> = checkpoint
+        .iter()
+        .map(|(_, array)| array.dtype())
+        .filter(|dtype| dtype.is_float())
+        .collect();
+    Ok(match floats.into_iter().collect::<Vec<_>>()[..] {
+        [single] => single,
+        _ => Dtype::F32,
+    })
+}
+
 /// Writes `model` as a diffusers-layout checkpoint: `config.json` and one safetensors
-/// file, tensors in `dtype`.
+/// file, float tensors in `dtype`. A quantized layer's packed weight and E8M0 scales keep
+/// their integer dtypes.
 pub fn save(model: &ZImage, dir: &Path, dtype: Dtype) -> Result<()> {
     let io = |e| DitError::Io {
         path: dir.to_path_buf(),
@@ -149,7 +427,14 @@ pub fn save(model: &ZImage, dir: &Path, dtype: Dtype) -> Result<()> {
     let tensors: Vec<(String, Array)> = model
         .parameters()
         .into_iter()
-        .map(|(name, array)| (name, array.astype(dtype)))
+        .map(|(name, array)| {
+            let stored = if array.dtype().is_float() {
+                array.astype(dtype)
+            } else {
+                array.clone()
+            };
+            (name, stored)
+        })
         .collect();
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     save_safetensors(

@@ -59,7 +59,8 @@ fn init_info_and_generate_on_the_written_directory() {
     let info = last_json(&succeed(&["info", "--model", path(&model), "--json"]));
     assert_eq!(info["architecture"], "ZImageTransformer2DModel");
     assert_eq!(info["layers"]["main"], 2);
-    assert_eq!(info["quantization"], "none");
+    assert_eq!(info["quantization"]["mode"], "none");
+    assert_eq!(info["quantization"]["quantized_layers"], 0);
     let builtin = last_json(&succeed(&["info", "--model", "tiny", "--json"]));
     assert_eq!(info["parameters"], builtin["parameters"]);
     assert!(succeed(&["info", "--model", path(&model)]).contains("parameters"));

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use dit::weights::{self, ModelSource};
+use dit::quant::QuantFormat;
+use dit::weights::{self, LoadOptions, ModelSource};
 use mlx::io::{load_safetensors, save_safetensors};
 use mlx::Dtype;
 
@@ -27,6 +28,9 @@ pub struct Args {
     /// Run the graph functions eagerly instead of compiled.
     #[arg(long)]
     no_compile: bool,
+    /// Quantize the linear layers at load: mxfp8 or affine8 (a dense checkpoint only).
+    #[arg(long)]
+    fp8: Option<QuantFormat>,
 }
 
 pub fn run(args: Args) -> CliResult {
@@ -63,7 +67,11 @@ pub fn run(args: Args) -> CliResult {
         }
         None => vec![cap_feats.dim(1).unwrap_or(0); batch.max(0) as usize],
     };
-    let loaded = weights::load(&args.model, compute_dtype(args.dtype)?)?;
+    let options = LoadOptions {
+        fp8: args.fp8,
+        ..LoadOptions::from(compute_dtype(args.dtype)?)
+    };
+    let loaded = weights::load(&args.model, options)?;
     let out = loaded
         .model
         .forward(&latents, &t, &cap_feats, &cap_lens)?

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use dit::preview;
+use dit::quant::QuantFormat;
 use dit::sampler::{self, Caption, Request};
 use dit::scheduler::SchedulerConfig;
 use dit::teacache::{Coefficients, Mode, TeaCacheOptions};
-use dit::weights::{self, ModelSource};
+use dit::weights::{self, LoadOptions, ModelSource};
 use dit::ZImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use mlx::io::{load_safetensors, save_safetensors};
@@ -51,6 +52,9 @@ pub struct Args {
     /// Compute dtype (default: f32 on the CPU, bf16 on a GPU).
     #[arg(long, value_enum)]
     dtype: Option<FloatDtype>,
+    /// Quantize the linear layers at load: mxfp8 or affine8 (a dense checkpoint only).
+    #[arg(long)]
+    fp8: Option<QuantFormat>,
     /// Write a PNG preview of the final latents.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -97,7 +101,11 @@ pub fn run(args: Args) -> CliResult {
     mlx::compile::set_eager(args.no_compile);
     let dtype = compute_dtype(args.dtype)?;
     let started = Instant::now();
-    let loaded = weights::load(&args.model, dtype)?;
+    let options = LoadOptions {
+        fp8: args.fp8,
+        ..LoadOptions::from(dtype)
+    };
+    let loaded = weights::load(&args.model, options)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let model = &loaded.model;
     let request = request(&args, model)?;

@@ -1,11 +1,12 @@
 //! `dit info`: what a model is and what it weighs.
 
 use dit::config::DitConfig;
-use dit::weights::{self, ModelSource};
-use mlx::Module;
-use serde_json::json;
+use dit::quant::MatmulPath;
+use dit::weights::{self, ModelSource, QuantReport};
+use mlx::{Dtype, Module};
+use serde_json::{json, Value};
 
-use crate::{compute_dtype, model_source, CliResult, FloatDtype};
+use crate::{compute_dtype, mib, model_source, CliResult, FloatDtype};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,19 +43,18 @@ pub fn run(args: Args) -> CliResult {
             "noise_refiner": model.noise_refiner.len(),
             "context_refiner": model.context_refiner.len(),
         },
-        "parameters": model.num_parameters(),
+        "parameters": loaded.quantization.parameters,
         "tensors": model.parameters().len(),
         "stored_dtypes": loaded.stored_dtypes,
         "stored_bytes": loaded.stored_bytes,
         "compute_dtype": dtype.to_string(),
         "weights_bytes": model.nbytes(),
-        "quantization": "none",
+        "quantization": quantization_json(&loaded.quantization, c, model.nbytes()),
     });
     if args.json {
         println!("{report}");
         return Ok(());
     }
-    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     println!("model           {}", args.model);
     println!("architecture    ZImageTransformer2DModel");
     println!(
@@ -79,7 +79,7 @@ pub fn run(args: Args) -> CliResult {
     );
     println!(
         "parameters      {} in {} tensors",
-        model.num_parameters(),
+        loaded.quantization.parameters,
         model.parameters().len()
     );
     let stored: Vec<String> = loaded
@@ -93,6 +93,41 @@ pub fn run(args: Args) -> CliResult {
         mib(loaded.stored_bytes)
     );
     println!("in memory       {} ({:.1} MiB)", dtype, mib(model.nbytes()));
-    println!("quantization    none");
+    println!(
+        "quantization    {}",
+        quantization_text(&loaded.quantization, c, dtype)
+    );
     Ok(())
+}
+
+/// The quantization object of `--json`: mode "none" for a dense model.
+fn quantization_json(q: &QuantReport, c: &DitConfig, weights_bytes: usize) -> Value {
+    let config = c.quantization.as_ref();
+    json!({
+        "mode": config.map_or("none", |c| c.mode.name()),
+        "group_size": config.map(|c| c.group_size),
+        "bits": config.map(|c| c.bits),
+        "quantized_layers": q.quantized,
+        "dense_layers": q.dense.len(),
+        "matmul": q.matmul.map(MatmulPath::name),
+        "dense_bytes": q.dense_bytes,
+        "weights_bytes": weights_bytes,
+    })
+}
+
+fn quantization_text(q: &QuantReport, c: &DitConfig, dtype: Dtype) -> String {
+    let Some(config) = &c.quantization else {
+        return format!("none ({} linear layers dense)", q.dense.len());
+    };
+    format!(
+        "{}, group size {}, {} bits: {} linear layers quantized, {} dense; matmul by {}; \
+         {:.1} MiB were they dense in {dtype}",
+        config.mode,
+        config.group_size,
+        config.bits,
+        q.quantized,
+        q.dense.len(),
+        q.matmul.map_or("", MatmulPath::name),
+        mib(q.dense_bytes),
+    )
 }

@@ -5,6 +5,7 @@ mod forward;
 mod generate;
 mod info;
 mod init;
+mod quantize;
 mod teacache_fit;
 
 use std::process::ExitCode;
@@ -32,10 +33,12 @@ enum Command {
     Forward(forward::Args),
     /// Write a built-in model as a diffusers-layout checkpoint directory.
     Init(init::Args),
-    /// Describe a model: architecture, sizes, dtypes, bytes.
+    /// Describe a model: architecture, sizes, dtypes, bytes, quantization.
     Info(info::Args),
     /// Fit TeaCache's polynomial for a model.
     TeacacheFit(teacache_fit::Args),
+    /// Write a checkpoint with its linear layers quantized to 8 bits (mxfp8 or affine8).
+    Quantize(quantize::Args),
 }
 
 /// A floating-point dtype for `--dtype`.
@@ -78,6 +81,11 @@ pub fn model_source(arg: &str) -> Result<ModelSource, String> {
 
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
 
+/// Bytes as MiB, for reports.
+pub fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
 fn main() -> ExitCode {
     // A bug must still end in one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -95,6 +103,7 @@ fn main() -> ExitCode {
         Command::Init(args) => init::run(args),
         Command::Info(args) => info::run(args),
         Command::TeacacheFit(args) => teacache_fit::run(args),
+        Command::Quantize(args) => quantize::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

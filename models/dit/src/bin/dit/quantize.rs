@@ -1,0 +1,82 @@
+//! `dit quantize`: a dense checkpoint with its linear layers quantized to 8 bits.
+
+use std::path::{Path, PathBuf};
+
+use dit::quant::{QuantFormat, BITS, GROUP_SIZE};
+use dit::teacache::COEFFICIENTS_FILE;
+use dit::weights::{self, LoadOptions, ModelSource};
+use mlx::Module;
+
+use crate::{mib, model_source, CliResult};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// tiny, small, or a dense checkpoint directory.
+    #[arg(long, value_parser = model_source)]
+    model: ModelSource,
+    /// The directory to write (created if missing; must not hold a checkpoint yet).
+    #[arg(long)]
+    out: PathBuf,
+    /// mxfp8 (FP8 E4M3, a power-of-two scale per 32) or affine8 (8-bit integers, a scale
+    /// and bias per 32).
+    #[arg(long)]
+    mode: QuantFormat,
+}
+
+pub fn run(args: Args) -> CliResult {
+    if args.out.join("config.json").exists() {
+        return Err(format!(
+            "--out {}: already holds a checkpoint; choose a new directory",
+            args.out.display()
+        )
+        .into());
+    }
+    // Quantize from the weights as stored, and write the dense tensors back unchanged.
+    let dtype = weights::stored_dtype(&args.model)?;
+    let options = LoadOptions {
+        fp8: Some(args.mode),
+        ..LoadOptions::from(dtype)
+    };
+    let loaded = weights::load(&args.model, options)?;
+    weights::save(&loaded.model, &args.out, dtype)?;
+    copy_sampling_files(&args.model, &args.out)?;
+
+    let report = &loaded.quantization;
+    println!(
+        "wrote the {} model to {} with {} linear layers in {} (group size {GROUP_SIZE}, {BITS} bits), {} left dense{}",
+        args.model,
+        args.out.display(),
+        report.quantized,
+        args.mode,
+        report.dense.len(),
+        if report.dense.is_empty() { "" } else { ":" },
+    );
+    for (path, reason) in &report.dense {
+        println!("  {path}: {reason}");
+    }
+    println!(
+        "weights {:.1} MiB in {dtype}, {:.1} MiB quantized",
+        mib(report.dense_bytes),
+        mib(loaded.model.nbytes())
+    );
+    Ok(())
+}
+
+/// What travels with a checkpoint for sampling holds for its quantized copy too: TeaCache's
+/// polynomial (fitted on the dense model, which the quantized one approximates) and a
+/// `scheduler_config.json` next to the weights.
+fn copy_sampling_files(source: &ModelSource, out: &Path) -> CliResult {
+    if let Some(coefficients) = weights::teacache_coefficients(source)? {
+        coefficients.write(&out.join(COEFFICIENTS_FILE))?;
+    }
+    if let ModelSource::Dir(dir) = source {
+        let scheduler = dir.join(SCHEDULER_FILE);
+        if scheduler.is_file() {
+            std::fs::copy(&scheduler, out.join(SCHEDULER_FILE))
+                .map_err(|e| format!("{}: {e}", scheduler.display()))?;
+        }
+    }
+    Ok(())
+}
+
+const SCHEDULER_FILE: &str = "scheduler_config.json";

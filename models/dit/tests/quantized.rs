@@ -1,0 +1,666 @@
+//! 8-bit quantized linear layers: the error of each format against a bound derived from
+//! the format, the two matmul paths against each other, checkpoints written by
+//! `dit quantize` against quantizing in memory, and the command's reports and errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dit::layers::{Dense, Linear, QuantizedLinear};
+use dit::quant::{self, MatmulPath, QuantFormat, BITS, GROUP_SIZE};
+use dit::weights::{self, LoadOptions, ModelSource, WEIGHTS_FILE};
+use dit::{DitConfig, ZImage};
+use mlx::io::{load_safetensors, save_safetensors};
+use mlx::{random, Array, Dtype};
+use serde_json::Value;
+
+// === helpers ==================================================================================
+
+fn dit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dit"))
+        .args(args)
+        .output()
+        .expect("the dit binary runs")
+}
+
+fn succeed(args: &[&str]) -> String {
+    let out = dit(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dit {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail and returns its error message.
+fn fail(args: &[&str]) -> String {
+    let out = dit(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "dit {args:?} succeeded");
+    assert!(
+        !stderr.contains("panicked"),
+        "dit {args:?} panicked: {stderr}"
+    );
+    assert!(stderr.starts_with("error"), "dit {args:?}: {stderr}");
+    stderr
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn floats(a: &Array) -> Vec<f32> {
+    a.astype(Dtype::F32).to_vec::<f32>().unwrap()
+}
+
+/// `[rows, cols]` normal weights whose rows have scales spread over four decades, so
+/// groups see very different ranges, plus a few outliers as trained weights have.
+fn weights(rows: i32, cols: i32, seed: u64) -> Array {
+    let noise = random::normal(&[rows, cols], Dtype::F32, &random::key(seed));
+    let row_scale: Vec<f32> = (0..rows)
+        .map(|r| 10f32.powf(-3.0 + 4.0 * r as f32 / rows.max(2) as f32))
+        .collect();
+    let mut w = floats(&(noise * Array::from_slice(&row_scale, &[rows, 1])));
+    for i in (0..w.len()).step_by(97) {
+        w[i] *= 8.0;
+    }
+    Array::from_slice(&w, &[rows, cols])
+}
+
+const SHAPES: [(i32, i32); 4] = [(1, 32), (16, 64), (48, 96), (256, 768)];
+
+/// A tiny forward batch: latents [1, 16, 8, 8], t [1], 9 caption tokens of the tiny
+/// model's 64 features.
+fn write_inputs(file: &Path) {
+    let latents = random::normal(&[1, 16, 8, 8], Dtype::F32, &random::key(11));
+    let t = Array::from_slice(&[0.5f32], &[1]);
+    let caps = random::normal(&[1, 9, 64], Dtype::F32, &random::key(12));
+    save_safetensors(
+        file,
+        [
+            ("latents", &latents),
+            ("timestep", &t),
+            ("cap_feats", &caps),
+        ],
+        &BTreeMap::new(),
+    )
+    .unwrap();
+}
+
+fn forward_out(file: &Path) -> Vec<f32> {
+    floats(&load_safetensors(file).unwrap().tensors["out"])
+}
+
+fn tiny_forward(options: LoadOptions) -> Vec<f32> {
+    let loaded = weights::load(&ModelSource::parse("tiny"), options).unwrap();
+    let latents = random::normal(&[1, 16, 8, 8], Dtype::F32, &random::key(11));
+    let t = Array::from_slice(&[0.5f32], &[1]);
+    let caps = random::normal(&[1, 9, 64], Dtype::F32, &random::key(12));
+    floats(&loaded.model.forward(&latents, &t, &caps, &[9]).unwrap())
+}
+
+/// max|a − b| / max|b|.
+fn relative_error(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    diff / scale
+}
+
+// === the formats' error bounds ================================================================
+
+/// affine8 as MLX quantizes it (`quantize` in mlx/backend/cpu/quantized.cpp): per group of
+/// 32, `delta = (max − min) / 255`; the endpoint of larger magnitude, `edge`, is the bias
+/// and is hit exactly: `scale = edge / rint(edge / ±delta)`, signed so that
+/// `q = clamp(rint((w − bias) / scale), 0, 255)`.
+///
+/// An element that rounds inside `0..=255` errs by at most `|scale| / 2`. Because `scale`
+/// is `edge / rint(edge / delta)` rather than `delta`, it can be slightly smaller than
+/// `delta` (by up to a factor `1 − 1/256`: `|edge| ≥ range / 2` makes `rint(edge / delta)`
+/// at least 128), and then `255 · |scale|` falls short of the range: the far endpoint is
+/// clamped to `q = 255` and errs by `range − 255 · |scale|`, up to ~0.8 `|scale|` in nearly
+/// symmetric groups. So the per-group bound is `max(|scale| / 2, range − 255 · |scale|)`
+/// (at most `delta`), plus float32 rounding of `(w − bias) / scale` and `scale · q + bias`:
+/// a few ulps of the group's magnitude.
+#[test]
+fn affine8_round_trip_error_is_within_half_a_step_or_the_clamped_range() {
+    for (i, &(rows, cols)) in SHAPES.iter().enumerate() {
+        let w = weights(rows, cols, 100 + i as u64);
+        let q = QuantFormat::Affine8.quantize(&w).unwrap();
+        assert_eq!(q.weights.shape(), [rows, cols * BITS / 32]);
+        let back = floats(&q.dequantize(Some(Dtype::F32)));
+        let scales = floats(&q.scales);
+        let w = floats(&w);
+        let mut clamped_groups = 0;
+        for (g, group) in w.chunks(GROUP_SIZE as usize).enumerate() {
+            let (lo, hi) = group
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let range = hi - lo;
+            let step = scales[g].abs();
+            let rounding = 4.0 * f32::EPSILON * (range + lo.abs().max(hi.abs()));
+            let bound = (step / 2.0).max(range - 255.0 * step) + rounding;
+            if range - 255.0 * step > step / 2.0 {
+                clamped_groups += 1;
+            }
+            assert!(bound <= range / 255.0 + rounding, "bound beyond delta");
+            let start = g * GROUP_SIZE as usize;
+            for (j, &v) in group.iter().enumerate() {
+                let err = (v - back[start + j]).abs();
+                assert!(
+                    err <= bound,
+                    "[{rows}, {cols}] group {g}: |{v} - {}| = {err:e} > {bound:e} (scale {step:e}, range {range:e})",
+                    back[start + j]
+                );
+            }
+        }
+        eprintln!(
+            "affine8 [{rows}, {cols}]: {clamped_groups} of {} groups clamp their far end",
+            w.len() / GROUP_SIZE as usize
+        );
+    }
+}
+
+/// mxfp8: each group of 32 shares a scale `s = 2^(e − 127)` (E8M0 byte `e`) and each element
+/// is `s` times an FP8 E4M3 number (4 exponent bits, bias 7, 3 mantissa bits, largest finite
+/// value 448, smallest normal 2^-6, subnormal spacing 2^-9).
+///
+/// - MLX picks `s` so the group's largest magnitude fits: `max|w| / s ≤ 448` (nothing
+///   saturates).
+/// - Rounding `y = w / s` to nearest E4M3: a normal `|y|` in `[2^k, 2^(k+1))` has spacing
+///   `2^(k−3)`, so errs by at most `2^(k−4) ≤ 2^-4 · |y|`; a subnormal errs by at most half
+///   the subnormal spacing, `2^-10`.
+/// - `w / s` and `s · fp8` are exact in float32 (`s` is a power of two), so, per element,
+///   `|w − ŵ| ≤ max(2^-4 · |w|, 2^-10 · s)` with no further slack.
+#[test]
+fn mxfp8_round_trip_error_is_within_e4m3_rounding_of_the_group_scale() {
+    for (i, &(rows, cols)) in SHAPES.iter().enumerate() {
+        let w = weights(rows, cols, 200 + i as u64);
+        let q = QuantFormat::Mxfp8.quantize(&w).unwrap();
+        assert_eq!(q.weights.shape(), [rows, cols * BITS / 32]);
+        assert_eq!(q.scales.dtype(), Dtype::U8);
+        assert!(q.biases.is_none());
+        let back = floats(&q.dequantize(Some(Dtype::F32)));
+        let exponents = q.scales.to_vec::<u8>().unwrap();
+        let w = floats(&w);
+        let mut worst_relative = 0f32;
+        for (g, group) in w.chunks(GROUP_SIZE as usize).enumerate() {
+            let s = 2f32.powi(i32::from(exponents[g]) - 127);
+            let amax = group.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(
+                amax <= 448.0 * s,
+                "group {g}: max {amax} saturates scale {s}"
+            );
+            let start = g * GROUP_SIZE as usize;
+            for (j, &v) in group.iter().enumerate() {
+                let err = (v - back[start + j]).abs();
+                let bound = (v.abs() / 16.0).max(s / 1024.0);
+                assert!(
+                    err <= bound,
+                    "[{rows}, {cols}] group {g}: |{v} - {}| = {err:e} > {bound:e} (scale {s:e})",
+                    back[start + j]
+                );
+                if v.abs() >= s / 64.0 {
+                    worst_relative = worst_relative.max(err / v.abs());
+                }
+            }
+        }
+        eprintln!("mxfp8 [{rows}, {cols}]: worst relative error of normals {worst_relative:.4}");
+    }
+}
+
+// === the two matmul paths =====================================================================
+
+/// The paths differ only in float32 summation order (the kernel sums `x · q` and applies
+/// the scale per group; the other path multiplies the dequantized matrix with BLAS). Each
+/// result is within `γ_K · Σ|x||ŵ|` of the exact product of `x` and the dequantized
+/// weight (`γ_K = K·u / (1 − K·u)`, `u = 2^-24`, plus a few roundings of the scale and
+/// bias), so they agree within twice that, per output.
+#[test]
+fn quantized_matmul_and_dequantize_paths_agree_per_layer() {
+    for format in QuantFormat::ALL {
+        if quant::probe(format, Dtype::F32) != MatmulPath::Kernel {
+            eprintln!("no {format} kernel on this device: nothing to compare");
+            continue;
+        }
+        for (i, &(out, inp)) in SHAPES.iter().enumerate() {
+            let dense = Dense {
+                weight: weights(out, inp, 300 + i as u64),
+                bias: Some(random::normal(&[out], Dtype::F32, &random::key(7))),
+            };
+            let layer = |matmul| {
+                Linear::Quantized(QuantizedLinear::from_dense(&dense, format, matmul).unwrap())
+            };
+            let x = random::normal(&[2, 5, inp], Dtype::F32, &random::key(400 + i as u64));
+            let kernel = floats(&layer(MatmulPath::Kernel).forward(&x));
+            let dequantized = floats(&layer(MatmulPath::Dequantize).forward(&x));
+
+            let Linear::Quantized(q) = layer(MatmulPath::Dequantize) else {
+                unreachable!()
+            };
+            let magnitude = floats(&x.abs().matmul(&q.dequantize().abs().t()));
+            let u = f32::EPSILON / 2.0;
+            let gamma = (inp as f32 + 4.0) * u / (1.0 - (inp as f32 + 4.0) * u);
+            for (k, (a, b)) in kernel.iter().zip(&dequantized).enumerate() {
+                let bound = 2.0 * gamma * magnitude[k] + 4.0 * u * a.abs();
+                assert!(
+                    (a - b).abs() <= bound,
+                    "{format} [{out}, {inp}] output {k}: {a} vs {b} (bound {bound:e})"
+                );
+            }
+        }
+    }
+}
+
+/// Through the whole tiny model (four blocks, normalizations, attention softmax) the
+/// per-layer differences above compound, but stay at float32 noise.
+#[test]
+fn quantized_matmul_and_dequantize_paths_agree_through_the_model() {
+    for format in QuantFormat::ALL {
+        if quant::probe(format, Dtype::F32) != MatmulPath::Kernel {
+            continue;
+        }
+        let run = |matmul| {
+            tiny_forward(LoadOptions {
+                fp8: Some(format),
+                matmul: Some(matmul),
+                ..LoadOptions::from(Dtype::F32)
+            })
+        };
+        let err = relative_error(&run(MatmulPath::Kernel), &run(MatmulPath::Dequantize));
+        eprintln!("{format}: kernel vs dequantize, relative error {err:.2e}");
+        assert!(err <= 1e-5, "{format}: relative error {err}");
+    }
+}
+
+/// Quantization changes the output by what 8-bit weights should: clearly more than float
+/// noise, far less than the output itself. And affine8 errs less than mxfp8 on these
+/// normal weights: its step is a group's range / 255 (~amax / 100 for 32 normal samples),
+/// while E4M3 rounds a typical element (~amax / 2.5) to 3 mantissa bits, up to 2^-4 of it
+/// (~amax / 40).
+#[test]
+fn quantized_models_stay_close_to_the_dense_one() {
+    let dense = tiny_forward(LoadOptions::from(Dtype::F32));
+    let error = |format| {
+        let quantized = tiny_forward(LoadOptions {
+            fp8: Some(format),
+            ..LoadOptions::from(Dtype::F32)
+        });
+        let err = relative_error(&quantized, &dense);
+        eprintln!("{format}: relative error against float32 {err:.2e}");
+        assert!(err > 1e-4 && err < 0.25, "{format}: relative error {err}");
+        err
+    };
+    let (mxfp8, affine8) = (error(QuantFormat::Mxfp8), error(QuantFormat::Affine8));
+    assert!(affine8 < mxfp8, "affine8 {affine8} vs mxfp8 {mxfp8}");
+}
+
+// === checkpoints ==============================================================================
+
+/// `dit quantize` writes exactly what `--fp8` computes in memory: the same float32
+/// weights quantized by the same op, stored losslessly (packed words, E8M0 bytes, float32
+/// affine scales), run by the same graph. So the outputs are bit-identical.
+#[test]
+fn a_quantized_checkpoint_runs_exactly_like_in_memory_quantization() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("inputs.safetensors");
+    write_inputs(&inputs);
+    for format in QuantFormat::ALL {
+        let mode = format.name();
+        let model = dir.path().join(mode);
+        let stdout = succeed(&[
+            "quantize",
+            "--model",
+            "tiny",
+            "--out",
+            path(&model),
+            "--mode",
+            mode,
+        ]);
+        assert!(stdout.contains("all_final_layer.2-1.linear"), "{stdout}");
+        assert!(stdout.contains("layers.0.feed_forward.w2"), "{stdout}");
+
+        let from_file = dir.path().join(format!("{mode}-file.safetensors"));
+        let in_memory = dir.path().join(format!("{mode}-memory.safetensors"));
+        let forward = |model: &str, out: &Path, extra: &[&str]| {
+            let mut args = vec!["forward", "--model", model, "--inputs", path(&inputs)];
+            args.extend(["--out", path(out)]);
+            args.extend(extra);
+            succeed(&args);
+            forward_out(out)
+        };
+        let a = forward(path(&model), &from_file, &[]);
+        let b = forward("tiny", &in_memory, &["--fp8", mode]);
+        assert!(
+            a == b,
+            "{mode}: relative difference {:e}",
+            relative_error(&a, &b)
+        );
+    }
+}
+
+/// The tensors and `config.json` `dit quantize` writes, for a bfloat16 checkpoint: packed
+/// weights, scales (and affine biases) per quantized layer, dense tensors still bfloat16;
+/// and the sampling files next to the weights, copied.
+#[test]
+fn quantize_writes_the_documented_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let bf16 = dir.path().join("bf16");
+    succeed(&[
+        "init",
+        "--model",
+        "tiny",
+        "--out",
+        path(&bf16),
+        "--dtype",
+        "bf16",
+    ]);
+    let scheduler = r#"{"shift": 3.0, "use_dynamic_shifting": false}"#;
+    std::fs::write(bf16.join("scheduler_config.json"), scheduler).unwrap();
+    for format in QuantFormat::ALL {
+        let out = dir.path().join(format.name());
+        succeed(&[
+            "quantize",
+            "--model",
+            path(&bf16),
+            "--out",
+            path(&out),
+            "--mode",
+            format.name(),
+        ]);
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            config["quantization"],
+            serde_json::json!({"mode": format.name(), "group_size": 32, "bits": 8})
+        );
+        let tensors = load_safetensors(out.join(WEIGHTS_FILE)).unwrap().tensors;
+        let get = |name: &str| tensors.get(name).unwrap_or_else(|| panic!("no {name}"));
+        let q = "layers.1.attention.to_q";
+        assert_eq!(get(&format!("{q}.weight")).dtype(), Dtype::U32);
+        assert_eq!(get(&format!("{q}.weight")).shape(), [64, 16]);
+        let scale = get(&format!("{q}.weight_scale"));
+        assert_eq!(scale.shape(), [64, 2]);
+        let modulation = "layers.0.adaLN_modulation.0";
+        assert_eq!(get(&format!("{modulation}.bias")).dtype(), Dtype::Bf16);
+        match format {
+            QuantFormat::Mxfp8 => {
+                assert_eq!(scale.dtype(), Dtype::U8);
+                assert!(!tensors.keys().any(|k| k.ends_with(".weight_qbias")));
+            }
+            QuantFormat::Affine8 => {
+                assert_eq!(scale.dtype(), Dtype::Bf16);
+                assert_eq!(get(&format!("{q}.weight_qbias")).dtype(), Dtype::Bf16);
+            }
+        }
+        for dense in [
+            "all_final_layer.2-1.linear.weight",
+            "layers.0.feed_forward.w2.weight",
+        ] {
+            assert_eq!(get(dense).dtype(), Dtype::Bf16, "{dense}");
+            assert!(!tensors.contains_key(&dense.replace(".weight", ".weight_scale")));
+        }
+        assert_eq!(get("x_pad_token").dtype(), Dtype::Bf16);
+        assert_eq!(get("layers.0.attention_norm1.weight").dtype(), Dtype::Bf16);
+
+        let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(read(&out, "scheduler_config.json"), scheduler);
+        let coefficients = "teacache_coefficients.json";
+        assert_eq!(read(&out, coefficients), read(&bf16, coefficients));
+    }
+}
+
+/// The linear layers of the tiny model quantization takes: every one but the final
+/// projection and the feed-forwards' `w2` (170 input features).
+fn tiny_quantized_shapes() -> Vec<(usize, usize)> {
+    let mut model = ZImage::zeros(&DitConfig::tiny(), Dtype::F32);
+    model
+        .linears_mut()
+        .into_iter()
+        .filter(|(path, linear)| ZImage::keeps_dense(path, linear).is_none())
+        .map(|(_, linear)| {
+            let (out, inp) = linear.features();
+            (out as usize, inp as usize)
+        })
+        .collect()
+}
+
+#[test]
+fn info_reports_the_mode_counts_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let dense =
+        serde_json::from_str::<Value>(succeed(&["info", "--model", "tiny", "--json"]).trim())
+            .unwrap();
+    assert_eq!(dense["quantization"]["mode"], "none");
+    assert_eq!(dense["quantization"]["quantized_layers"], 0);
+    assert_eq!(dense["quantization"]["dense_layers"], 37);
+    let dense_bytes = dense["weights_bytes"].as_u64().unwrap();
+    assert_eq!(dense["quantization"]["dense_bytes"], dense_bytes);
+
+    let shapes = tiny_quantized_shapes();
+    assert_eq!(shapes.len(), 32);
+    for format in QuantFormat::ALL {
+        let model = dir.path().join(format.name());
+        succeed(&[
+            "quantize",
+            "--model",
+            "tiny",
+            "--out",
+            path(&model),
+            "--mode",
+            format.name(),
+        ]);
+        let info: Value =
+            serde_json::from_str(succeed(&["info", "--model", path(&model), "--json"]).trim())
+                .unwrap();
+        let q = &info["quantization"];
+        assert_eq!(q["mode"], format.name());
+        assert_eq!((&q["group_size"], &q["bits"]), (&32.into(), &8.into()));
+        assert_eq!(
+            (&q["quantized_layers"], &q["dense_layers"]),
+            (&32.into(), &5.into())
+        );
+        assert_eq!(q["matmul"], quant::probe(format, Dtype::F32).name());
+        assert_eq!(
+            q["dense_bytes"], dense_bytes,
+            "{format}: the same weights, dense"
+        );
+        assert_eq!(info["parameters"], dense["parameters"]);
+
+        // Per quantized float32 element: 4 bytes dense; 1 byte packed plus, per group of
+        // 32, one E8M0 byte (mxfp8) or a float32 scale and bias (affine8).
+        let per_group_extra = match format {
+            QuantFormat::Mxfp8 => 1,
+            QuantFormat::Affine8 => 8,
+        };
+        let saved: usize = shapes
+            .iter()
+            .map(|&(out, inp)| out * inp * 3 - out * inp / 32 * per_group_extra)
+            .sum();
+        let weights_bytes = q["weights_bytes"].as_u64().unwrap();
+        assert_eq!(weights_bytes, dense_bytes - saved as u64, "{format}");
+        assert_eq!(info["weights_bytes"], weights_bytes);
+        assert_eq!(info["stored_bytes"], weights_bytes);
+    }
+}
+
+// === errors ===================================================================================
+
+#[test]
+fn quantizing_twice_and_unknown_modes_are_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("mxfp8");
+    succeed(&[
+        "quantize",
+        "--model",
+        "tiny",
+        "--out",
+        path(&model),
+        "--mode",
+        "mxfp8",
+    ]);
+
+    let again = fail(&[
+        "quantize",
+        "--model",
+        path(&model),
+        "--out",
+        path(&d.join("again")),
+        "--mode",
+        "affine8",
+    ]);
+    assert!(again.contains("already quantized (mxfp8)"), "{again}");
+    assert!(!d.join("again").exists());
+
+    let inputs = d.join("inputs.safetensors");
+    write_inputs(&inputs);
+    let out = d.join("out.safetensors");
+    let forward = [
+        "forward",
+        "--model",
+        path(&model),
+        "--inputs",
+        path(&inputs),
+        "--out",
+        path(&out),
+    ];
+    let err = fail(&[&forward[..], &["--fp8", "affine8"]].concat());
+    assert!(err.contains("already quantized (mxfp8)"), "{err}");
+    let err = fail(&[
+        "generate",
+        "--model",
+        path(&model),
+        "--steps",
+        "1",
+        "--fp8",
+        "mxfp8",
+    ]);
+    assert!(err.contains("already quantized (mxfp8)"), "{err}");
+    assert!(!out.exists());
+
+    let err = fail(&[
+        "quantize",
+        "--model",
+        "tiny",
+        "--out",
+        path(&d.join("x")),
+        "--mode",
+        "fp4",
+    ]);
+    assert!(err.contains("unknown quantization mode `fp4`"), "{err}");
+    let err = fail(&["generate", "--steps", "1", "--fp8", "int8"]);
+    assert!(err.contains("unknown quantization mode `int8`"), "{err}");
+
+    let err = fail(&[
+        "quantize",
+        "--model",
+        "tiny",
+        "--out",
+        path(&model),
+        "--mode",
+        "mxfp8",
+    ]);
+    assert!(err.contains("already holds a checkpoint"), "{err}");
+
+    // config.json: an unknown mode, an unsupported width, a mode without quantized tensors.
+    let config_path = model.join("config.json");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let with = |quantization: Value| {
+        let mut config = config.clone();
+        config["quantization"] = quantization;
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        fail(&["info", "--model", path(&model)])
+    };
+    let err = with(serde_json::json!({"mode": "nf4", "group_size": 32, "bits": 8}));
+    assert!(
+        err.contains("config.json") && err.contains("unknown quantization mode `nf4`"),
+        "{err}"
+    );
+    let err = with(serde_json::json!({"mode": "mxfp8", "group_size": 32, "bits": 4}));
+    assert!(err.contains("not supported"), "{err}");
+    let err = with(Value::Null);
+    assert!(err.contains("records no quantization"), "{err}");
+
+    let dense = d.join("dense");
+    succeed(&["init", "--model", "tiny", "--out", path(&dense)]);
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dense.join("config.json")).unwrap()).unwrap();
+    config["quantization"] = serde_json::json!({"mode": "affine8", "group_size": 32, "bits": 8});
+    std::fs::write(dense.join("config.json"), config.to_string()).unwrap();
+    let err = fail(&["info", "--model", path(&dense)]);
+    assert!(err.contains("no tensor is quantized"), "{err}");
+}
+
+/// A damaged quantized checkpoint: every problem is listed in one error, including
+/// tensors of the wrong dtype, which loading would otherwise convert silently.
+#[test]
+fn a_damaged_quantized_checkpoint_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("affine8");
+    succeed(&[
+        "quantize",
+        "--model",
+        "tiny",
+        "--out",
+        path(&model),
+        "--mode",
+        "affine8",
+    ]);
+    let file = model.join(WEIGHTS_FILE);
+    let mut tensors = load_safetensors(&file).unwrap().tensors;
+    let packed = "layers.0.attention.to_k.weight";
+    let as_float = tensors[packed].astype(Dtype::F32);
+    tensors.insert(packed.into(), as_float);
+    tensors.remove("layers.1.feed_forward.w3.weight_qbias");
+    let scale = tensors.remove("t_embedder.mlp.0.weight_scale").unwrap();
+    tensors.insert("x_pad_token.weight_scale".into(), scale);
+    let owned: Vec<(String, Array)> = tensors.into_iter().collect();
+    save_safetensors(&file, owned.iter().map(|(n, a)| (n, a)), &BTreeMap::new()).unwrap();
+
+    let err = fail(&["info", "--model", path(&model)]);
+    for expected in [
+        "missing:    layers.1.feed_forward.w3.weight_qbias",
+        "other:      layers.0.attention.to_k.weight: expected uint32, found float32",
+        // Without its scale, mlp.0 is a dense layer: its packed weight has the wrong shape
+        // and its affine bias belongs to nothing.
+        "shape:      t_embedder.mlp.0.weight",
+        "unexpected: t_embedder.mlp.0.weight_qbias",
+        "unexpected: x_pad_token.weight_scale",
+    ] {
+        assert!(err.contains(expected), "no `{expected}` in:\n{err}");
+    }
+}
+
+/// A stored quantized checkpoint loads with either matmul path forced, into quantized
+/// layers wherever a `weight_scale` is stored and dense ones elsewhere.
+#[test]
+fn quantized_layers_load_whatever_the_matmul_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    succeed(&[
+        "quantize",
+        "--model",
+        "tiny",
+        "--out",
+        path(&model),
+        "--mode",
+        "mxfp8",
+    ]);
+    let source = ModelSource::Dir(PathBuf::from(&model));
+    for matmul in [MatmulPath::Kernel, MatmulPath::Dequantize] {
+        let options = LoadOptions {
+            matmul: Some(matmul),
+            ..LoadOptions::from(Dtype::F32)
+        };
+        let loaded = weights::load(&source, options).unwrap();
+        assert_eq!(loaded.quantization.matmul, Some(matmul));
+        let config = loaded.model.config.quantization.as_ref();
+        assert_eq!(config.map(|q| q.mode), Some(QuantFormat::Mxfp8));
+        let Linear::Quantized(q) = &loaded.model.layers[0].attention.to_q else {
+            panic!("to_q is dense");
+        };
+        assert_eq!(q.matmul, matmul);
+        assert!(matches!(loaded.model.final_layer.linear, Linear::Dense(_)));
+    }
+}
