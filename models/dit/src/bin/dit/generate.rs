@@ -16,7 +16,7 @@ use mlx::io::{load_safetensors, save_safetensors};
 use mlx::{Array, Module};
 use serde_json::json;
 
-use crate::{compute_dtype, model_source, CliResult, FloatDtype};
+use crate::{compute_dtype, info, mib, model_source, CliResult, FloatDtype};
 
 /// Tokens of the seeded random caption used without `--cap-feats`.
 const RANDOM_CAPTION_TOKENS: i32 = 64;
@@ -168,6 +168,7 @@ pub fn run(args: Args) -> CliResult {
             "cache_hits": generation.cache_hits(),
             "computed_steps": generation.computed,
             "teacache": teacache_report(&request.teacache),
+            "quantization": info::quantization_json(&loaded.quantization, &model.config, model.nbytes()),
             "timesteps": generation.schedule.timesteps,
             "step_ms": step_ms,
             "active_bytes": active,
@@ -179,10 +180,6 @@ pub fn run(args: Args) -> CliResult {
         println!("{report}");
     }
     Ok(())
-}
-
-fn mib(bytes: usize) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 fn progress_bar(steps: usize) -> ProgressBar {

@@ -1,8 +1,8 @@
 //! `dit info`: what a model is and what it weighs.
 
 use dit::config::DitConfig;
-use dit::quant::MatmulPath;
-use dit::weights::{self, ModelSource, QuantReport};
+use dit::quant::{MatmulPath, QuantFormat};
+use dit::weights::{self, LoadOptions, ModelSource, QuantReport};
 use mlx::{Dtype, Module};
 use serde_json::{json, Value};
 
@@ -19,11 +19,18 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Describe the model as `--fp8` would load it: linear layers quantized in memory.
+    #[arg(long)]
+    fp8: Option<QuantFormat>,
 }
 
 pub fn run(args: Args) -> CliResult {
     let dtype = compute_dtype(args.dtype)?;
-    let loaded = weights::load(&args.model, dtype)?;
+    let options = LoadOptions {
+        fp8: args.fp8,
+        ..LoadOptions::from(dtype)
+    };
+    let loaded = weights::load(&args.model, options)?;
     let model = &loaded.model;
     let c: &DitConfig = &model.config;
     let report = json!({
@@ -101,7 +108,7 @@ pub fn run(args: Args) -> CliResult {
 }
 
 /// The quantization object of `--json`: mode "none" for a dense model.
-fn quantization_json(q: &QuantReport, c: &DitConfig, weights_bytes: usize) -> Value {
+pub fn quantization_json(q: &QuantReport, c: &DitConfig, weights_bytes: usize) -> Value {
     let config = c.quantization.as_ref();
     json!({
         "mode": config.map_or("none", |c| c.mode.name()),
