@@ -3,46 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use mlx::io::{load_safetensors, save_safetensors};
 use mlx::{random, Array, Dtype};
 use serde_json::Value;
 
-fn dit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dit"))
-        .args(args)
-        .output()
-        .expect("the dit binary runs")
-}
-
-fn succeed(args: &[&str]) -> String {
-    let out = dit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dit {args:?} failed: {stderr}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a command that must fail and returns its error line.
-fn fail(args: &[&str]) -> String {
-    let out = dit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "dit {args:?} succeeded");
-    assert!(
-        !stderr.contains("panicked"),
-        "dit {args:?} panicked: {stderr}"
-    );
-    assert!(stderr.starts_with("error"), "dit {args:?}: {stderr}");
-    stderr
-}
-
-fn last_json(stdout: &str) -> Value {
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{fail, last_json, path, succeed};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use dit::layers::{Dense, Linear, QuantizedLinear};
 use dit::quant::{self, MatmulPath, QuantFormat, BITS, GROUP_SIZE};
@@ -14,38 +13,10 @@ use mlx::io::{load_safetensors, save_safetensors};
 use mlx::{random, Array, Dtype};
 use serde_json::Value;
 
+mod common;
+use common::{fail, path, succeed};
+
 // === helpers ==================================================================================
-
-fn dit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dit"))
-        .args(args)
-        .output()
-        .expect("the dit binary runs")
-}
-
-fn succeed(args: &[&str]) -> String {
-    let out = dit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dit {args:?} failed: {stderr}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a command that must fail and returns its error message.
-fn fail(args: &[&str]) -> String {
-    let out = dit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "dit {args:?} succeeded");
-    assert!(
-        !stderr.contains("panicked"),
-        "dit {args:?} panicked: {stderr}"
-    );
-    assert!(stderr.starts_with("error"), "dit {args:?}: {stderr}");
-    stderr
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn floats(a: &Array) -> Vec<f32> {
     a.astype(Dtype::F32).to_vec::<f32>().unwrap()

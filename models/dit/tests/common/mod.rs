@@ -1,0 +1,43 @@
+//! Running the `dit` binary from integration tests.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub fn dit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dit"))
+        .args(args)
+        .output()
+        .expect("the dit binary runs")
+}
+
+pub fn succeed(args: &[&str]) -> String {
+    let out = dit(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dit {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail and returns its error line.
+pub fn fail(args: &[&str]) -> String {
+    let out = dit(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "dit {args:?} succeeded");
+    assert!(
+        !stderr.contains("panicked"),
+        "dit {args:?} panicked: {stderr}"
+    );
+    assert!(stderr.starts_with("error"), "dit {args:?}: {stderr}");
+    stderr
+}
+
+pub fn last_json(stdout: &str) -> Value {
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+pub fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
