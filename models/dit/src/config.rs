@@ -117,17 +117,20 @@ impl DitConfig {
 
     /// The checks diffusers makes with asserts, plus what this implementation supports.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let positive = [
-            ("in_channels", self.in_channels),
-            ("dim", self.dim),
-            ("n_heads", self.n_heads),
-            ("cap_feat_dim", self.cap_feat_dim),
+        // Bounds far beyond any real model, so that shapes derived from them (4·dim,
+        // patch² · channels, 8/3 · dim) cannot overflow.
+        let bounded = [
+            ("in_channels", self.in_channels, 1, 1 << 12),
+            ("dim", self.dim, 1, 1 << 16),
+            ("n_heads", self.n_heads, 1, 1 << 10),
+            ("cap_feat_dim", self.cap_feat_dim, 1, 1 << 16),
+            ("n_layers", self.n_layers, 0, 1 << 10),
+            ("n_refiner_layers", self.n_refiner_layers, 0, 1 << 10),
         ];
-        if let Some((key, value)) = positive.iter().find(|(_, v)| *v <= 0) {
-            return Err(format!("{key} must be positive, found {value}"));
-        }
-        if self.n_layers < 0 || self.n_refiner_layers < 0 {
-            return Err("layer counts must not be negative".into());
+        if let Some((key, value, lo, hi)) = bounded.iter().find(|(_, v, lo, hi)| v < lo || v > hi) {
+            return Err(format!(
+                "{key} must be between {lo} and {hi}, found {value}"
+            ));
         }
         if self.all_patch_size.len() != self.all_f_patch_size.len()
             || self.all_patch_size.is_empty()
@@ -153,8 +156,11 @@ impl DitConfig {
                 "axes_dims and axes_lens must have three entries (frame, height, width)".into(),
             );
         }
-        if self.axes_dims.iter().any(|d| *d <= 0 || d % 2 != 0)
-            || self.axes_lens.iter().any(|l| *l <= 0)
+        if self
+            .axes_dims
+            .iter()
+            .any(|d| !(1..=1 << 16).contains(d) || d % 2 != 0)
+            || self.axes_lens.iter().any(|l| !(1..=1 << 20).contains(l))
         {
             return Err("axes_dims must be positive and even, axes_lens positive".into());
         }
@@ -240,6 +246,18 @@ mod tests {
         config.validate().unwrap();
         let back: DitConfig = serde_json::from_value(config.to_json()).unwrap();
         assert_eq!(back, config);
+    }
+
+    #[test]
+    fn sizes_that_would_overflow_are_rejected() {
+        for bad in [
+            r#"{"dim": 1073741824, "n_heads": 1}"#,
+            r#"{"in_channels": 1073741824}"#,
+            r#"{"axes_dims": [2147483646, 2, 2]}"#,
+        ] {
+            let config: DitConfig = serde_json::from_str(bad).unwrap();
+            assert!(config.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -185,7 +185,9 @@ pub fn probe(format: QuantFormat, dtype: Dtype) -> MatmulPath {
                 MatmulPath::Dequantize
             }
         }
-        _ => MatmulPath::Kernel,
+        // Whichever path ran is the one to use.
+        (Some(_), None) => MatmulPath::Kernel,
+        _ => MatmulPath::Dequantize,
     };
     tracing::debug!("{format} with {dtype} activations: {path}");
     path

@@ -17,6 +17,9 @@ use crate::{DitError, Result};
 
 /// Latent pixels per image pixel side: the VAE's downsampling factor.
 pub const VAE_SCALE: i32 = 8;
+/// More steps than any schedule uses; a bound so a mistyped count is an error, not an
+/// allocation failure.
+pub const MAX_STEPS: usize = 10_000;
 
 /// Caption features for one image: `[1, L, cap_feat_dim]`, the first `len` tokens real.
 #[derive(Clone)]
@@ -92,6 +95,11 @@ impl Generation {
 }
 
 impl Request {
+    /// Whether guidance runs: a scale above 0, as the pipeline decides.
+    pub fn guided(&self) -> bool {
+        self.cfg > 0.0
+    }
+
     /// Latent height and width.
     pub fn latent_hw(&self) -> Result<(i32, i32)> {
         let multiple = VAE_SCALE * 2;
@@ -115,12 +123,21 @@ pub fn generate(
     request: &Request,
     mut on_step: impl FnMut(usize, &StepReport) + 'static,
 ) -> Result<Generation> {
-    if request.steps == 0 {
-        return Err(DitError::Input("--steps must be at least 1".into()));
+    if request.steps == 0 || request.steps > MAX_STEPS {
+        return Err(DitError::Input(format!(
+            "--steps must be between 1 and {MAX_STEPS}, found {}",
+            request.steps
+        )));
+    }
+    if !(request.cfg.is_finite() && request.cfg >= 0.0) {
+        return Err(DitError::Input(format!(
+            "--cfg must be a non-negative number, found {}",
+            request.cfg
+        )));
     }
     let (h, w) = request.latent_hw()?;
     let config = &model.config;
-    let guided = request.cfg != 0.0;
+    let guided = request.guided();
     let noise_shape = [1, config.in_channels, h, w];
     let mut latents = random::normal(&noise_shape, Dtype::F32, &random::key(request.seed));
 

@@ -10,9 +10,10 @@ use serde::Deserialize;
 
 use crate::{DitError, Result};
 
-/// The scheduler's `scheduler_config.json` keys this sampler uses.
+/// The scheduler's `scheduler_config.json` keys this sampler uses. Keys a file leaves out
+/// take diffusers' defaults for the class (no dynamic shifting, shift 1).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(default)]
+#[serde(default = "SchedulerConfig::diffusers_defaults")]
 pub struct SchedulerConfig {
     pub num_train_timesteps: u32,
     pub shift: f32,
@@ -38,7 +39,67 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// Keys of diffusers' scheduler that change the schedule in ways this sampler does not
+/// implement, with the value that leaves it unchanged.
+const UNSUPPORTED: [(&str, serde_json::Value); 7] = [
+    ("time_shift_type", serde_json::Value::Null),
+    ("shift_terminal", serde_json::Value::Null),
+    ("use_karras_sigmas", serde_json::Value::Bool(false)),
+    ("use_exponential_sigmas", serde_json::Value::Bool(false)),
+    ("use_beta_sigmas", serde_json::Value::Bool(false)),
+    ("invert_sigmas", serde_json::Value::Bool(false)),
+    ("stochastic_sampling", serde_json::Value::Bool(false)),
+];
+
 impl SchedulerConfig {
+    /// `FlowMatchEulerDiscreteScheduler.__init__`'s defaults.
+    fn diffusers_defaults() -> SchedulerConfig {
+        SchedulerConfig {
+            shift: 1.0,
+            use_dynamic_shifting: false,
+            ..SchedulerConfig::default()
+        }
+    }
+
+    /// Parses a `scheduler_config.json`, refusing settings it would silently ignore.
+    pub fn parse(text: &str) -> std::result::Result<SchedulerConfig, String> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        for (key, neutral) in &UNSUPPORTED {
+            let set = value.get(key).filter(|v| !v.is_null());
+            let neutral = match (key, set) {
+                (&"time_shift_type", Some(v)) => v == "exponential",
+                (_, Some(v)) => v == neutral || v == &serde_json::json!(0.0),
+                (_, None) => true,
+            };
+            if !neutral {
+                return Err(format!("`{key}` is not supported by this sampler"));
+            }
+        }
+        let config: SchedulerConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.num_train_timesteps == 0 {
+            return Err("`num_train_timesteps` must be positive".into());
+        }
+        if !(self.shift.is_finite() && self.shift > 0.0) {
+            return Err(format!("`shift` must be positive, found {}", self.shift));
+        }
+        if self.use_dynamic_shifting
+            && (self.max_image_seq_len <= self.base_image_seq_len
+                || !self.base_shift.is_finite()
+                || !self.max_shift.is_finite())
+        {
+            return Err(
+                "dynamic shifting needs max_image_seq_len > base_image_seq_len and finite shifts"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// The scheduler config shipped with a checkpoint: `scheduler_config.json` in the
     /// transformer's directory or in `../scheduler/` (a whole pipeline's layout); the
     /// default when there is none.
@@ -54,9 +115,9 @@ impl SchedulerConfig {
             path: path.clone(),
             source: e,
         })?;
-        serde_json::from_str(&text).map_err(|e| DitError::Config {
+        SchedulerConfig::parse(&text).map_err(|message| DitError::Config {
             path: path.clone(),
-            message: e.to_string(),
+            message,
         })
     }
 
@@ -146,6 +207,27 @@ mod tests {
         let v = linspace_f32(1.0, 0.125, 8);
         assert_eq!((v[0], v[7]), (1.0, 0.125));
         assert!(v.windows(2).all(|w| w[0] > w[1]));
+    }
+
+    #[test]
+    fn files_take_diffusers_defaults_and_unsupported_settings_are_refused() {
+        let config = SchedulerConfig::parse(r#"{"shift": 3.0}"#).unwrap();
+        assert!(!config.use_dynamic_shifting);
+        // Static shift 3 over linspace(1, 1/4, 4): 1, 0.9, 0.75, 0.5.
+        let t = config.schedule(4, 1024).timesteps;
+        assert_eq!(t, [1000.0, 900.0, 750.0, 500.0]);
+        let neutral = r#"{"use_karras_sigmas": false, "time_shift_type": "exponential",
+            "shift_terminal": null, "_class_name": "FlowMatchEulerDiscreteScheduler"}"#;
+        SchedulerConfig::parse(neutral).unwrap();
+        for bad in [
+            r#"{"use_karras_sigmas": true}"#,
+            r#"{"time_shift_type": "linear"}"#,
+            r#"{"shift_terminal": 0.02}"#,
+            r#"{"shift": 0}"#,
+            r#"{"use_dynamic_shifting": true, "base_image_seq_len": 256, "max_image_seq_len": 256}"#,
+        ] {
+            assert!(SchedulerConfig::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

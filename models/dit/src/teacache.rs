@@ -156,7 +156,8 @@ impl Poly {
     /// Whether step `step` runs the main blocks, given the relative L1 change of the first
     /// block's modulated input since the previous step.
     pub fn should_compute(&mut self, step: usize, input_change: f64) -> bool {
-        if step < self.warmup || step + 1 >= self.steps {
+        // A non-finite change tells nothing about how close the steps are: compute.
+        if step < self.warmup || step + 1 >= self.steps || !input_change.is_finite() {
             self.accumulated = 0.0;
             return true;
         }
@@ -311,6 +312,9 @@ pub fn fit_polynomial(pairs: &[(f64, f64)], degree: usize) -> Result<Vec<f64>> {
         }
         let known: f64 = ((k + 1)..n).map(|j| columns[j][k] * coefficients[j]).sum();
         coefficients[k] = (b[k] - known) / r;
+    }
+    if coefficients.iter().any(|c| !c.is_finite()) {
+        return Err(singular());
     }
     Ok(coefficients)
 }

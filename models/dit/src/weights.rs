@@ -415,6 +415,28 @@ pub fn stored_dtype(source: &ModelSource) -> Result<Dtype> {
     })
 }
 
+/// Refuses to write a checkpoint into a directory that already holds one (a
+/// `config.json` or safetensors files): files left from the old one, an index above all,
+/// would shadow or mix with the new.
+pub fn check_new_target(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // missing (it will be created) or unreadable (writing will say)
+    };
+    let occupied = entries.flatten().any(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        name == "config.json"
+            || name.ends_with(".safetensors")
+            || name.ends_with(".safetensors.index.json")
+    });
+    if occupied {
+        return Err(DitError::Input(format!(
+            "{}: already holds a checkpoint; choose a new directory",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes `model` as a diffusers-layout checkpoint: `config.json` and one safetensors
 /// file, float tensors in `dtype`. A quantized layer's packed weight and E8M0 scales keep
 /// their integer dtypes.

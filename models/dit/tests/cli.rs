@@ -99,8 +99,8 @@ fn memory_is_flat_across_steps() {
         &[],
         &["--cfg", "3.5"],
         &["--no-compile"],
-        &["--teacache", "naive", "--threshold", "0"],
-        &["--teacache", "poly", "--threshold", "0", "--cfg", "2"],
+        &["--teacache", "naive", "--threshold", "0.3"],
+        &["--teacache", "poly", "--threshold", "0.6", "--cfg", "2"],
     ];
     for extra in runs {
         let mut args = vec![
@@ -119,9 +119,17 @@ fn memory_is_flat_across_steps() {
             active[1..].iter().all(|&a| a == active[1]),
             "{extra:?}: {active:?}"
         );
+        let passes = report["forward_passes"].as_u64().unwrap();
+        let hits = report["cache_hits"].as_u64().unwrap();
         assert_eq!(
-            report["forward_passes"], 5,
+            passes + hits,
+            5,
             "{extra:?}: guidance batches both branches"
+        );
+        assert_eq!(
+            hits > 0,
+            extra.contains(&"--teacache"),
+            "{extra:?}: {report}"
         );
     }
 }
@@ -266,13 +274,28 @@ fn bad_input_is_one_clear_error() {
     assert!(fail(&["generate", "--bogus"]).contains("--bogus"));
     assert!(fail(&["generate", "--steps", "many"]).contains("--steps"));
     assert!(fail(&["generate", "--width", "100"]).contains("multiples of 16"));
-    assert!(fail(&["generate", "--steps", "0"]).contains("at least 1"));
+    assert!(fail(&["generate", "--steps", "0"]).contains("between 1 and"));
+    assert!(fail(&["generate", "--steps", "18446744073709551615"]).contains("between 1 and"));
+    assert!(fail(&["generate", "--cfg", "nan"]).contains("--cfg"));
+    assert!(fail(&["generate", "--cfg", "-2"]).contains("--cfg"));
+    let err = fail(&[
+        "teacache-fit",
+        "--model",
+        "tiny",
+        "--steps",
+        "100000000000",
+        "--out",
+        "x",
+    ]);
+    assert!(err.contains("--steps"), "{err}");
     assert!(fail(&["info", "--model", path(&d.join("nope"))]).contains("not a model directory"));
     assert!(fail(&["init", "--model", path(d), "--out", path(&d.join("x"))]).contains("built-in"));
 
     // A directory without weights, then with a malformed config.
     let model = d.join("model");
     succeed(&["init", "--model", "tiny", "--out", path(&model)]);
+    let err = fail(&["init", "--model", "tiny", "--out", path(&model)]);
+    assert!(err.contains("already holds a checkpoint"), "{err}");
     std::fs::write(model.join("config.json"), "{\"dim\": \"wide\"").unwrap();
     assert!(fail(&["info", "--model", path(&model)]).contains("config.json"));
     std::fs::write(model.join("config.json"), "{\"dim\": 64, \"n_heads\": 3}").unwrap();

@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long)]
     cap_feats: Option<PathBuf>,
     /// Classifier-free guidance scale (0: no guidance, as Z-Image-Turbo samples).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     cfg: f32,
     /// Run the graph functions eagerly instead of compiled.
     #[arg(long)]
@@ -240,7 +240,7 @@ fn teacache_options(args: &Args) -> Result<TeaCacheOptions, Box<dyn std::error::
         threshold,
         warmup: args
             .warmup_steps
-            .unwrap_or(if args.cfg != 0.0 { 3 } else { 1 }),
+            .unwrap_or(if args.cfg > 0.0 { 3 } else { 1 }),
         rescale: 1.0,
         coefficients,
     })

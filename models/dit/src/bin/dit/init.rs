@@ -29,6 +29,7 @@ pub fn run(args: Args) -> CliResult {
         )
         .into());
     }
+    weights::check_new_target(&args.out)?;
     let loaded = weights::load(&args.model, mlx::Dtype::F32)?;
     weights::save(&loaded.model, &args.out, args.dtype.dtype())?;
     if let Some(coefficients) = weights::teacache_coefficients(&args.model)? {

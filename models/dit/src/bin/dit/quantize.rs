@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use dit::quant::{QuantFormat, BITS, GROUP_SIZE};
-use dit::teacache::COEFFICIENTS_FILE;
+use dit::teacache::{Coefficients, COEFFICIENTS_FILE};
 use dit::weights::{self, LoadOptions, ModelSource};
 use mlx::Module;
 
@@ -24,13 +24,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult {
-    if args.out.join("config.json").exists() {
-        return Err(format!(
-            "--out {}: already holds a checkpoint; choose a new directory",
-            args.out.display()
-        )
-        .into());
-    }
+    weights::check_new_target(&args.out)?;
+    // Everything that can fail on the source is read before anything is written.
+    let coefficients = weights::teacache_coefficients(&args.model)?;
     // Quantize from the weights as stored, and write the dense tensors back unchanged.
     let dtype = weights::stored_dtype(&args.model)?;
     let options = LoadOptions {
@@ -39,7 +35,7 @@ pub fn run(args: Args) -> CliResult {
     };
     let loaded = weights::load(&args.model, options)?;
     weights::save(&loaded.model, &args.out, dtype)?;
-    copy_sampling_files(&args.model, &args.out)?;
+    copy_sampling_files(&args.model, coefficients, &args.out)?;
 
     let report = &loaded.quantization;
     println!(
@@ -65,15 +61,20 @@ pub fn run(args: Args) -> CliResult {
 /// What travels with a checkpoint for sampling holds for its quantized copy too: TeaCache's
 /// polynomial (fitted on the dense model, which the quantized one approximates) and a
 /// `scheduler_config.json` next to the weights.
-fn copy_sampling_files(source: &ModelSource, out: &Path) -> CliResult {
-    if let Some(coefficients) = weights::teacache_coefficients(source)? {
+fn copy_sampling_files(
+    source: &ModelSource,
+    coefficients: Option<Coefficients>,
+    out: &Path,
+) -> CliResult {
+    if let Some(coefficients) = coefficients {
         coefficients.write(&out.join(COEFFICIENTS_FILE))?;
     }
     if let ModelSource::Dir(dir) = source {
         let scheduler = dir.join(SCHEDULER_FILE);
         if scheduler.is_file() {
-            std::fs::copy(&scheduler, out.join(SCHEDULER_FILE))
-                .map_err(|e| format!("{}: {e}", scheduler.display()))?;
+            std::fs::copy(&scheduler, out.join(SCHEDULER_FILE)).map_err(|e| {
+                format!("copying {} to {}: {e}", scheduler.display(), out.display())
+            })?;
         }
     }
     Ok(())

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use dit::sampler::{self, Caption, Request};
+use dit::sampler::{self, Caption, Request, MAX_STEPS};
 use dit::scheduler::SchedulerConfig;
 use dit::teacache::{fit_polynomial, polyval, Coefficients, TeaCacheOptions};
 use dit::weights::{self, ModelSource};
@@ -11,6 +11,8 @@ use crate::{compute_dtype, model_source, CliResult, FloatDtype};
 
 /// Degree of the fitted polynomial (the TeaCache paper's).
 const DEGREE: usize = 4;
+/// A bound so a mistyped count is an error rather than hours of sampling.
+const MAX_RUNS: u64 = 1000;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,8 +44,14 @@ pub struct Args {
 /// of the first main block's modulated input with the relative change of the model's
 /// output, and fits `output change ≈ p(input change)` by least squares.
 pub fn run(args: Args) -> CliResult {
-    if args.runs == 0 || args.steps.iter().any(|&n| n < 2) {
-        return Err("teacache-fit needs --runs of at least 1 and --steps of at least 2".into());
+    if !(1..=MAX_RUNS).contains(&args.runs)
+        || args.steps.iter().any(|n| !(2..=MAX_STEPS).contains(n))
+    {
+        return Err(format!(
+            "teacache-fit needs --runs between 1 and {MAX_RUNS} and --steps between 2 and \
+             {MAX_STEPS}"
+        )
+        .into());
     }
     let loaded = weights::load(&args.model, compute_dtype(args.dtype)?)?;
     let model = &loaded.model;
@@ -70,7 +78,13 @@ pub fn run(args: Args) -> CliResult {
             record_changes: true,
         };
         let generation = sampler::generate(model, &request, |_, _| {})?;
-        pairs.extend(generation.changes.unwrap_or_default());
+        // A NaN change (a model producing NaN) must not poison the fit.
+        let changes = generation.changes.unwrap_or_default();
+        pairs.extend(
+            changes
+                .into_iter()
+                .filter(|(x, y)| x.is_finite() && y.is_finite()),
+        );
         eprintln!("run {}/{}: {} pairs", i + 1, runs.len(), pairs.len());
     }
     let coefficients = fit_polynomial(&pairs, DEGREE)?;
