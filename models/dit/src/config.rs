@@ -100,10 +100,7 @@ impl DitConfig {
 
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<DitConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| DitError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let text = crate::read_text(path)?;
         let config: DitConfig = serde_json::from_str(&text).map_err(|e| DitError::Config {
             path: path.to_path_buf(),
             message: e.to_string(),

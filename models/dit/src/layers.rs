@@ -396,15 +396,21 @@ impl TimestepEmbedder {
     }
 }
 
-/// `[cos(t·f), sin(t·f)]` with `f_k = exp(-ln(10000)·k/128)`. The frequency table is
+/// The frequencies of the timestep's sinusoidal features, `f_k = exp(-ln(10000)·k/128)`,
 /// computed as diffusers does, a float32 `exp` of a float32 argument: `t·f` reaches
 /// ~1000 rad, where a table computed in float64 moves the output by ~2e-5.
-fn timestep_features(t: &Array) -> Array {
+pub(crate) fn timestep_frequencies() -> Vec<f32> {
     let half = T_FREQ_DIM / 2;
-    let freqs: Vec<f32> = (0..half)
+    (0..half)
         .map(|k| (-(10000f32.ln()) * k as f32 / half as f32).exp())
-        .collect();
-    let args = t.astype(Dtype::F32).expand_dims(1) * Array::from_slice(&freqs, &[1, half]);
+        .collect()
+}
+
+/// `[cos(t·f), sin(t·f)]` over [`timestep_frequencies`].
+fn timestep_features(t: &Array) -> Array {
+    let freqs = timestep_frequencies();
+    let args =
+        t.astype(Dtype::F32).expand_dims(1) * Array::from_slice(&freqs, &[1, freqs.len() as i32]);
     mlx::concatenate(&[&args.cos(), &args.sin()], -1)
 }
 

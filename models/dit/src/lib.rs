@@ -49,3 +49,11 @@ pub enum DitError {
 }
 
 pub type Result<T> = std::result::Result<T, DitError>;
+
+/// A text file's contents, an I/O error naming the file.
+pub(crate) fn read_text(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| DitError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}

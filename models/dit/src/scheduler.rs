@@ -111,10 +111,7 @@ impl SchedulerConfig {
         let Some(path) = candidates.iter().find(|p| p.is_file()) else {
             return Ok(SchedulerConfig::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|e| DitError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
+        let text = crate::read_text(path)?;
         SchedulerConfig::parse(&text).map_err(|message| DitError::Config {
             path: path.clone(),
             message,

@@ -225,10 +225,7 @@ impl Coefficients {
     }
 
     pub fn read(path: &Path) -> Result<Coefficients> {
-        let text = std::fs::read_to_string(path).map_err(|e| DitError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let text = crate::read_text(path)?;
         Coefficients::parse(&text).map_err(|message| DitError::Config {
             path: path.to_path_buf(),
             message,

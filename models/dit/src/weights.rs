@@ -12,7 +12,7 @@ use mlx::module::LoadReport;
 use mlx::{random, Array, Dtype, Module};
 
 use crate::config::{DitConfig, T_FREQ_DIM};
-use crate::layers::{Linear, QuantizedLinear};
+use crate::layers::{timestep_frequencies, Linear, QuantizedLinear};
 use crate::model::ZImage;
 use crate::quant::{self, MatmulPath, QuantConfig, QuantFormat, GROUP_SIZE};
 use crate::teacache::{Coefficients, COEFFICIENTS_FILE};
@@ -507,13 +507,11 @@ pub fn random_weights(config: &DitConfig) -> Checkpoint {
 fn smooth_timestep_response() -> Array {
     /// The highest frequency kept at full weight: 3 radians over the range.
     const MAX_FREQ: f32 = 3.0 / 1000.0;
-    let half = T_FREQ_DIM / 2;
-    let damping: Vec<f32> = (0..T_FREQ_DIM)
-        .map(|i| {
-            let k = i % half;
-            let freq = (-(10000f32.ln()) * k as f32 / half as f32).exp();
-            (MAX_FREQ / freq).min(1.0)
-        })
+    let per_frequency: Vec<f32> = timestep_frequencies()
+        .iter()
+        .map(|freq| (MAX_FREQ / freq).min(1.0))
         .collect();
+    // The features are the cosines then the sines of the same frequencies.
+    let damping = [per_frequency.as_slice(), per_frequency.as_slice()].concat();
     Array::from_slice(&damping, &[1, T_FREQ_DIM])
 }
