@@ -2,7 +2,7 @@
 //! line and a non-zero exit, never a panic).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use mlx::io::{load_safetensors, save_safetensors};
@@ -10,11 +10,7 @@ use mlx::{random, Array, Dtype};
 use serde_json::Value;
 
 mod common;
-use common::{fail, last_json, path, succeed};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+use common::{fail, fixtures, last_json, path, relative_error, succeed};
 
 #[test]
 fn init_info_and_generate_on_the_written_directory() {
@@ -229,12 +225,8 @@ fn forward_matches_the_diffusers_fixture() {
         .tensors["out"]
         .to_vec::<f32>()
         .unwrap();
-    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = ours
-        .iter()
-        .zip(&expected)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(diff / scale <= 1e-4, "relative error {}", diff / scale);
+    let err = relative_error(&ours, &expected);
+    assert!(err <= 1e-4, "relative error {err}");
 }
 
 #[test]

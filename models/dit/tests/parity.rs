@@ -2,31 +2,13 @@
 //! its `FlowMatchEulerDiscreteScheduler`, on fixtures written by `tests/fixtures/gen_fixtures.py`
 //! (random models in diffusers layout; see that script to regenerate them).
 
-use std::path::{Path, PathBuf};
-
 use dit::scheduler::SchedulerConfig;
 use dit::weights::{self, ModelSource};
 use mlx::io::load_safetensors;
-use mlx::{Array, Dtype};
+use mlx::Dtype;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// max|ours − ref| / max|ref|.
-fn relative_error(ours: &Array, reference: &Array) -> f32 {
-    assert_eq!(ours.shape(), reference.shape());
-    let (a, b) = (
-        ours.to_vec::<f32>().unwrap(),
-        reference.to_vec::<f32>().unwrap(),
-    );
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    diff / scale
-}
+mod common;
+use common::{fixtures, relative_error};
 
 /// Compiled or eager is a process-wide switch: one forward check at a time.
 static MODE: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -51,7 +33,12 @@ fn check_forward(model: &str, case: &str, compiled: bool) -> f32 {
         )
         .unwrap();
     mlx::compile::set_eager(false);
-    let err = relative_error(&out, expected.tensors.get("out").unwrap());
+    let expected = expected.tensors.get("out").unwrap();
+    assert_eq!(out.shape(), expected.shape());
+    let err = relative_error(
+        &out.to_vec::<f32>().unwrap(),
+        &expected.to_vec::<f32>().unwrap(),
+    );
     eprintln!("{model} {case} compiled={compiled}: max|ours - ref| / max|ref| = {err:.2e}");
     err
 }

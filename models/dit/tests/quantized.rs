@@ -14,7 +14,7 @@ use mlx::{random, Array, Dtype};
 use serde_json::Value;
 
 mod common;
-use common::{fail, path, succeed};
+use common::{fail, path, relative_error, succeed};
 
 // === helpers ==================================================================================
 
@@ -69,11 +69,17 @@ fn tiny_forward(options: LoadOptions) -> Vec<f32> {
 }
 
 /// max|a − b| / max|b|.
-fn relative_error(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    diff / scale
+/// `dit quantize --model <model> --out <out> --mode <mode>`; its stdout.
+fn quantize(model: &str, out: &Path, mode: &str) -> String {
+    succeed(&[
+        "quantize",
+        "--model",
+        model,
+        "--out",
+        path(out),
+        "--mode",
+        mode,
+    ])
 }
 
 // === the formats' error bounds ================================================================
@@ -277,15 +283,7 @@ fn a_quantized_checkpoint_runs_exactly_like_in_memory_quantization() {
     for format in QuantFormat::ALL {
         let mode = format.name();
         let model = dir.path().join(mode);
-        let stdout = succeed(&[
-            "quantize",
-            "--model",
-            "tiny",
-            "--out",
-            path(&model),
-            "--mode",
-            mode,
-        ]);
+        let stdout = quantize("tiny", &model, mode);
         assert!(stdout.contains("all_final_layer.2-1.linear"), "{stdout}");
         assert!(stdout.contains("layers.0.feed_forward.w2"), "{stdout}");
 
@@ -328,15 +326,7 @@ fn quantize_writes_the_documented_layout() {
     std::fs::write(bf16.join("scheduler_config.json"), scheduler).unwrap();
     for format in QuantFormat::ALL {
         let out = dir.path().join(format.name());
-        succeed(&[
-            "quantize",
-            "--model",
-            path(&bf16),
-            "--out",
-            path(&out),
-            "--mode",
-            format.name(),
-        ]);
+        quantize(path(&bf16), &out, format.name());
         let config: Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
                 .unwrap();
@@ -411,15 +401,7 @@ fn info_reports_the_mode_counts_and_bytes() {
     assert_eq!(shapes.len(), 32);
     for format in QuantFormat::ALL {
         let model = dir.path().join(format.name());
-        succeed(&[
-            "quantize",
-            "--model",
-            "tiny",
-            "--out",
-            path(&model),
-            "--mode",
-            format.name(),
-        ]);
+        quantize("tiny", &model, format.name());
         let info: Value =
             serde_json::from_str(succeed(&["info", "--model", path(&model), "--json"]).trim())
                 .unwrap();
@@ -461,15 +443,7 @@ fn quantizing_twice_and_unknown_modes_are_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let model = d.join("mxfp8");
-    succeed(&[
-        "quantize",
-        "--model",
-        "tiny",
-        "--out",
-        path(&model),
-        "--mode",
-        "mxfp8",
-    ]);
+    quantize("tiny", &model, "mxfp8");
 
     let again = fail(&[
         "quantize",
@@ -569,15 +543,7 @@ fn quantizing_twice_and_unknown_modes_are_one_clear_error() {
 fn a_damaged_quantized_checkpoint_lists_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("affine8");
-    succeed(&[
-        "quantize",
-        "--model",
-        "tiny",
-        "--out",
-        path(&model),
-        "--mode",
-        "affine8",
-    ]);
+    quantize("tiny", &model, "affine8");
     let file = model.join(WEIGHTS_FILE);
     let mut tensors = load_safetensors(&file).unwrap().tensors;
     let packed = "layers.0.attention.to_k.weight";
@@ -609,15 +575,7 @@ fn a_damaged_quantized_checkpoint_lists_every_problem() {
 fn quantized_layers_load_whatever_the_matmul_path() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m");
-    succeed(&[
-        "quantize",
-        "--model",
-        "tiny",
-        "--out",
-        path(&model),
-        "--mode",
-        "mxfp8",
-    ]);
+    quantize("tiny", &model, "mxfp8");
     let source = ModelSource::Dir(PathBuf::from(&model));
     for matmul in [MatmulPath::Kernel, MatmulPath::Dequantize] {
         let options = LoadOptions {
