@@ -34,13 +34,13 @@ pub struct Array {
 
 enum Repr {
     /// A handle we own, and its entry in the step-loop registry if a loop tracks it.
-    Live(NonNull<mlxs_array>, Option<crate::scope::TrackId>),
+    Live(NonNull<mlxs_array>, Option<crate::registry::TrackId>),
     Failed(Arc<Error>),
 }
 
 // SAFETY: an `mlxs_array` is an `mlx::core::array`, a shared pointer with atomic reference
 // counts; the node it points to is immutable once built except for evaluation, which this
-// crate serializes behind `eval::EVAL_LOCK`.
+// crate serializes behind `eval_lock::EVAL_LOCK`.
 unsafe impl Send for Array {}
 // SAFETY: as above; `&Array` only reads metadata or builds new nodes that reference it.
 unsafe impl Sync for Array {}
@@ -49,7 +49,7 @@ impl Drop for Array {
     fn drop(&mut self) {
         if let Repr::Live(ptr, tracked) = self.repr {
             if let Some(id) = tracked {
-                crate::scope::untrack(id);
+                crate::registry::untrack(id);
             }
             // SAFETY: we own this handle and drop it once.
             unsafe { sys::mlxs_array_free(ptr.as_ptr()) }
@@ -84,7 +84,7 @@ impl Array {
     pub(crate) unsafe fn from_raw(ptr: *mut mlxs_array) -> Array {
         match NonNull::new(ptr) {
             Some(ptr) => Array {
-                repr: Repr::Live(ptr, crate::scope::track(ptr.as_ptr())),
+                repr: Repr::Live(ptr, crate::registry::track(ptr.as_ptr())),
             },
             None => Array::failed(Error::Runtime {
                 op: "shim",
@@ -195,7 +195,7 @@ impl Array {
         match self.raw() {
             Ok(ptr) => {
                 // Evaluation on another thread writes the status this reads.
-                let _guard = crate::eval::lock();
+                let _guard = crate::eval_lock::lock();
                 // SAFETY: live handle.
                 unsafe { sys::mlxs_array_is_evaluated(ptr) != 0 }
             }
@@ -237,7 +237,7 @@ impl Array {
     pub(crate) fn to_bytes(&self) -> Result<Vec<u8>> {
         let ptr = self.raw().map_err(|e| Error::clone(e))?;
         let mut out = allocate::<u8>(self.nbytes(), "to_bytes", Location::caller())?;
-        let _guard = crate::eval::lock();
+        let _guard = crate::eval_lock::lock();
         // SAFETY: `out` has exactly `nbytes` bytes, which the shim checks.
         let status = unsafe { sys::mlxs_array_read(ptr, out.as_mut_ptr().cast(), out.len()) };
         crate::error::check("to_bytes", status)?;
@@ -291,7 +291,7 @@ impl Array {
         op: &'static str,
         location: &'static Location<'static>,
     ) -> Result<()> {
-        let _guard = crate::eval::lock();
+        let _guard = crate::eval_lock::lock();
         // SAFETY: `dst` has room for `nbytes` bytes, which the shim checks against the array.
         let status = unsafe { sys::mlxs_array_read(ptr, dst, nbytes) };
         if status != 0 {
@@ -329,7 +329,7 @@ impl fmt::Display for Array {
             Ok(ptr) => ptr,
             Err(error) => return write!(f, "array(<failed: {error}>)"),
         };
-        let _guard = crate::eval::lock();
+        let _guard = crate::eval_lock::lock();
         let mut s = ptr::null();
         let mut len = 0usize;
         // SAFETY: live handle; on success the shim points `s` at `len` bytes of a

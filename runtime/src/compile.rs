@@ -12,7 +12,7 @@
 //! value of such static arguments.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::ptr::{self, NonNull};
@@ -22,7 +22,10 @@ use std::sync::Arc;
 use crate::array_list::ArrayList;
 use crate::error::last_error;
 use crate::sys::{self, mlxs_closure, mlxs_vec};
+use crate::trace_depth::Tracing;
 use crate::{Array, Error, Result};
+
+pub use crate::trace_depth::is_tracing;
 
 /// The function a [`Compiled`] traces.
 pub type Body = dyn Fn(&[Array]) -> Result<Vec<Array>> + Send + Sync;
@@ -127,7 +130,7 @@ impl Compiled {
         let mut out = ptr::null_mut();
         TRACE_ERROR.with(|e| e.borrow_mut().take());
         let status = {
-            let _guard = crate::eval::lock();
+            let _guard = crate::eval_lock::lock();
             // SAFETY: live closure and list; on success the shim hands us a new vector we
             // own.
             unsafe { sys::mlxs_closure_call(self.closure.as_ptr(), list.as_ptr(), &mut out) }
@@ -164,30 +167,8 @@ pub fn trace_count() -> u64 {
 static TRACES: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    /// Depth of traces running on this thread (a traced body may call compiled functions).
-    static TRACING: Cell<u32> = const { Cell::new(0) };
     /// Why the last trace on this thread failed, in full, for `call` to return.
     static TRACE_ERROR: RefCell<Option<TraceFailure>> = const { RefCell::new(None) };
-}
-
-/// Whether this thread is inside a traced body: arrays created now are MLX's tracers.
-pub fn is_tracing() -> bool {
-    TRACING.with(|t| t.get() > 0)
-}
-
-struct Tracing;
-
-impl Tracing {
-    fn enter() -> Tracing {
-        TRACING.with(|t| t.set(t.get() + 1));
-        Tracing
-    }
-}
-
-impl Drop for Tracing {
-    fn drop(&mut self) {
-        TRACING.with(|t| t.set(t.get() - 1));
-    }
 }
 
 const MODE_UNSET: u8 = 0;

@@ -24,7 +24,7 @@ pub fn dump_graph(outputs: &[&Array]) -> Result<String> {
     let list = ArrayList::of(outputs.iter().copied())?;
     let mut s = ptr::null();
     let mut len = 0usize;
-    let _guard = crate::eval::lock();
+    let _guard = crate::eval_lock::lock();
     // SAFETY: live list; on success the shim points `s` at `len` bytes of a thread-local
     // string that stays valid until its next call on this thread, and we copy it at once.
     check("dump_graph", unsafe {

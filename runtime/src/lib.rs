@@ -58,8 +58,11 @@ mod creation;
 mod dtype;
 mod error;
 mod eval;
+mod eval_lock;
 mod graph_dump;
+mod registry;
 mod sys;
+mod trace_depth;
 
 pub use array::Array;
 pub use compile::Compiled;

@@ -44,71 +44,22 @@
 //! # Ok::<(), mlx::Error>(())
 //! ```
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::array_list::ArrayList;
 use crate::error::check;
+use crate::registry::{self, current_frame, scan, set_current_frame, ROOT};
 use crate::sys::{self, mlxs_array};
 use crate::Dtype;
-
-/// An array's entry in the registry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct TrackId(NonZeroU32);
-
-/// The frame of arrays that outlived every loop that tracked them. They stay registered
-/// until dropped, so that their entries are never reused under them.
-const ROOT: u64 = 0;
-
-struct Entry {
-    /// The array's handle; valid while the entry exists, because the array's drop removes
-    /// the entry (under the registry lock) before freeing the handle.
-    handle: usize,
-    frame: u64,
-}
-
-#[derive(Default)]
-struct Registry {
-    /// Slot `i` is `TrackId(i + 1)`.
-    slots: Vec<Option<Entry>>,
-    free: Vec<u32>,
-}
-
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    slots: Vec::new(),
-    free: Vec::new(),
-});
-
-fn registry() -> MutexGuard<'static, Registry> {
-    // Registry updates cannot panic halfway, so a poisoned lock still holds a valid registry.
-    REGISTRY
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 static NEXT_FRAME: AtomicU64 = AtomicU64::new(1);
 
 fn new_frame_id() -> u64 {
     NEXT_FRAME.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Calls `each` with every entry of `frame`; returns their count and bytes.
-fn scan(frame: u64, mut each: impl FnMut(&mut Entry)) -> (usize, usize) {
-    let (mut count, mut bytes) = (0, 0);
-    for entry in registry().slots.iter_mut().flatten() {
-        if entry.frame == frame {
-            count += 1;
-            // SAFETY: the entry exists, so its handle is alive while we hold the lock.
-            bytes += unsafe { sys::mlxs_array_nbytes(entry.handle as *const mlxs_array) };
-            each(entry);
-        }
-    }
-    (count, bytes)
 }
 
 /// Hands every array of frame `from` to frame `to`.
@@ -122,44 +73,8 @@ fn frame_size(frame: u64) -> (usize, usize) {
 }
 
 thread_local! {
-    /// The innermost open frame of this thread, `ROOT` when none is open.
-    static CURRENT: Cell<u64> = const { Cell::new(ROOT) };
     /// Open frames of this thread, outermost first.
     static STACK: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Registers a new array handle in this thread's open frame, if any.
-pub(crate) fn track(handle: *const mlxs_array) -> Option<TrackId> {
-    let frame = CURRENT.with(Cell::get);
-    if frame == ROOT || crate::compile::is_tracing() {
-        return None;
-    }
-    let mut registry = registry();
-    let entry = Some(Entry {
-        handle: handle as usize,
-        frame,
-    });
-    let index = match registry.free.pop() {
-        Some(index) => {
-            registry.slots[index as usize] = entry;
-            index
-        }
-        None => {
-            registry.slots.push(entry);
-            u32::try_from(registry.slots.len() - 1).ok()?
-        }
-    };
-    NonZeroU32::new(index + 1).map(TrackId)
-}
-
-/// Removes a dropped array from the registry.
-pub(crate) fn untrack(id: TrackId) {
-    let index = id.0.get() - 1;
-    let mut registry = registry();
-    if let Some(slot) = registry.slots.get_mut(index as usize) {
-        *slot = None;
-        registry.free.push(index);
-    }
 }
 
 /// How a step loop evaluates its Keep set at each boundary.
@@ -205,7 +120,7 @@ impl Frame {
     /// Opens a frame on this thread whose survivors go to `parent`.
     fn open(parent: u64) -> Frame {
         let id = new_frame_id();
-        CURRENT.with(|c| c.set(id));
+        set_current_frame(id);
         STACK.with(|s| s.borrow_mut().push(id));
         Frame { id, parent }
     }
@@ -234,7 +149,7 @@ impl Drop for Frame {
             if let Some(pos) = stack.iter().rposition(|&f| f == self.id) {
                 stack.remove(pos);
             }
-            CURRENT.with(|c| c.set(stack.last().copied().unwrap_or(ROOT)));
+            set_current_frame(stack.last().copied().unwrap_or(ROOT));
         });
     }
 }
@@ -254,7 +169,7 @@ pub fn steps<I: IntoIterator>(iter: I) -> Steps<I::IntoIter> {
     Steps {
         inner: iter.into_iter(),
         carried: new_frame_id(),
-        outer: CURRENT.with(Cell::get),
+        outer: current_frame(),
         boundary: Boundary::Eval,
         frame: None,
         step: 0,
@@ -305,7 +220,7 @@ impl<I> Steps<I> {
         let (survivors, kept, kept_bytes) = frame.take_survivors();
         drop(frame);
         let evaluated = {
-            let _guard = crate::eval::lock();
+            let _guard = crate::eval_lock::lock();
             // SAFETY: a live list of live arrays.
             let status = unsafe {
                 match self.boundary {
@@ -420,9 +335,8 @@ pub struct LiveReport {
 /// The arrays step loops are tracking now, with the `top` largest.
 pub fn live_report(top: usize) -> LiveReport {
     let mut report = LiveReport::default();
-    let registry = registry();
     let mut all = Vec::new();
-    for entry in registry.slots.iter().flatten() {
+    registry::for_each(|entry| {
         let handle = entry.handle as *const mlxs_array;
         // SAFETY: the entry exists, so its handle is alive while we hold the lock.
         let (bytes, dtype, shape) = unsafe {
@@ -441,7 +355,7 @@ pub fn live_report(top: usize) -> LiveReport {
         frame.0 += 1;
         frame.1 += bytes;
         all.push((shape, dtype, bytes, entry.frame));
-    }
+    });
     all.sort_by_key(|entry| std::cmp::Reverse(entry.2));
     all.truncate(top);
     report.largest = all;
