@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::quant::QuantConfig;
+use mlx::nn::QuantConfig;
 use crate::{DitError, Result};
 
 /// Width of the timestep embedding that modulates every block: `min(dim, 256)`.
@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn quantization_round_trips_and_unknown_modes_are_named() {
-        use crate::quant::QuantFormat;
+        use mlx::nn::QuantFormat;
         let config = DitConfig {
             quantization: Some(QuantConfig::new(QuantFormat::Affine8)),
             ..DitConfig::tiny()

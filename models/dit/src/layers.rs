@@ -2,208 +2,11 @@
 //! paths are diffusers' weight names, with its forward pass as an `#[mlx::graph]`.
 
 use mlx::fast::{self, Mask};
-use mlx::ops::Quantized;
+use mlx::nn::rope::RopeTable;
+use mlx::nn::{Dense, Linear, RmsNorm};
 use mlx::{Array, Dtype, Module};
 
 use crate::config::{DitConfig, T_FREQ_DIM};
-use crate::quant::{MatmulPath, QuantFormat, BITS, GROUP_SIZE};
-
-/// `nn.Linear`: `x wᵀ + b`, its weight dense or quantized to 8 bits (see [`crate::quant`]).
-/// Either way it sits at the same checkpoint path; the variant is part of the structure
-/// compiled graphs are keyed on.
-#[derive(Module, Clone)]
-pub enum Linear {
-    Dense(Dense),
-    Quantized(QuantizedLinear),
-}
-
-impl Linear {
-    #[mlx::graph]
-    pub fn forward(&self, x: &Array) -> Array {
-        match self {
-            Linear::Dense(dense) => dense.apply(x),
-            Linear::Quantized(quantized) => quantized.apply(x),
-        }
-    }
-
-    /// The dtype the layer computes in.
-    pub fn dtype(&self) -> Dtype {
-        match self {
-            Linear::Dense(dense) => dense.weight.dtype(),
-            Linear::Quantized(quantized) => quantized.dtype,
-        }
-    }
-
-    /// `(out, in)` features.
-    pub fn features(&self) -> (i32, i32) {
-        match self {
-            Linear::Dense(dense) => matrix_dims(&dense.weight),
-            Linear::Quantized(quantized) => quantized.features(),
-        }
-    }
-
-    /// The layer's parameters counted as a dense layer's: `out · in` weights and the bias
-    /// (a quantized weight counts its float elements, not its packed words).
-    pub fn dense_parameters(&self) -> usize {
-        let (out, inp) = self.features();
-        let bias = match self {
-            Linear::Dense(dense) => dense.bias.is_some(),
-            Linear::Quantized(quantized) => quantized.bias.is_some(),
-        };
-        out as usize * inp as usize + if bias { out as usize } else { 0 }
-    }
-}
-
-/// The two dims of a matrix (a linear weight is `[out, in]` by construction: loading keeps
-/// the template's shape).
-fn matrix_dims(w: &Array) -> (i32, i32) {
-    (w.dim(0).unwrap_or(0), w.dim(1).unwrap_or(0))
-}
-
-/// A dense linear layer: diffusers' `weight` `[out, in]` and optional `bias` `[out]`.
-#[derive(Module, Clone)]
-pub struct Dense {
-    pub weight: Array,
-    pub bias: Option<Array>,
-}
-
-impl Dense {
-    fn apply(&self, x: &Array) -> Array {
-        let y = x.matmul(&self.weight.t());
-        match &self.bias {
-            Some(bias) => y + bias,
-            None => y,
-        }
-    }
-}
-
-/// A linear layer with an 8-bit weight in MLX's packed layout, stored as `weight` (packed
-/// `uint32`, `[out, in / 4]`), `weight_scale` (`[out, in / 32]`), `weight_qbias` (affine8
-/// only) and the layer's own float `bias`.
-#[derive(Module, Clone)]
-pub struct QuantizedLinear {
-    #[weight("weight")]
-    pub packed: Array,
-    #[weight("weight_scale")]
-    pub scales: Array,
-    #[weight("weight_qbias")]
-    pub qbias: Option<Array>,
-    pub bias: Option<Array>,
-    #[weight(skip)]
-    pub format: QuantFormat,
-    #[weight(skip)]
-    pub matmul: MatmulPath,
-    /// The compute dtype: of the activations, the output and the dequantized weight.
-    #[weight(skip)]
-    pub dtype: Dtype,
-}
-
-impl QuantizedLinear {
-    /// Quantizes a dense layer (lazily); its input features must be a multiple of
-    /// [`GROUP_SIZE`].
-    #[track_caller]
-    pub fn from_dense(
-        dense: &Dense,
-        format: QuantFormat,
-        matmul: MatmulPath,
-    ) -> mlx::Result<QuantizedLinear> {
-        let q = format.quantize(&dense.weight)?;
-        Ok(QuantizedLinear {
-            packed: q.weights,
-            scales: q.scales,
-            qbias: q.biases,
-            bias: dense.bias.clone(),
-            format,
-            matmul,
-            dtype: dense.weight.dtype(),
-        })
-    }
-
-    /// Zeros of the shapes and dtypes a `[out, inp]` layer stores, ready to be loaded.
-    pub fn zeros(
-        (out, inp): (i32, i32),
-        bias: bool,
-        format: QuantFormat,
-        matmul: MatmulPath,
-        dtype: Dtype,
-    ) -> QuantizedLinear {
-        let groups = [out, inp / GROUP_SIZE];
-        let scale_dtype = format.scale_dtype(dtype);
-        QuantizedLinear {
-            packed: Array::zeros(&[out, inp * BITS / 32], Dtype::U32),
-            scales: Array::zeros(&groups, scale_dtype),
-            qbias: format
-                .has_biases()
-                .then(|| Array::zeros(&groups, scale_dtype)),
-            bias: bias.then(|| Array::zeros(&[out], dtype)),
-            format,
-            matmul,
-            dtype,
-        }
-    }
-
-    /// `(out, in)` features, from the packed shape.
-    pub fn features(&self) -> (i32, i32) {
-        let (out, packed) = matrix_dims(&self.packed);
-        (out, packed * 32 / BITS)
-    }
-
-    /// MLX's view of the packed weight (clones share the arrays).
-    pub fn quantized(&self) -> Quantized {
-        Quantized {
-            weights: self.packed.clone(),
-            scales: self.scales.clone(),
-            biases: self.qbias.clone(),
-            group_size: GROUP_SIZE,
-            bits: BITS,
-            mode: self.format.mode(),
-        }
-    }
-
-    /// The float weight the packed one stands for, `[out, in]` in the compute dtype.
-    pub fn dequantize(&self) -> Array {
-        self.quantized().dequantize(Some(self.dtype))
-    }
-
-    fn apply(&self, x: &Array) -> Array {
-        let y = match self.matmul {
-            MatmulPath::Kernel => self.quantized().matmul(x, true),
-            MatmulPath::Dequantize => x.matmul(&self.dequantize().t()),
-        };
-        match &self.bias {
-            Some(bias) => y + bias,
-            None => y,
-        }
-    }
-}
-
-/// Per-token rotary tables: `cos` and `sin` of `[batch, tokens, 1, head_dim / 2]` angles,
-/// one angle per consecutive pair of channels (see [`crate::sequence`]).
-#[derive(Module, Clone)]
-pub struct RopeTable {
-    pub cos: Array,
-    pub sin: Array,
-}
-
-impl RopeTable {
-    /// Rotates consecutive channel pairs of `x: [batch, tokens, heads, head_dim]` in float32
-    /// (as diffusers does through complex64) and casts back to `x`'s dtype.
-    #[mlx::graph]
-    pub fn apply(&self, x: &Array) -> Array {
-        let shape = x.shape().to_vec();
-        let mut pairs = shape.clone();
-        let head_dim = pairs.pop().unwrap_or(0);
-        pairs.extend([head_dim / 2, 2]);
-        let x32 = x.astype(Dtype::F32).reshape(&pairs);
-        let (re, im) = (x32.slice_axis(-1, 0, 1), x32.slice_axis(-1, 1, 2));
-        let (cos, sin) = (self.cos.expand_dims(-1), self.sin.expand_dims(-1));
-        let rotated = mlx::concatenate(
-            &[&(&re * &cos - &im * &sin), &(&re * &sin + &im * &cos)],
-            -1,
-        );
-        rotated.reshape(&shape).astype(x.dtype())
-    }
-}
 
 /// Multi-head self-attention with per-head RMSNorm on queries and keys and 3-axis RoPE.
 #[derive(Module, Clone)]
@@ -228,7 +31,7 @@ impl Attention {
     /// `x: [batch, tokens, dim]`; `mask: [batch, 1, 1, tokens]`, true where a key is real.
     #[mlx::graph]
     pub fn forward(&self, x: &Array, mask: Option<&Array>, rope: &RopeTable) -> Array {
-        let [b, l, d] = [0, 1, 2].map(|axis| x.dim(axis).unwrap_or(0));
+        let [b, l, d] = x.dims();
         let head_dim = d / self.heads;
         let split_heads = |t: Array| t.reshape(&[b, l, self.heads, head_dim]);
         let norm = |t: Array, weight: &Option<Array>| match weight {
@@ -274,18 +77,12 @@ impl FeedForward {
 pub struct Block {
     pub attention: Attention,
     pub feed_forward: FeedForward,
-    #[weight("attention_norm1.weight")]
-    pub attention_norm1: Array,
-    #[weight("attention_norm2.weight")]
-    pub attention_norm2: Array,
-    #[weight("ffn_norm1.weight")]
-    pub ffn_norm1: Array,
-    #[weight("ffn_norm2.weight")]
-    pub ffn_norm2: Array,
+    pub attention_norm1: RmsNorm,
+    pub attention_norm2: RmsNorm,
+    pub ffn_norm1: RmsNorm,
+    pub ffn_norm2: RmsNorm,
     #[weight("adaLN_modulation.0")]
     pub modulation: Option<Linear>,
-    #[weight(skip)]
-    pub eps: f32,
 }
 
 impl Block {
@@ -327,12 +124,8 @@ impl Block {
         ])
     }
 
-    fn norm(&self, x: &Array, weight: &Array) -> Array {
-        fast::rms_norm(x, Some(weight), self.eps)
-    }
-
     fn attention_input(&self, x: &Array, modulation: Option<&[Array; 4]>) -> Array {
-        let normed = self.norm(x, &self.attention_norm1);
+        let normed = self.attention_norm1.forward(x);
         match modulation {
             Some([scale_msa, ..]) => normed * scale_msa,
             None => normed,
@@ -357,21 +150,20 @@ impl Block {
     ) -> Array {
         let modulation = self.modulation_params(adaln);
         let attn_in = self.attention_input(x, modulation.as_ref());
-        let attn_out = self.norm(
-            &self.attention.forward(&attn_in, mask, rope),
-            &self.attention_norm2,
-        );
+        let attn_out = self
+            .attention_norm2
+            .forward(&self.attention.forward(&attn_in, mask, rope));
         match modulation {
             Some([_, gate_msa, scale_mlp, gate_mlp]) => {
                 let x = x + gate_msa * attn_out;
-                let ff_in = self.norm(&x, &self.ffn_norm1) * scale_mlp;
-                let ff_out = self.norm(&self.feed_forward.forward(&ff_in), &self.ffn_norm2);
+                let ff_in = self.ffn_norm1.forward(&x) * scale_mlp;
+                let ff_out = self.ffn_norm2.forward(&self.feed_forward.forward(&ff_in));
                 &x + gate_mlp * ff_out
             }
             None => {
                 let x = x + attn_out;
-                let ff_in = self.norm(&x, &self.ffn_norm1);
-                let ff_out = self.norm(&self.feed_forward.forward(&ff_in), &self.ffn_norm2);
+                let ff_in = self.ffn_norm1.forward(&x);
+                let ff_out = self.ffn_norm2.forward(&self.feed_forward.forward(&ff_in));
                 &x + ff_out
             }
         }
@@ -417,19 +209,16 @@ fn timestep_features(t: &Array) -> Array {
 /// The caption embedder: RMSNorm then a linear layer to the model width.
 #[derive(Module, Clone)]
 pub struct CaptionEmbedder {
-    #[weight("0.weight")]
-    pub norm: Array,
+    #[weight("0")]
+    pub norm: RmsNorm,
     #[weight("1")]
     pub linear: Linear,
-    #[weight(skip)]
-    pub eps: f32,
 }
 
 impl CaptionEmbedder {
     #[mlx::graph]
     pub fn forward(&self, cap_feats: &Array) -> Array {
-        self.linear
-            .forward(&fast::rms_norm(cap_feats, Some(&self.norm), self.eps))
+        self.linear.forward(&self.norm.forward(cap_feats))
     }
 }
 
@@ -472,6 +261,13 @@ impl Shapes<'_> {
         })
     }
 
+    pub fn rms_norm(&self, dim: i32) -> RmsNorm {
+        RmsNorm {
+            weight: self.array(&[dim]),
+            eps: self.config.norm_eps,
+        }
+    }
+
     pub fn block(&self, modulated: bool) -> Block {
         let c = self.config;
         let (dim, hidden, head_dim) = (c.dim, c.ffn_hidden(), c.head_dim());
@@ -491,12 +287,11 @@ impl Shapes<'_> {
                 w2: self.linear(dim, hidden, false),
                 w3: self.linear(hidden, dim, false),
             },
-            attention_norm1: self.array(&[dim]),
-            attention_norm2: self.array(&[dim]),
-            ffn_norm1: self.array(&[dim]),
-            ffn_norm2: self.array(&[dim]),
+            attention_norm1: self.rms_norm(dim),
+            attention_norm2: self.rms_norm(dim),
+            ffn_norm1: self.rms_norm(dim),
+            ffn_norm2: self.rms_norm(dim),
             modulation: modulated.then(|| self.linear(4 * dim, c.adaln_dim(), true)),
-            eps: c.norm_eps,
         }
     }
 }

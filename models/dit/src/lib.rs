@@ -3,9 +3,8 @@
 //! checkpoint loading, the flow-match Euler sampler, and the `dit` command.
 //!
 //! - [`config`]: `config.json` and the built-in model sizes.
-//! - [`layers`]: linear (dense or quantized), attention, feed-forward, transformer block,
-//!   embedders, final layer.
-//! - [`quant`]: the 8-bit formats of quantized linear layers (`mxfp8`, `affine8`).
+//! - [`layers`]: attention, feed-forward, transformer block, embedders, final layer (over
+//!   `mlx::nn`'s linear layers, dense or quantized).
 //! - [`sequence`]: patchify, pad tokens, RoPE positions and attention masks.
 //! - [`model`]: the transformer.
 //! - [`weights`]: loading and writing checkpoints, built-in random weights.
@@ -17,7 +16,6 @@ mod denoiser;
 pub mod layers;
 pub mod model;
 pub mod preview;
-pub mod quant;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;

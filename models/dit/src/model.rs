@@ -7,8 +7,10 @@
 use mlx::{Array, Dtype, Module};
 
 use crate::config::{DitConfig, T_EMBED_MID, T_FREQ_DIM};
-use crate::layers::{Block, CaptionEmbedder, FinalLayer, Linear, Shapes, TimestepEmbedder};
-use crate::quant::GROUP_SIZE;
+use mlx::nn::quant::GROUP_SIZE;
+use mlx::nn::Linear;
+
+use crate::layers::{Block, CaptionEmbedder, FinalLayer, Shapes, TimestepEmbedder};
 use crate::sequence::{fit_captions, patchify, unpatchify, Layout, Sequence};
 use crate::{DitError, Result};
 
@@ -58,9 +60,8 @@ impl ZImage {
                 fc2: shapes.linear(adaln, T_EMBED_MID, true),
             },
             cap_embedder: CaptionEmbedder {
-                norm: Array::zeros(&[c.cap_feat_dim], dtype),
+                norm: shapes.rms_norm(c.cap_feat_dim),
                 linear: shapes.linear(dim, c.cap_feat_dim, true),
-                eps: c.norm_eps,
             },
             x_pad_token: Array::zeros(&[1, dim], dtype),
             cap_pad_token: Array::zeros(&[1, dim], dtype),
@@ -209,7 +210,7 @@ impl ZImage {
 
         let patches = patchify(&latents.astype(dtype), self.config.patch_size());
         let x = self.x_embedder.forward(&patches);
-        let [b, n, d] = [0, 1, 2].map(|axis| x.dim(axis).unwrap_or(0));
+        let [b, n, d] = x.dims();
         let x_len = seq.x_rope.cos.dim(1).unwrap_or(0);
         let pads = self
             .x_pad_token

@@ -16,7 +16,7 @@
 use mlx::{Array, Dtype, Module};
 
 use crate::config::{DitConfig, SEQ_MULTI_OF};
-use crate::layers::RopeTable;
+use mlx::nn::rope::RopeTable;
 use crate::{DitError, Result};
 
 /// `n` rounded up to a multiple of 32.
@@ -184,7 +184,7 @@ fn rope_table(config: &DitConfig, positions: &[[i32; 3]], batch: i32) -> RopeTab
 /// `[B, C, H, W]` latents to `[B, (H/p)(W/p), p·p·C]` patch tokens (row-major over the
 /// grid; within a patch, `(ph, pw, c)`).
 pub fn patchify(latents: &Array, p: i32) -> Array {
-    let [b, c, h, w] = [0, 1, 2, 3].map(|axis| latents.dim(axis).unwrap_or(0));
+    let [b, c, h, w] = latents.dims();
     latents
         .reshape(&[b, c, h / p, p, w / p, p])
         .transpose(&[0, 2, 4, 3, 5, 1])

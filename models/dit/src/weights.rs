@@ -12,9 +12,10 @@ use mlx::module::LoadReport;
 use mlx::{random, Array, Dtype, Module};
 
 use crate::config::{DitConfig, T_FREQ_DIM};
-use crate::layers::{timestep_frequencies, Linear, QuantizedLinear};
+use crate::layers::timestep_frequencies;
 use crate::model::ZImage;
-use crate::quant::{self, MatmulPath, QuantConfig, QuantFormat, GROUP_SIZE};
+use mlx::nn::quant::{self, MatmulPath, QuantConfig, QuantFormat, GROUP_SIZE};
+use mlx::nn::{Linear, QuantizedLinear};
 use crate::teacache::{Coefficients, COEFFICIENTS_FILE};
 use crate::{DitError, Result};
 

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dit::layers::{Dense, Linear, QuantizedLinear};
-use dit::quant::{self, MatmulPath, QuantFormat, BITS, GROUP_SIZE};
+use mlx::nn::quant::{self, MatmulPath, QuantFormat, BITS, GROUP_SIZE};
+use mlx::nn::{Dense, Linear, QuantizedLinear};
 use dit::weights::{self, LoadOptions, ModelSource, WEIGHTS_FILE};
 use dit::{DitConfig, ZImage};
 use mlx::io::{load_safetensors, save_safetensors};

@@ -10,6 +10,26 @@ use crate::sys;
 use crate::Array;
 
 impl Array {
+    /// The shape as `N` sizes, for destructuring: `let [b, l, d] = x.dims();`.
+    ///
+    /// # Panics
+    ///
+    /// If the array does not have exactly `N` axes. Model code calls it on arrays whose
+    /// rank it has fixed; inside an `#[mlx::graph]` (compiled or eager) the panic comes
+    /// back as an `Err` naming this line. A failed array gives zeros instead: its own
+    /// error, carried by every op built on it, is the one worth reporting.
+    #[track_caller]
+    pub fn dims<const N: usize>(&self) -> [i32; N] {
+        match <[i32; N]>::try_from(self.shape()) {
+            Ok(dims) => dims,
+            Err(_) if self.error().is_some() => [0; N],
+            Err(_) => panic!(
+                "expected an array with {N} axes, found shape {:?}",
+                self.shape()
+            ),
+        }
+    }
+
     /// The same elements in a new shape; one dimension may be `-1` (inferred).
     #[track_caller]
     pub fn reshape(&self, shape: &[i32]) -> Array {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use dit::quant::QuantFormat;
+use mlx::nn::QuantFormat;
 use dit::weights::{self, LoadOptions, ModelSource};
 use mlx::io::{load_safetensors, save_safetensors};
 use mlx::Dtype;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use dit::preview;
-use dit::quant::QuantFormat;
+use mlx::nn::QuantFormat;
 use dit::sampler::{self, Caption, Request};
 use dit::scheduler::SchedulerConfig;
 use dit::teacache::{Coefficients, Mode, TeaCacheOptions};

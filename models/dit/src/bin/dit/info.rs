@@ -1,7 +1,7 @@
 //! `dit info`: what a model is and what it weighs.
 
 use dit::config::DitConfig;
-use dit::quant::{MatmulPath, QuantFormat};
+use mlx::nn::{MatmulPath, QuantFormat};
 use dit::weights::{self, LoadOptions, ModelSource, QuantReport};
 use mlx::{Dtype, Module};
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dit::quant::{QuantFormat, BITS, GROUP_SIZE};
+use mlx::nn::quant::{QuantFormat, BITS, GROUP_SIZE};
 use dit::teacache::{Coefficients, COEFFICIENTS_FILE};
 use dit::weights::{self, LoadOptions, ModelSource};
 use mlx::Module;

@@ -1,4 +1,4 @@
-//! 8-bit quantized linear weights: the two formats, their record in `config.json`, and which
+//! Quantized linear weights: the two formats, their record in `config.json`, and which
 //! matrix product runs them on the device at hand.
 //!
 //! Both formats quantize a linear layer's `[out, in]` weight along `in` in groups of
@@ -13,8 +13,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use mlx::ops::{QuantMode, Quantized};
-use mlx::{Array, Dtype};
+use crate::ops::{QuantMode, Quantized};
+use crate::{Array, Dtype};
 use serde::{Deserialize, Serialize};
 
 /// Elements per quantization group (MXFP8 fixes it at 32; affine8 uses the same).
@@ -22,8 +22,8 @@ pub const GROUP_SIZE: i32 = 32;
 /// Bits per quantized element.
 pub const BITS: i32 = 8;
 
-/// The 8-bit formats a linear layer can be stored in: `--fp8`, `dit quantize --mode`, and
-/// `config.json`'s `quantization.mode`.
+/// The 8-bit formats a linear layer can be stored in, named as `config.json`'s
+/// `quantization.mode` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum QuantFormat {
@@ -55,7 +55,7 @@ impl QuantFormat {
     /// Quantizes `w` (`[out, in]`, `in` a multiple of [`GROUP_SIZE`]) along its last axis.
     /// Lazy: the packed arrays are computed when evaluated.
     #[track_caller]
-    pub fn quantize(self, w: &Array) -> mlx::Result<Quantized> {
+    pub fn quantize(self, w: &Array) -> crate::Result<Quantized> {
         Quantized::new(w, GROUP_SIZE, BITS, self.mode())
     }
 
@@ -202,7 +202,7 @@ pub fn kernel_available(format: QuantFormat, dtype: Dtype) -> bool {
     let x = Array::ones(&[2, 2 * GROUP_SIZE], dtype);
     match format
         .quantize(&w)
-        .and_then(|q| mlx::eval([&q.matmul(&x, true)]))
+        .and_then(|q| crate::eval([&q.matmul(&x, true)]))
     {
         Ok(()) => true,
         Err(error) => {
@@ -218,16 +218,16 @@ fn time_product(format: QuantFormat, dtype: Dtype, path: MatmulPath) -> Option<D
     let w = Array::ones(&[512, 512], dtype);
     let x = Array::ones(&[64, 512], dtype);
     let q = format.quantize(&w).ok()?;
-    mlx::eval([&q.weights, &q.scales]).ok()?;
+    crate::eval([&q.weights, &q.scales]).ok()?;
     let product = || match path {
         MatmulPath::Kernel => q.matmul(&x, true),
         MatmulPath::Dequantize => x.matmul(&q.dequantize(Some(dtype)).t()),
     };
-    mlx::eval([&product()]).ok()?;
+    crate::eval([&product()]).ok()?;
     (0..3)
         .map(|_| {
             let started = Instant::now();
-            mlx::eval([&product()]).ok()?;
+            crate::eval([&product()]).ok()?;
             Some(started.elapsed())
         })
         .collect::<Option<Vec<_>>>()?
@@ -270,7 +270,7 @@ mod tests {
     fn the_probe_finds_the_cpu_kernels() {
         // MLX 0.32 has CPU kernels for both modes (mlx/backend/cpu/quantized.cpp); on a GPU
         // the answer depends on the backend, so only the CPU is pinned down here.
-        if !matches!(mlx::default_device(), Ok(mlx::Device::Cpu)) {
+        if !matches!(crate::default_device(), Ok(crate::Device::Cpu)) {
             return;
         }
         for format in QuantFormat::ALL {

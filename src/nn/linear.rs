@@ -1,0 +1,177 @@
+//! Linear layers: `x wᵀ + b` with the weight dense or quantized (see [`super::quant`]).
+
+use crate::ops::Quantized;
+use crate::{Array, Dtype, Module};
+
+use super::quant::{MatmulPath, QuantFormat, BITS, GROUP_SIZE};
+
+/// `nn.Linear`: `x wᵀ + b`, its weight dense or quantized to 8 bits (see [`super::quant`]).
+/// Either way it sits at the same checkpoint path; the variant is part of the structure
+/// compiled graphs are keyed on.
+#[derive(Module, Clone)]
+pub enum Linear {
+    Dense(Dense),
+    Quantized(QuantizedLinear),
+}
+
+impl Linear {
+    #[crate::graph]
+    pub fn forward(&self, x: &Array) -> Array {
+        match self {
+            Linear::Dense(dense) => dense.apply(x),
+            Linear::Quantized(quantized) => quantized.apply(x),
+        }
+    }
+
+    /// The dtype the layer computes in.
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            Linear::Dense(dense) => dense.weight.dtype(),
+            Linear::Quantized(quantized) => quantized.dtype,
+        }
+    }
+
+    /// `(out, in)` features.
+    pub fn features(&self) -> (i32, i32) {
+        match self {
+            Linear::Dense(dense) => matrix_dims(&dense.weight),
+            Linear::Quantized(quantized) => quantized.features(),
+        }
+    }
+
+    /// The layer's parameters counted as a dense layer's: `out · in` weights and the bias
+    /// (a quantized weight counts its float elements, not its packed words).
+    pub fn dense_parameters(&self) -> usize {
+        let (out, inp) = self.features();
+        let bias = match self {
+            Linear::Dense(dense) => dense.bias.is_some(),
+            Linear::Quantized(quantized) => quantized.bias.is_some(),
+        };
+        out as usize * inp as usize + if bias { out as usize } else { 0 }
+    }
+}
+
+/// The two dims of a matrix. A linear weight is `[out, in]` by construction: loading keeps
+/// the template's shape.
+fn matrix_dims(w: &Array) -> (i32, i32) {
+    let [rows, cols] = w.dims();
+    (rows, cols)
+}
+
+/// A dense linear layer: diffusers' `weight` `[out, in]` and optional `bias` `[out]`.
+#[derive(Module, Clone)]
+pub struct Dense {
+    pub weight: Array,
+    pub bias: Option<Array>,
+}
+
+impl Dense {
+    fn apply(&self, x: &Array) -> Array {
+        let y = x.matmul(&self.weight.t());
+        match &self.bias {
+            Some(bias) => y + bias,
+            None => y,
+        }
+    }
+}
+
+/// A linear layer with an 8-bit weight in MLX's packed layout, stored as `weight` (packed
+/// `uint32`, `[out, in / 4]`), `weight_scale` (`[out, in / 32]`), `weight_qbias` (affine8
+/// only) and the layer's own float `bias`.
+#[derive(Module, Clone)]
+pub struct QuantizedLinear {
+    #[weight("weight")]
+    pub packed: Array,
+    #[weight("weight_scale")]
+    pub scales: Array,
+    #[weight("weight_qbias")]
+    pub qbias: Option<Array>,
+    pub bias: Option<Array>,
+    #[weight(skip)]
+    pub format: QuantFormat,
+    #[weight(skip)]
+    pub matmul: MatmulPath,
+    /// The compute dtype: of the activations, the output and the dequantized weight.
+    #[weight(skip)]
+    pub dtype: Dtype,
+}
+
+impl QuantizedLinear {
+    /// Quantizes a dense layer (lazily); its input features must be a multiple of
+    /// [`GROUP_SIZE`].
+    #[track_caller]
+    pub fn from_dense(
+        dense: &Dense,
+        format: QuantFormat,
+        matmul: MatmulPath,
+    ) -> crate::Result<QuantizedLinear> {
+        let q = format.quantize(&dense.weight)?;
+        Ok(QuantizedLinear {
+            packed: q.weights,
+            scales: q.scales,
+            qbias: q.biases,
+            bias: dense.bias.clone(),
+            format,
+            matmul,
+            dtype: dense.weight.dtype(),
+        })
+    }
+
+    /// Zeros of the shapes and dtypes a `[out, inp]` layer stores, ready to be loaded.
+    pub fn zeros(
+        (out, inp): (i32, i32),
+        bias: bool,
+        format: QuantFormat,
+        matmul: MatmulPath,
+        dtype: Dtype,
+    ) -> QuantizedLinear {
+        let groups = [out, inp / GROUP_SIZE];
+        let scale_dtype = format.scale_dtype(dtype);
+        QuantizedLinear {
+            packed: Array::zeros(&[out, inp * BITS / 32], Dtype::U32),
+            scales: Array::zeros(&groups, scale_dtype),
+            qbias: format
+                .has_biases()
+                .then(|| Array::zeros(&groups, scale_dtype)),
+            bias: bias.then(|| Array::zeros(&[out], dtype)),
+            format,
+            matmul,
+            dtype,
+        }
+    }
+
+    /// `(out, in)` features, from the packed shape.
+    pub fn features(&self) -> (i32, i32) {
+        let (out, packed) = matrix_dims(&self.packed);
+        (out, packed * 32 / BITS)
+    }
+
+    /// MLX's view of the packed weight (clones share the arrays).
+    pub fn quantized(&self) -> Quantized {
+        Quantized {
+            weights: self.packed.clone(),
+            scales: self.scales.clone(),
+            biases: self.qbias.clone(),
+            group_size: GROUP_SIZE,
+            bits: BITS,
+            mode: self.format.mode(),
+        }
+    }
+
+    /// The float weight the packed one stands for, `[out, in]` in the compute dtype.
+    pub fn dequantize(&self) -> Array {
+        self.quantized().dequantize(Some(self.dtype))
+    }
+
+    fn apply(&self, x: &Array) -> Array {
+        let y = match self.matmul {
+            MatmulPath::Kernel => self.quantized().matmul(x, true),
+            MatmulPath::Dequantize => x.matmul(&self.dequantize().t()),
+        };
+        match &self.bias {
+            Some(bias) => y + bias,
+            None => y,
+        }
+    }
+}
+
