@@ -59,7 +59,7 @@ pub enum Error {
     },
     /// A checkpoint does not fit a module: every missing, unexpected and mis-shaped tensor.
     #[error("{0}")]
-    Load(crate::module::LoadReport),
+    Load(crate::load_report::LoadReport),
     /// Reading or writing a file failed, or its content is not what it claims to be.
     #[error("{}{}: {message}", path.display(), TensorSuffix(tensor))]
     File {

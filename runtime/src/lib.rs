@@ -60,6 +60,7 @@ mod error;
 mod eval;
 mod eval_lock;
 mod graph_dump;
+mod load_report;
 mod registry;
 mod sys;
 mod trace_depth;
