@@ -1,0 +1,362 @@
+//! Where a model's weights come from: a transformers checkpoint directory (`config.json`
+//! and `model.safetensors`, or shards listed by `model.safetensors.index.json`; a
+//! `Qwen3Model`'s names or a `Qwen3ForCausalLM`'s under `model.`), or the built-in random
+//! weights; and writing a model back in that layout.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use mlx::io::{load_checkpoint, save_safetensors, Checkpoint};
+use mlx::module::LoadReport;
+use mlx::{random, Array, Dtype, Module};
+
+use crate::config::Qwen3Config;
+use crate::model::Qwen3Model;
+use crate::{Qwen3Error, Result};
+
+/// The file transformers writes an unsharded checkpoint to.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Seed of the built-in models' weights.
+const BUILTIN_SEED: u64 = 0x0e3;
+/// The prefix `Qwen3ForCausalLM` (and other wrappers) store the base model under.
+const PREFIX: &str = "model.";
+/// The causal LM's output head: not part of the base model.
+const LM_HEAD: &str = "lm_head.weight";
+
+/// How to load a model. A `Dtype` converts into the options that load every layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The dtype the model computes in; stored tensors are converted to it.
+    pub dtype: Dtype,
+    /// Which decoder layers to load; the others are never read from the file.
+    pub layers: Layers,
+}
+
+/// The decoder layers a model is loaded with: the first ones of the checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layers {
+    All,
+    /// The layers Z-Image's text encoder runs: all but the last
+    /// ([`Qwen3Config::encoder_depth`]).
+    TextEncoder,
+    First(usize),
+}
+
+impl LoadOptions {
+    /// Only the layers Z-Image's text encoder runs, computing in `dtype`.
+    pub fn text_encoder(dtype: Dtype) -> LoadOptions {
+        LoadOptions {
+            dtype,
+            layers: Layers::TextEncoder,
+        }
+    }
+
+    /// The number of layers to load for `config`.
+    fn depth(&self, config: &Qwen3Config) -> Result<usize> {
+        let all = config.num_hidden_layers as usize;
+        match self.layers {
+            Layers::All => Ok(all),
+            Layers::TextEncoder => Ok(config.encoder_depth()),
+            Layers::First(n) if n <= all => Ok(n),
+            Layers::First(n) => Err(Qwen3Error::Input(format!(
+                "{n} layers asked of a model with {all}"
+            ))),
+        }
+    }
+}
+
+impl From<Dtype> for LoadOptions {
+    fn from(dtype: Dtype) -> LoadOptions {
+        LoadOptions {
+            dtype,
+            layers: Layers::All,
+        }
+    }
+}
+
+/// A checkpoint that does not fit the model: every missing, unexpected, mis-shaped and
+/// mis-typed tensor.
+#[derive(Debug)]
+pub struct Mismatch {
+    pub report: LoadReport,
+    /// `(tensor, what is wrong)`: tensors that are not floating point.
+    pub other: Vec<(String, String)>,
+}
+
+/// How many names of one kind of problem the message lists; [`Mismatch`] has them all.
+const LISTED: usize = 8;
+
+impl fmt::Display for Mismatch {
+    /// One line: the counts, then up to [`LISTED`] names of each kind of problem.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.report;
+        let shapes: Vec<String> = r
+            .mismatched
+            .iter()
+            .map(|(path, expected, found)| {
+                format!("{path} (expected {expected:?}, found {found:?})")
+            })
+            .collect();
+        let other: Vec<String> = self
+            .other
+            .iter()
+            .map(|(path, problem)| format!("{path} ({problem})"))
+            .collect();
+        f.write_str("the checkpoint does not fit the model:")?;
+        let mut first = true;
+        for (kind, items) in [
+            ("missing", &r.missing),
+            ("unexpected", &r.unexpected),
+            ("wrongly shaped", &shapes),
+            ("wrongly typed", &other),
+        ] {
+            if items.is_empty() {
+                continue;
+            }
+            let sep = if first { " " } else { "; " };
+            first = false;
+            let listed = items[..items.len().min(LISTED)].join(", ");
+            write!(f, "{sep}{} {kind}: {listed}", items.len())?;
+            if items.len() > LISTED {
+                write!(f, " and {} more", items.len() - LISTED)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loads a checkpoint directory, its weights evaluated (tensors stored in the compute
+/// dtype stay memory-mapped; others are converted once, and only those of the layers
+/// loaded).
+pub fn load(dir: &Path, options: impl Into<LoadOptions>) -> Result<Qwen3Model> {
+    let options = options.into();
+    if !dir.is_dir() {
+        return Err(Qwen3Error::Input(format!(
+            "{}: not a model directory",
+            dir.display()
+        )));
+    }
+    let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+    let checkpoint = load_checkpoint(dir)?;
+    fill(config, checkpoint, options, dir)
+}
+
+/// A built-in model (`config` is usually [`Qwen3Config::tiny`] or
+/// [`Qwen3Config::small`]) with [`random_weights`]. The layers loaded get the same
+/// weights whatever `options.layers` says.
+pub fn builtin(config: &Qwen3Config, options: impl Into<LoadOptions>) -> Result<Qwen3Model> {
+    config.validate().map_err(|message| Qwen3Error::Config {
+        path: PathBuf::from("<built-in>"),
+        message,
+    })?;
+    fill(
+        config.clone(),
+        random_weights(config),
+        options.into(),
+        Path::new("<built-in>"),
+    )
+}
+
+/// Fills a model of `config` from `checkpoint` (read from `origin`).
+fn fill(
+    config: Qwen3Config,
+    checkpoint: Checkpoint,
+    options: LoadOptions,
+    origin: &Path,
+) -> Result<Qwen3Model> {
+    if !options.dtype.is_float() {
+        return Err(Qwen3Error::Input(format!(
+            "a model computes in a float dtype, not {}",
+            options.dtype
+        )));
+    }
+    let depth = options.depth(&config)?;
+    let (mut checkpoint, mut unexpected) = base_model_tensors(checkpoint);
+    // Layers past the depth asked for are dropped unread; past the config's count they
+    // are unexpected.
+    let skipped: Vec<String> = checkpoint
+        .names()
+        .filter(|name| {
+            layer_index(name).is_some_and(|i| i >= depth && i < config.num_hidden_layers as usize)
+        })
+        .map(str::to_owned)
+        .collect();
+    for name in &skipped {
+        checkpoint.take(name);
+    }
+    // Loading would convert integer tensors silently.
+    let other: Vec<(String, String)> = checkpoint
+        .iter()
+        .filter(|(_, array)| !array.dtype().is_float())
+        .map(|(name, array)| (name.to_string(), format!("stored as {}", array.dtype())))
+        .collect();
+    let mut model = Qwen3Model::zeros(&config, depth, options.dtype);
+    let mut report = LoadReport::default();
+    model.load_from("", &mut checkpoint, &mut report);
+    unexpected.extend(checkpoint.names().map(str::to_owned));
+    unexpected.sort();
+    report.unexpected = unexpected;
+    if !report.is_clean() || !other.is_empty() {
+        return Err(Qwen3Error::Checkpoint {
+            path: origin.to_path_buf(),
+            mismatch: Mismatch { report, other },
+        });
+    }
+    mlx::eval(model.parameters().into_iter().map(|(_, a)| a))?;
+    Ok(model)
+}
+
+/// The base model's tensors under their `Qwen3Model` names: a checkpoint that stores
+/// them under `model.` (it has `model.embed_tokens.weight`) loses the prefix, and a
+/// causal LM's `lm_head.weight` is set aside. Also returns the names that fit neither
+/// layout (unprefixed tensors of a prefixed checkpoint), to report as unexpected.
+fn base_model_tensors(mut checkpoint: Checkpoint) -> (Checkpoint, Vec<String>) {
+    let prefixed = checkpoint
+        .get(&format!("{PREFIX}embed_tokens.weight"))
+        .is_some();
+    checkpoint.take(LM_HEAD);
+    if !prefixed {
+        return (checkpoint, Vec::new());
+    }
+    let names: Vec<String> = checkpoint.names().map(str::to_owned).collect();
+    let mut unexpected = Vec::new();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(array) = checkpoint.take(&name) else {
+            continue;
+        };
+        match name.strip_prefix(PREFIX) {
+            Some(base) => tensors.push((base.to_string(), array)),
+            None => unexpected.push(name),
+        }
+    }
+    (Checkpoint::from_arrays(tensors), unexpected)
+}
+
+/// `N` of a tensor `layers.N.…`.
+fn layer_index(name: &str) -> Option<usize> {
+    name.strip_prefix("layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Refuses to write a checkpoint into a directory that already holds one (a
+/// `config.json` or safetensors files): files left from the old one, an index above all,
+/// would shadow or mix with the new.
+pub fn check_new_target(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // missing (it will be created) or unreadable (writing will say)
+    };
+    let occupied = entries.flatten().any(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        name == "config.json"
+            || name.ends_with(".safetensors")
+            || name.ends_with(".safetensors.index.json")
+    });
+    if occupied {
+        return Err(Qwen3Error::Input(format!(
+            "{}: already holds a checkpoint; choose a new directory",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `model` as transformers writes a `Qwen3Model`: `config.json` and
+/// `model.safetensors`, names without a prefix, tensors in `dtype` (a float dtype). Only
+/// a model loaded whole can be written.
+pub fn save(model: &Qwen3Model, dir: &Path, dtype: Dtype) -> Result<()> {
+    let all = model.config.num_hidden_layers as usize;
+    if model.layers.len() != all {
+        return Err(Qwen3Error::Input(format!(
+            "the model was loaded with {} of its {all} layers; load all of them to save it",
+            model.layers.len()
+        )));
+    }
+    if !dtype.is_float() {
+        return Err(Qwen3Error::Input(format!(
+            "checkpoints are written in a float dtype, not {dtype}"
+        )));
+    }
+    let io = |e| Qwen3Error::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tensors: Vec<(String, Array)> = model
+        .parameters()
+        .into_iter()
+        .map(|(name, array)| (name, array.astype(dtype)))
+        .collect();
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    save_safetensors(
+        dir.join(WEIGHTS_FILE),
+        tensors.iter().map(|(name, array)| (name, array)),
+        &metadata,
+    )?;
+    let config = Qwen3Config {
+        // MLX's names of float dtypes are PyTorch's.
+        dtype: Some(dtype.name().to_string()),
+        architectures: vec!["Qwen3Model".into()],
+        ..model.config.clone()
+    };
+    // A `Value` of plain JSON types always serializes.
+    let text = serde_json::to_string_pretty(&config.to_json()).unwrap_or_default();
+    let path = dir.join("config.json");
+    std::fs::write(&path, text + "\n").map_err(|e| Qwen3Error::Io { path, source: e })
+}
+
+/// Deterministic random weights of `config`'s shapes (all its layers), scaled so
+/// activations stay O(1) and the built-in pipeline's caption features vary with the
+/// prompt: linear weights `N(0, 1/fan_in)`, norm weights `1 + 0.1 N(0, 1)`, embeddings
+/// `N(0, 1)`. Each tensor draws from its own key, in name order.
+pub fn random_weights(config: &Qwen3Config) -> Checkpoint {
+    let shapes = Qwen3Model::zeros(config, config.num_hidden_layers as usize, Dtype::F32);
+    let params = shapes.parameters();
+    let keys = random::split(&random::key(BUILTIN_SEED), params.len() as i32);
+    let arrays = params.into_iter().zip(keys).map(|((name, like), key)| {
+        let noise = random::normal(like.shape(), Dtype::F32, &key);
+        let value = if name == "embed_tokens.weight" {
+            noise
+        } else if like.ndim() == 1 {
+            noise * 0.1 + 1.0
+        } else {
+            let fan_in = like.dim(1).unwrap_or(1);
+            noise * (1.0 / f64::from(fan_in).sqrt())
+        };
+        (name, value)
+    });
+    Checkpoint::from_arrays(arrays)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_indices_are_read_from_names() {
+        assert_eq!(layer_index("layers.12.mlp.up_proj.weight"), Some(12));
+        assert_eq!(layer_index("embed_tokens.weight"), None);
+        assert_eq!(layer_index("layers.x.mlp"), None);
+    }
+
+    #[test]
+    fn text_encoder_options_load_all_but_the_last_layer() {
+        let config = Qwen3Config::tiny();
+        assert_eq!(
+            LoadOptions::text_encoder(Dtype::F32)
+                .depth(&config)
+                .unwrap(),
+            1
+        );
+        assert_eq!(LoadOptions::from(Dtype::F32).depth(&config).unwrap(), 2);
+        let too_many = LoadOptions {
+            layers: Layers::First(3),
+            ..LoadOptions::from(Dtype::F32)
+        };
+        assert!(too_many.depth(&config).is_err());
+    }
+}
