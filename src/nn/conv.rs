@@ -19,7 +19,14 @@ pub struct Conv2d {
 impl Conv2d {
     /// Zeros of a `kernel`x`kernel` convolution from `inp` to `out` channels, with a
     /// bias (what loading fills in).
-    pub fn zeros(inp: i32, out: i32, kernel: i32, stride: i32, padding: i32, dtype: Dtype) -> Conv2d {
+    pub fn zeros(
+        inp: i32,
+        out: i32,
+        kernel: i32,
+        stride: i32,
+        padding: i32,
+        dtype: Dtype,
+    ) -> Conv2d {
         Conv2d {
             weight: Array::zeros(&[out, inp, kernel, kernel], dtype),
             bias: Some(Array::zeros(&[out], dtype)),

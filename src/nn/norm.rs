@@ -72,12 +72,13 @@ impl GroupNorm {
     #[track_caller]
     pub fn forward(&self, x: &Array) -> Array {
         let [n, h, w, c] = x.dims();
-        let grouped = x
-            .astype(Dtype::F32)
-            .reshape(&[n, h * w, self.groups, c / self.groups.max(1)]);
+        let grouped =
+            x.astype(Dtype::F32)
+                .reshape(&[n, h * w, self.groups, c / self.groups.max(1)]);
         let mean = grouped.mean(&[1, 3], true);
         let var = grouped.var(&[1, 3], true, 0);
-        let normed = ((grouped - mean) * (var + f64::from(self.eps)).rsqrt()).reshape(&[n, h, w, c]);
+        let normed =
+            ((grouped - mean) * (var + f64::from(self.eps)).rsqrt()).reshape(&[n, h, w, c]);
         normed.astype(x.dtype()) * &self.weight + &self.bias
     }
 }

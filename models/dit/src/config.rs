@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use mlx::nn::QuantConfig;
 use crate::{DitError, Result};
+use mlx::nn::QuantConfig;
 
 /// Width of the timestep embedding that modulates every block: `min(dim, 256)`.
 pub const ADALN_EMBED_DIM: i32 = 256;

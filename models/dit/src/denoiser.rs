@@ -5,14 +5,28 @@
 use mlx::{Array, Dtype};
 
 use crate::model::ZImage;
-use crate::sampler::Request;
-use crate::scheduler::Schedule;
 use crate::sequence::Sequence;
-use crate::teacache::{Mode, Naive, Poly};
+use crate::teacache::{Mode, Naive, Poly, TeaCacheOptions};
 use crate::{DitError, Result};
 
+/// What a [`Denoiser`] is set up for: one sampling run's fixed inputs.
+pub struct DenoiserSetup<'r> {
+    pub teacache: &'r TeaCacheOptions,
+    /// Steps the run takes (poly mode always computes the last one).
+    pub steps: usize,
+    /// Caption features `[B, L, cap_feat_dim]` in the model's dtype, fitted to the layout.
+    pub cap_feats: Array,
+    pub seq: Sequence,
+    /// Latent height and width.
+    pub latent_hw: (i32, i32),
+    /// Real image tokens: what TeaCache compares between steps.
+    pub image_tokens: i32,
+    /// Record what fitting TeaCache's polynomial needs (see [`Denoiser::changes`]).
+    pub record_changes: bool,
+}
+
 /// The transformer and TeaCache's state for one sampling run.
-pub(crate) struct Denoiser<'a> {
+pub struct Denoiser<'a> {
     model: &'a ZImage,
     cap_feats: Array,
     seq: Sequence,
@@ -43,15 +57,8 @@ enum Cache {
 }
 
 impl<'a> Denoiser<'a> {
-    pub fn new(
-        model: &'a ZImage,
-        request: &Request,
-        schedule: &Schedule,
-        cap_feats: Array,
-        seq: Sequence,
-        image_tokens: i32,
-    ) -> Result<Denoiser<'a>> {
-        let options = &request.teacache;
+    pub fn new(model: &'a ZImage, setup: DenoiserSetup<'_>) -> Result<Denoiser<'a>> {
+        let options = setup.teacache;
         let cache = match options.mode {
             Mode::Off => Cache::Off,
             Mode::Naive => Cache::Naive {
@@ -61,15 +68,14 @@ impl<'a> Denoiser<'a> {
             Mode::Poly => {
                 let coefficients = options.coefficients.as_ref().ok_or_else(|| {
                     DitError::Input(
-                        "--teacache poly needs fitted coefficients: --coefficients FILE \
-                         (from `dit teacache-fit`), or a teacache_coefficients.json next to \
-                         the model's config.json"
+                        "TeaCache's poly mode needs fitted coefficients, and the model has no \
+                         teacache_coefficients.json next to its config.json"
                             .into(),
                     )
                 })?;
                 if model.layers.is_empty() {
                     return Err(DitError::Input(
-                        "--teacache poly needs a model with main layers".into(),
+                        "TeaCache's poly mode needs a model with main layers".into(),
                     ));
                 }
                 Cache::Poly {
@@ -77,7 +83,7 @@ impl<'a> Denoiser<'a> {
                         options.threshold,
                         coefficients,
                         options.warmup,
-                        schedule.len(),
+                        setup.steps,
                     ),
                     previous_input: None,
                     residual: None,
@@ -86,13 +92,13 @@ impl<'a> Denoiser<'a> {
         };
         Ok(Denoiser {
             model,
-            cap_feats,
-            seq,
-            latent_hw: request.latent_hw()?,
-            image_tokens,
+            cap_feats: setup.cap_feats,
+            seq: setup.seq,
+            latent_hw: setup.latent_hw,
+            image_tokens: setup.image_tokens,
             cache,
-            computed: Vec::with_capacity(schedule.len()),
-            changes: request.record_changes.then(Vec::new),
+            computed: Vec::with_capacity(setup.steps),
+            changes: setup.record_changes.then(Vec::new),
             previous_output: None,
         })
     }
@@ -101,7 +107,7 @@ impl<'a> Denoiser<'a> {
     /// float32: computed, or reused as TeaCache decides.
     pub fn velocity(&mut self, step: usize, t: f32, latents: &Array) -> Result<Array> {
         let model = self.model;
-        let batch = latents.dim(0).unwrap_or(1);
+        let [batch, ..] = latents.dims::<4>();
         let t_array = Array::full(&[batch], t, Dtype::F32);
         let latents = latents.astype(model.dtype());
         let (h, w) = self.latent_hw;

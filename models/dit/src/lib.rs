@@ -1,6 +1,7 @@
 //! The Z-Image diffusion transformer written with `#[mlx::graph]` and `#[derive(mlx::Module)]`:
 //! diffusers' `ZImageTransformer2DModel` (same `config.json`, weight names and numerics),
-//! checkpoint loading, the flow-match Euler sampler, and the `dit` command.
+//! checkpoint loading, and TeaCache. The sampler and the `dit` command are the `zimage`
+//! crate's.
 //!
 //! - [`config`]: `config.json` and the built-in model sizes.
 //! - [`layers`]: attention, feed-forward, transformer block, embedders, final layer (over
@@ -8,16 +9,12 @@
 //! - [`sequence`]: patchify, pad tokens, RoPE positions and attention masks.
 //! - [`model`]: the transformer.
 //! - [`weights`]: loading and writing checkpoints, built-in random weights.
-//! - [`scheduler`], [`sampler`]: the denoising loop; [`teacache`]: step skipping.
-//! - [`preview`]: a PNG of latents.
+//! - [`teacache`]: step skipping; [`denoiser`]: one step's transformer work under it.
 
 pub mod config;
-mod denoiser;
+pub mod denoiser;
 pub mod layers;
 pub mod model;
-pub mod preview;
-pub mod sampler;
-pub mod scheduler;
 pub mod sequence;
 pub mod teacache;
 pub mod weights;

@@ -16,8 +16,8 @@
 use mlx::{Array, Dtype, Module};
 
 use crate::config::{DitConfig, SEQ_MULTI_OF};
-use mlx::nn::rope::RopeTable;
 use crate::{DitError, Result};
+use mlx::nn::rope::RopeTable;
 
 /// `n` rounded up to a multiple of 32.
 pub fn padded_len(n: i32) -> i32 {

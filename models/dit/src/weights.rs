@@ -14,10 +14,10 @@ use mlx::{random, Array, Dtype, Module};
 use crate::config::{DitConfig, T_FREQ_DIM};
 use crate::layers::timestep_frequencies;
 use crate::model::ZImage;
-use mlx::nn::quant::{self, MatmulPath, QuantConfig, QuantFormat, GROUP_SIZE};
-use mlx::nn::{Linear, QuantizedLinear};
 use crate::teacache::{Coefficients, COEFFICIENTS_FILE};
 use crate::{DitError, Result};
+use mlx::nn::quant::{self, MatmulPath, QuantConfig, QuantFormat, GROUP_SIZE};
+use mlx::nn::{Linear, QuantizedLinear};
 
 /// The file diffusers writes an unsharded transformer to.
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";

@@ -60,6 +60,30 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// The shipped tokenizer's files, by name.
+const BUILTIN_FILES: [(&str, &str); 2] = [
+    (
+        "tokenizer.json",
+        include_str!("../tokenizer/tokenizer.json"),
+    ),
+    (
+        "tokenizer_config.json",
+        include_str!("../tokenizer/tokenizer_config.json"),
+    ),
+];
+
+/// Writes the shipped tokenizer ([`Tokenizer::builtin`]) into `dir` (created if missing),
+/// as a pipeline folder's `tokenizer/` holds it.
+pub fn write_builtin(dir: &Path) -> Result<()> {
+    let io = |path: PathBuf| move |source| Qwen3Error::Io { path, source };
+    std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+    for (name, text) in BUILTIN_FILES {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(io(path.clone()))?;
+    }
+    Ok(())
+}
+
 /// The files a tokenizer is made of, read.
 struct Files {
     json: (PathBuf, String),
@@ -96,15 +120,10 @@ impl Tokenizer {
     /// It tokenizes any text; the built-in models have its vocabulary.
     pub fn builtin() -> Result<Tokenizer> {
         let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tokenizer"));
+        let [(json_name, json), (config_name, config)] = BUILTIN_FILES;
         Tokenizer::from_files(Files {
-            json: (
-                dir.join("tokenizer.json"),
-                include_str!("../tokenizer/tokenizer.json").into(),
-            ),
-            config: (
-                dir.join("tokenizer_config.json"),
-                Some(include_str!("../tokenizer/tokenizer_config.json").into()),
-            ),
+            json: (dir.join(json_name), json.into()),
+            config: (dir.join(config_name), Some(config.into())),
             jinja: None,
         })
     }

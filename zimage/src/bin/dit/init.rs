@@ -1,16 +1,16 @@
-//! `dit init`: a built-in model as a diffusers-layout checkpoint.
+//! `dit init`: a built-in pipeline as a diffusers pipeline folder.
 
 use std::path::PathBuf;
 
 use dit::teacache::COEFFICIENTS_FILE;
 use dit::weights::{self, ModelSource};
-use mlx::Module;
+use zimage::pipeline;
 
 use crate::{model_source, CliResult, FloatDtype};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The built-in model to write: tiny or small.
+    /// The built-in pipeline to write: tiny or small.
     #[arg(long, value_parser = model_source)]
     model: ModelSource,
     /// The directory to write (created if missing).
@@ -22,24 +22,22 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult {
-    if let ModelSource::Dir(dir) = &args.model {
+    let ModelSource::Builtin(builtin) = &args.model else {
         return Err(format!(
-            "--model {}: init writes a built-in model (tiny or small)",
-            dir.display()
+            "--model {}: init writes a built-in pipeline (tiny or small)",
+            args.model
         )
         .into());
-    }
+    };
     weights::check_new_target(&args.out)?;
-    let loaded = weights::load(&args.model, mlx::Dtype::F32)?;
-    weights::save(&loaded.model, &args.out, args.dtype.dtype())?;
+    pipeline::write_builtin(*builtin, &args.out, args.dtype.dtype())?;
     if let Some(coefficients) = weights::teacache_coefficients(&args.model)? {
-        coefficients.write(&args.out.join(COEFFICIENTS_FILE))?;
+        coefficients.write(&args.out.join("transformer").join(COEFFICIENTS_FILE))?;
     }
     println!(
-        "wrote the {} model to {} ({} tensors, {})",
+        "wrote the {} pipeline to {} ({})",
         args.model,
         args.out.display(),
-        loaded.model.parameters().len(),
         args.dtype.dtype()
     );
     Ok(())

@@ -1,12 +1,12 @@
 //! TeaCache in the sampler: decisions as the policies make them, threshold 0 is exactly
 //! no caching, and skipping changes the result by a bounded amount.
 
-use dit::sampler::{self, Caption, Generation, Request};
-use dit::scheduler::SchedulerConfig;
 use dit::teacache::{Coefficients, Mode, Naive, Poly, TeaCacheOptions};
 use dit::weights::{self, Builtin, ModelSource};
 use dit::ZImage;
 use mlx::Dtype;
+use zimage::sampler::{self, Caption, Generation, Guidance, Noise, Request};
+use zimage::scheduler::SchedulerConfig;
 
 fn tiny() -> ZImage {
     weights::load(&ModelSource::Builtin(Builtin::Tiny), Dtype::F32)
@@ -20,8 +20,11 @@ fn request(model: &ZImage, cfg: f32, teacache: TeaCacheOptions) -> Request {
         width: 128,
         height: 128,
         steps: 8,
-        seed: 11,
-        cfg,
+        noise: Noise::Seeded(11),
+        guidance: Guidance {
+            scale: cfg,
+            ..Guidance::off()
+        },
         caption: Caption::random(20, dim, 1),
         negative: Caption::random(7, dim, 2),
         scheduler: SchedulerConfig::default(),

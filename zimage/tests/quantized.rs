@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mlx::nn::quant::{self, MatmulPath, QuantFormat, BITS, GROUP_SIZE};
-use mlx::nn::{Dense, Linear, QuantizedLinear};
 use dit::weights::{self, LoadOptions, ModelSource, WEIGHTS_FILE};
 use dit::{DitConfig, ZImage};
 use mlx::io::{load_safetensors, save_safetensors};
+use mlx::nn::quant::{self, MatmulPath, QuantFormat, BITS, GROUP_SIZE};
+use mlx::nn::{Dense, Linear, QuantizedLinear};
 use mlx::{random, Array, Dtype};
 use serde_json::Value;
 

@@ -1,12 +1,12 @@
 //! `dit info`: what a model is and what it weighs.
 
 use dit::config::DitConfig;
-use mlx::nn::{MatmulPath, QuantFormat};
 use dit::weights::{self, LoadOptions, ModelSource, QuantReport};
+use mlx::nn::{MatmulPath, QuantFormat};
 use mlx::{Dtype, Module};
 use serde_json::{json, Value};
 
-use crate::{compute_dtype, mib, model_source, CliResult, FloatDtype};
+use crate::{compute_dtype, mib, model_source, transformer_source, CliResult, FloatDtype};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,7 +30,7 @@ pub fn run(args: Args) -> CliResult {
         fp8: args.fp8,
         ..LoadOptions::from(dtype)
     };
-    let loaded = weights::load(&args.model, options)?;
+    let loaded = weights::load(&transformer_source(&args.model)?, options)?;
     let model = &loaded.model;
     let c: &DitConfig = &model.config;
     let report = json!({

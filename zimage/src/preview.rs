@@ -1,20 +1,21 @@
-//! A PNG preview of latents until a VAE decoder exists: the first three channels, each
-//! normalized to its own range, upscaled by the VAE factor so the image has the requested
-//! pixel size.
+//! A PNG preview of latents, for transformer checkpoints that come without a VAE: the
+//! first three channels, each normalized to its own range, upscaled by the VAE factor so
+//! the image has the requested pixel size.
 
 use std::path::Path;
 
 use mlx::{Array, Dtype};
 
+use crate::picture::{self, Rgb8};
 use crate::sampler::VAE_SCALE;
-use crate::{DitError, Result};
+use crate::{Error, Result};
 
 /// Writes `latents: [1, C, h, w]` as an RGB PNG of `(w·8) × (h·8)` pixels. With fewer than
 /// three channels the last one is repeated.
 pub fn write_png(latents: &Array, path: &Path) -> Result<()> {
     let shape = latents.shape();
     if shape.len() != 4 || shape[0] != 1 || shape[1] < 1 {
-        return Err(DitError::Input(format!(
+        return Err(Error::Input(format!(
             "a preview needs latents of shape [1, C, h, w], found {shape:?}"
         )));
     }
@@ -36,21 +37,12 @@ pub fn write_png(latents: &Array, path: &Path) -> Result<()> {
             rgb.extend(planes.iter().map(|p| p[i]));
         }
     }
-    let io = |e: std::io::Error| DitError::Io {
-        path: path.to_path_buf(),
-        source: e,
+    let picture = Rgb8 {
+        width: width as u32,
+        height: height as u32,
+        pixels: rgb,
     };
-    let file = std::fs::File::create(path).map_err(io)?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let encode = |e: png::EncodingError| DitError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    };
-    let mut writer = encoder.write_header().map_err(encode)?;
-    writer.write_image_data(&rgb).map_err(encode)?;
-    writer.finish().map_err(encode)
+    picture::write_png(path, &picture, &[])
 }
 
 /// Maps a channel's range to 0..=255 (a constant channel to mid-grey).

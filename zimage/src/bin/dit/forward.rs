@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use mlx::nn::QuantFormat;
 use dit::weights::{self, LoadOptions, ModelSource};
 use mlx::io::{load_safetensors, save_safetensors};
+use mlx::nn::QuantFormat;
 use mlx::Dtype;
 
-use crate::{compute_dtype, model_source, CliResult, FloatDtype};
+use crate::{compute_dtype, model_source, transformer_source, CliResult, FloatDtype};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,7 +43,7 @@ pub fn run(args: Args) -> CliResult {
             .ok_or_else(|| format!("{}: no tensor `{name}`", args.inputs.display()))
     };
     let (latents, t, cap_feats) = (get("latents")?, get("timestep")?, get("cap_feats")?);
-    let batch = latents.dim(0).unwrap_or(0);
+    let batch = latents.shape().first().copied().unwrap_or(0);
     if t.shape() != [batch] {
         return Err(format!(
             "{}: `timestep` must be [{batch}] (one per latent), found {:?}",
@@ -71,7 +71,7 @@ pub fn run(args: Args) -> CliResult {
         fp8: args.fp8,
         ..LoadOptions::from(compute_dtype(args.dtype)?)
     };
-    let loaded = weights::load(&args.model, options)?;
+    let loaded = weights::load(&transformer_source(&args.model)?, options)?;
     let out = loaded
         .model
         .forward(&latents, &t, &cap_feats, &cap_lens)?

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::{DitError, Result};
+use crate::{Error, Result};
 
 /// The scheduler's `scheduler_config.json` keys this sampler uses. Keys a file leaves out
 /// take diffusers' defaults for the class (no dynamic shifting, shift 1).
@@ -25,12 +25,13 @@ pub struct SchedulerConfig {
 }
 
 impl Default for SchedulerConfig {
-    /// Dynamic shifting with the pipeline's `calculate_shift` defaults.
+    /// Z-Image-Turbo's published scheduler: a static shift of 3, no dynamic shifting (the
+    /// `calculate_shift` settings are the pipeline's defaults, unused then).
     fn default() -> SchedulerConfig {
         SchedulerConfig {
             num_train_timesteps: 1000,
-            shift: 1.0,
-            use_dynamic_shifting: true,
+            shift: 3.0,
+            use_dynamic_shifting: false,
             base_shift: 0.5,
             max_shift: 1.15,
             base_image_seq_len: 256,
@@ -56,7 +57,6 @@ impl SchedulerConfig {
     fn diffusers_defaults() -> SchedulerConfig {
         SchedulerConfig {
             shift: 1.0,
-            use_dynamic_shifting: false,
             ..SchedulerConfig::default()
         }
     }
@@ -112,9 +112,24 @@ impl SchedulerConfig {
             return Ok(SchedulerConfig::default());
         };
         let text = crate::read_text(path)?;
-        SchedulerConfig::parse(&text).map_err(|message| DitError::Config {
+        SchedulerConfig::parse(&text).map_err(|message| Error::Config {
             path: path.clone(),
             message,
+        })
+    }
+
+    /// The config as diffusers writes `scheduler_config.json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "_diffusers_version": "0.42.1",
+            "num_train_timesteps": self.num_train_timesteps,
+            "shift": self.shift,
+            "use_dynamic_shifting": self.use_dynamic_shifting,
+            "base_shift": self.base_shift,
+            "max_shift": self.max_shift,
+            "base_image_seq_len": self.base_image_seq_len,
+            "max_image_seq_len": self.max_image_seq_len,
         })
     }
 

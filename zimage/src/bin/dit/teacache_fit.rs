@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use dit::sampler::{self, Caption, Request, MAX_STEPS};
-use dit::scheduler::SchedulerConfig;
 use dit::teacache::{fit_polynomial, polyval, Coefficients, TeaCacheOptions};
 use dit::weights::{self, ModelSource};
+use zimage::sampler::{self, Caption, Guidance, Noise, Request, MAX_STEPS};
+use zimage::scheduler::SchedulerConfig;
 
-use crate::{compute_dtype, model_source, CliResult, FloatDtype};
+use crate::{compute_dtype, model_source, transformer_source, CliResult, FloatDtype};
 
 /// Degree of the fitted polynomial (the TeaCache paper's).
 const DEGREE: usize = 4;
@@ -53,9 +53,10 @@ pub fn run(args: Args) -> CliResult {
         )
         .into());
     }
-    let loaded = weights::load(&args.model, compute_dtype(args.dtype)?)?;
+    let source = transformer_source(&args.model)?;
+    let loaded = weights::load(&source, compute_dtype(args.dtype)?)?;
     let model = &loaded.model;
-    let scheduler = match &args.model {
+    let scheduler = match &source {
         ModelSource::Dir(dir) => SchedulerConfig::for_model_dir(dir)?,
         ModelSource::Builtin(_) => SchedulerConfig::default(),
     };
@@ -69,8 +70,8 @@ pub fn run(args: Args) -> CliResult {
             width: args.width,
             height: args.height,
             steps,
-            seed,
-            cfg: 0.0,
+            noise: Noise::Seeded(seed),
+            guidance: Guidance::off(),
             caption: Caption::random(64, dim, seed.wrapping_add(1)),
             negative: Caption::random(64, dim, seed.wrapping_add(2)),
             scheduler: scheduler.clone(),

@@ -206,8 +206,8 @@ fn teacache_flags_report_and_fit() {
 fn forward_matches_the_diffusers_fixture() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.safetensors");
-    let inputs = fixtures().join("model_b_batch_mask.inputs.safetensors");
-    let model = fixtures().join("model_b");
+    let inputs = dit_fixtures().join("model_b_batch_mask.inputs.safetensors");
+    let model = dit_fixtures().join("model_b");
     succeed(&[
         "forward",
         "--model",
@@ -220,7 +220,7 @@ fn forward_matches_the_diffusers_fixture() {
     let ours = load_safetensors(&out).unwrap().tensors["out"]
         .to_vec::<f32>()
         .unwrap();
-    let expected = load_safetensors(fixtures().join("model_b_batch_mask.expected.safetensors"))
+    let expected = load_safetensors(dit_fixtures().join("model_b_batch_mask.expected.safetensors"))
         .unwrap()
         .tensors["out"]
         .to_vec::<f32>()

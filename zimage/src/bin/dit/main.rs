@@ -1,6 +1,9 @@
-//! `dit`: sample images, run single forward passes, write and describe checkpoints of the
-//! Z-Image transformer. Errors print as one `error:` line and exit with status 1.
+//! `dit`: draw pictures from prompts with Z-Image, run its parts one at a time (prompt
+//! encoding, one transformer pass, decoding), write and describe checkpoints. Errors print
+//! as one `error:` line and exit with status 1.
 
+mod decode;
+mod encode;
 mod forward;
 mod generate;
 mod info;
@@ -13,13 +16,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use dit::weights::ModelSource;
 use mlx::{Device, Dtype};
+use vae::Tiling;
+use zimage::folder::ModelDir;
 
 #[derive(Parser)]
-#[command(
-    name = "dit",
-    version,
-    about = "The Z-Image diffusion transformer on MLX"
-)]
+#[command(name = "dit", version, about = "Z-Image text-to-image on MLX")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,11 +28,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Sample latents with flow-match Euler and write a PNG preview.
+    /// Draw a picture from a prompt.
     Generate(generate::Args),
+    /// Encode a prompt to the transformer's caption embeddings.
+    Encode(encode::Args),
+    /// Decode latents to a picture with the VAE.
+    Decode(decode::Args),
     /// Run one transformer forward pass on inputs from a safetensors file.
     Forward(forward::Args),
-    /// Write a built-in model as a diffusers-layout checkpoint directory.
+    /// Write a built-in pipeline as a diffusers pipeline folder.
     Init(init::Args),
     /// Describe a model: architecture, sizes, dtypes, bytes, quantization.
     Info(info::Args),
@@ -74,9 +79,38 @@ pub fn compute_dtype(chosen: Option<FloatDtype>) -> mlx::Result<Dtype> {
 /// Parses `--model`.
 pub fn model_source(arg: &str) -> Result<ModelSource, String> {
     if arg.is_empty() {
-        return Err("expected tiny, small or a checkpoint directory".into());
+        return Err("expected tiny, small or a model directory".into());
     }
     Ok(ModelSource::parse(arg))
+}
+
+/// The transformer of `--model`: a built-in one, a transformer checkpoint, or a pipeline
+/// folder's `transformer/`.
+pub fn transformer_source(source: &ModelSource) -> Result<ModelSource, zimage::Error> {
+    Ok(match source {
+        ModelSource::Builtin(_) => source.clone(),
+        ModelSource::Dir(dir) => {
+            ModelSource::Dir(ModelDir::inspect(dir)?.transformer().to_path_buf())
+        }
+    })
+}
+
+/// `--vae-tiling`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TilingArg {
+    Auto,
+    On,
+    Off,
+}
+
+impl TilingArg {
+    pub fn tiling(self) -> Tiling {
+        match self {
+            TilingArg::Auto => Tiling::Auto,
+            TilingArg::On => Tiling::On,
+            TilingArg::Off => Tiling::Off,
+        }
+    }
 }
 
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -99,6 +133,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Encode(args) => encode::run(args),
+        Command::Decode(args) => decode::run(args),
         Command::Forward(args) => forward::run(args),
         Command::Init(args) => init::run(args),
         Command::Info(args) => info::run(args),

@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use mlx::nn::quant::{QuantFormat, BITS, GROUP_SIZE};
 use dit::teacache::{Coefficients, COEFFICIENTS_FILE};
 use dit::weights::{self, LoadOptions, ModelSource};
+use mlx::nn::quant::{QuantFormat, BITS, GROUP_SIZE};
 use mlx::Module;
 
-use crate::{mib, model_source, CliResult};
+use crate::{mib, model_source, transformer_source, CliResult};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,7 +23,9 @@ pub struct Args {
     mode: QuantFormat,
 }
 
-pub fn run(args: Args) -> CliResult {
+pub fn run(mut args: Args) -> CliResult {
+    // A pipeline folder's transformer is what is quantized.
+    args.model = transformer_source(&args.model)?;
     weights::check_new_target(&args.out)?;
     // Everything that can fail on the source is read before anything is written.
     let coefficients = weights::teacache_coefficients(&args.model)?;
@@ -70,9 +72,13 @@ fn copy_sampling_files(
         coefficients.write(&out.join(COEFFICIENTS_FILE))?;
     }
     if let ModelSource::Dir(dir) = source {
-        let scheduler = dir.join(SCHEDULER_FILE);
-        if scheduler.is_file() {
-            std::fs::copy(&scheduler, out.join(SCHEDULER_FILE)).map_err(|e| {
+        // Beside the transformer, or in a pipeline folder's scheduler/.
+        let candidates = [
+            dir.join(SCHEDULER_FILE),
+            dir.join("../scheduler").join(SCHEDULER_FILE),
+        ];
+        if let Some(scheduler) = candidates.iter().find(|p| p.is_file()) {
+            std::fs::copy(scheduler, out.join(SCHEDULER_FILE)).map_err(|e| {
                 format!("copying {} to {}: {e}", scheduler.display(), out.display())
             })?;
         }

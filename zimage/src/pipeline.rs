@@ -1,0 +1,268 @@
+//! The loaded pipeline: tokenizer, text encoder, transformer, VAE and scheduler config, from
+//! a diffusers pipeline folder, a transformer-only checkpoint, or built in.
+//!
+//! Memory across phases: the text encoder is loaded for prompt encoding and dropped
+//! afterwards (its arrays leave with it), unless it is kept resident for a server; the
+//! transformer and the VAE stay loaded. Nothing here frees by hand: each phase's arrays
+//! are locals of the function that runs it.
+
+use std::path::{Path, PathBuf};
+
+use dit::weights::{
+    self as dit_weights, Builtin, LoadOptions as DitLoadOptions, Loaded, ModelSource,
+};
+use mlx::nn::QuantFormat;
+use mlx::{Array, Dtype, Module};
+use qwen3::{weights as qwen3_weights, Qwen3Config, Qwen3Model, Tokenizer};
+use vae::{AutoencoderKL, Tiling, VaeConfig};
+
+use crate::folder::{model_index_json, ModelDir};
+use crate::prompt::{self, PromptEmbeds};
+use crate::scheduler::SchedulerConfig;
+use crate::{Error, Result};
+
+/// Seed of the built-in text encoders' and VAEs' weights (the transformer has its own).
+const BUILTIN_SEED: u64 = 0x21a6e;
+
+/// How to load a pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The dtype every component computes in.
+    pub dtype: Dtype,
+    /// Quantize the transformer's linear layers at load.
+    pub fp8: Option<QuantFormat>,
+    /// Keep the text encoder loaded between prompts (a server's choice); otherwise it is
+    /// loaded for each encoding and dropped before denoising.
+    pub keep_text_encoder: bool,
+}
+
+impl From<Dtype> for LoadOptions {
+    fn from(dtype: Dtype) -> LoadOptions {
+        LoadOptions {
+            dtype,
+            fp8: None,
+            keep_text_encoder: false,
+        }
+    }
+}
+
+/// Where the text encoder's weights come from when it is (re)loaded.
+#[derive(Clone, Debug)]
+enum EncoderSource {
+    Builtin(Qwen3Config),
+    Dir(PathBuf),
+}
+
+/// The tokenizer and the text encoder (resident or loaded on demand).
+struct TextStack {
+    tokenizer: Tokenizer,
+    source: EncoderSource,
+    resident: Option<Qwen3Model>,
+}
+
+/// A loaded Z-Image pipeline.
+pub struct Pipeline {
+    pub source: ModelSource,
+    pub transformer: Loaded,
+    pub vae: Option<AutoencoderKL>,
+    pub scheduler: SchedulerConfig,
+    text: Option<TextStack>,
+    dtype: Dtype,
+}
+
+impl Pipeline {
+    /// Loads `source`: a built-in pipeline, a pipeline folder, or a transformer checkpoint
+    /// (then without text encoder and VAE).
+    pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Pipeline> {
+        let options = options.into();
+        let dit_options = DitLoadOptions {
+            fp8: options.fp8,
+            ..DitLoadOptions::from(options.dtype)
+        };
+        let (transformer, text, vae, scheduler) = match source {
+            ModelSource::Builtin(builtin) => {
+                let transformer = dit_weights::load(source, dit_options)?;
+                let (encoder_config, vae_config) = builtin_configs(*builtin);
+                let text = TextStack {
+                    tokenizer: Tokenizer::builtin()?,
+                    source: EncoderSource::Builtin(encoder_config),
+                    resident: None,
+                };
+                let vae = AutoencoderKL::random(&vae_config, BUILTIN_SEED, options.dtype)?;
+                (
+                    transformer,
+                    Some(text),
+                    Some(vae),
+                    SchedulerConfig::default(),
+                )
+            }
+            ModelSource::Dir(dir) => match ModelDir::inspect(dir)? {
+                ModelDir::Transformer(dir) => {
+                    let transformer =
+                        dit_weights::load(&ModelSource::Dir(dir.clone()), dit_options)?;
+                    let scheduler = SchedulerConfig::for_model_dir(&dir)?;
+                    (transformer, None, None, scheduler)
+                }
+                ModelDir::Pipeline(dirs) => {
+                    let scheduler = SchedulerConfig::for_model_dir(&dirs.scheduler)?;
+                    let text = TextStack {
+                        tokenizer: Tokenizer::from_dir(&dirs.tokenizer)?,
+                        source: EncoderSource::Dir(dirs.text_encoder.clone()),
+                        resident: None,
+                    };
+                    let transformer = dit_weights::load(
+                        &ModelSource::Dir(dirs.transformer.clone()),
+                        dit_options,
+                    )?;
+                    let vae = AutoencoderKL::load(&dirs.vae, options.dtype, vae::Parts::Decoder)?;
+                    (transformer, Some(text), Some(vae), scheduler)
+                }
+            },
+        };
+        let mut pipeline = Pipeline {
+            source: source.clone(),
+            transformer,
+            vae,
+            scheduler,
+            text,
+            dtype: options.dtype,
+        };
+        if options.keep_text_encoder {
+            if let Some(text) = &pipeline.text {
+                let encoder = pipeline.load_encoder(&text.source)?;
+                if let Some(text) = &mut pipeline.text {
+                    text.resident = Some(encoder);
+                }
+            }
+        }
+        Ok(pipeline)
+    }
+
+    /// Whether prompts can be encoded (a pipeline, not a lone transformer).
+    pub fn has_text_encoder(&self) -> bool {
+        self.text.is_some()
+    }
+
+    /// The transformer.
+    pub fn transformer(&self) -> &dit::ZImage {
+        &self.transformer.model
+    }
+
+    /// Encodes `prompts` with one load of the text encoder (unless it is resident), which
+    /// is dropped again before this returns.
+    pub fn encode_prompts(
+        &self,
+        prompts: &[&str],
+        max_sequence_length: usize,
+    ) -> Result<Vec<PromptEmbeds>> {
+        let text = self.text.as_ref().ok_or_else(|| {
+            Error::Input(format!(
+                "{} is a transformer checkpoint without a text encoder: give caption \
+                 features instead of a prompt",
+                self.source
+            ))
+        })?;
+        if max_sequence_length == 0 {
+            return Err(Error::Input(
+                "the maximum sequence length must be at least 1".into(),
+            ));
+        }
+        let loaded;
+        let encoder = match &text.resident {
+            Some(encoder) => encoder,
+            None => {
+                loaded = self.load_encoder(&text.source)?;
+                &loaded
+            }
+        };
+        prompts
+            .iter()
+            .map(|prompt| prompt::encode(&text.tokenizer, encoder, prompt, max_sequence_length))
+            .collect()
+    }
+
+    /// The text encoder with the layers prompt embeddings need, checked against the
+    /// transformer's caption width.
+    fn load_encoder(&self, source: &EncoderSource) -> Result<Qwen3Model> {
+        let text_encoder = qwen3::LoadOptions::text_encoder(self.dtype);
+        let encoder = match source {
+            EncoderSource::Builtin(config) => qwen3_weights::builtin(config, text_encoder)?,
+            EncoderSource::Dir(dir) => qwen3_weights::load(dir, text_encoder)?,
+        };
+        let (hidden, cap) = (
+            encoder.config.hidden_size,
+            self.transformer.model.config.cap_feat_dim,
+        );
+        if hidden != cap {
+            let what = match source {
+                EncoderSource::Builtin(_) => "the built-in text encoder".to_string(),
+                EncoderSource::Dir(dir) => dir.join("config.json").display().to_string(),
+            };
+            return Err(Error::Input(format!(
+                "{what}: hidden_size {hidden} differs from the transformer's cap_feat_dim {cap}"
+            )));
+        }
+        Ok(encoder)
+    }
+
+    /// Decodes `latents` `[B, 16, h, w]` as the transformer produces them to the VAE's raw
+    /// output `[B, 3, 8h, 8w]` (before clamping).
+    pub fn decode(&self, latents: &Array, tiling: Tiling) -> Result<Array> {
+        let vae = self.vae.as_ref().ok_or_else(|| {
+            Error::Input(format!(
+                "{} is a transformer checkpoint without a VAE: it cannot decode latents",
+                self.source
+            ))
+        })?;
+        Ok(vae.decode_latents_with(latents, tiling)?)
+    }
+
+    /// Bytes of the resident weights (the text encoder's only when kept).
+    pub fn weights_bytes(&self) -> usize {
+        let encoder = self
+            .text
+            .as_ref()
+            .and_then(|t| t.resident.as_ref())
+            .map_or(0, Module::nbytes);
+        self.transformer.model.nbytes() + self.vae.as_ref().map_or(0, Module::nbytes) + encoder
+    }
+}
+
+/// The text encoder and VAE that go with a built-in transformer: the encoder's width is
+/// the transformer's caption width.
+fn builtin_configs(builtin: Builtin) -> (Qwen3Config, VaeConfig) {
+    match builtin {
+        Builtin::Tiny => (Qwen3Config::tiny(), VaeConfig::tiny()),
+        Builtin::Small => (Qwen3Config::small(), VaeConfig::small()),
+    }
+}
+
+/// Writes a built-in pipeline as a diffusers pipeline folder, floats in `dtype`.
+pub fn write_builtin(builtin: Builtin, dir: &Path, dtype: Dtype) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let transformer = dit_weights::load(&ModelSource::Builtin(builtin), Dtype::F32)?;
+    dit_weights::save(&transformer.model, &dir.join("transformer"), dtype)?;
+    drop(transformer);
+    let (encoder_config, vae_config) = builtin_configs(builtin);
+    let encoder = qwen3_weights::builtin(&encoder_config, Dtype::F32)?;
+    qwen3_weights::save(&encoder, &dir.join("text_encoder"), dtype)?;
+    drop(encoder);
+    AutoencoderKL::random(&vae_config, BUILTIN_SEED, Dtype::F32)?.save(&dir.join("vae"), dtype)?;
+    qwen3::tokenizer::write_builtin(&dir.join("tokenizer"))?;
+    let scheduler_dir = dir.join("scheduler");
+    std::fs::create_dir_all(&scheduler_dir).map_err(io(&scheduler_dir))?;
+    let scheduler = scheduler_dir.join("scheduler_config.json");
+    std::fs::write(&scheduler, pretty(&SchedulerConfig::default().to_json()))
+        .map_err(io(&scheduler))?;
+    let index = dir.join(crate::folder::MODEL_INDEX);
+    std::fs::write(&index, pretty(&model_index_json())).map_err(io(&index))
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    // A `Value` always serializes.
+    serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
+}

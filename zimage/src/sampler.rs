@@ -1,0 +1,393 @@
+//! The denoising loop, as `ZImagePipeline.__call__` runs it: float32 latents, flow-match
+//! Euler steps, classifier-free guidance as one batch of `[positive..., negative...]` with
+//! diffusers' truncation and renormalization. The loop is an `mlx::steps` loop, so the
+//! runtime evaluates and keeps exactly what each step carries (the latents, TeaCache's
+//! cache) and nothing here frees or evaluates by hand.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use dit::denoiser::{Denoiser, DenoiserSetup};
+use dit::sequence::fit_captions;
+use dit::teacache::{Mode, TeaCacheOptions};
+use dit::ZImage;
+use mlx::{random, Array, Dtype};
+
+use crate::scheduler::{Schedule, SchedulerConfig};
+use crate::{Error, Result};
+
+/// Latent pixels per image pixel side: the VAE's downsampling factor.
+pub const VAE_SCALE: i32 = 8;
+/// More steps than any schedule uses; a bound so a mistyped count is an error, not an
+/// allocation failure.
+pub const MAX_STEPS: usize = 10_000;
+
+/// Caption features for one image: `[1, L, cap_feat_dim]`, the first `len` tokens real.
+#[derive(Clone)]
+pub struct Caption {
+    pub feats: Array,
+    pub len: i32,
+}
+
+impl Caption {
+    /// Seeded standard-normal features of `len` tokens (for transformer-only checkpoints,
+    /// which have no text encoder).
+    pub fn random(len: i32, dim: i32, seed: u64) -> Caption {
+        Caption {
+            feats: random::normal(&[1, len, dim], Dtype::F32, &random::key(seed)),
+            len,
+        }
+    }
+
+    /// A prompt embedding `[L, D]` as the transformer takes it.
+    pub fn from_embeds(embeds: &Array) -> Caption {
+        let [len, _] = embeds.dims();
+        Caption {
+            feats: embeds.expand_dims(0),
+            len,
+        }
+    }
+}
+
+/// Classifier-free guidance, as the pipeline's `guidance_scale`, `cfg_truncation` and
+/// `cfg_normalization` define it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Guidance {
+    /// `pred = pos + scale · (pos − neg)`; 0 runs the positive caption alone.
+    pub scale: f32,
+    /// Steps whose normalized time `(1000 − t) / 1000` exceeds this run without guidance
+    /// (only when at most 1; 1 never truncates).
+    pub truncation: f32,
+    /// When positive, each guided prediction's norm is capped at this multiple of the
+    /// positive prediction's norm; 0 leaves it alone.
+    pub normalization: f32,
+}
+
+impl Guidance {
+    /// No guidance: what Z-Image-Turbo samples with.
+    pub fn off() -> Guidance {
+        Guidance {
+            scale: 0.0,
+            truncation: 1.0,
+            normalization: 0.0,
+        }
+    }
+
+    /// Whether guidance runs at all: a scale above 0, as the pipeline decides.
+    pub fn enabled(&self) -> bool {
+        self.scale > 0.0
+    }
+
+    /// Whether step `i` of `schedule` is guided.
+    pub fn at_step(&self, schedule: &Schedule, i: usize) -> bool {
+        let t_norm = (1000.0 - schedule.timesteps[i]) / 1000.0;
+        self.enabled() && !(self.truncation <= 1.0 && t_norm > self.truncation)
+    }
+
+    fn check(&self) -> Result<()> {
+        let valid = |v: f32| v.is_finite() && v >= 0.0;
+        if !(valid(self.scale) && valid(self.normalization) && self.truncation.is_finite()) {
+            return Err(Error::Input(format!(
+                "guidance scale and normalization must be non-negative numbers and truncation \
+                 a number, found {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where the sampler starts.
+#[derive(Clone)]
+pub enum Noise {
+    /// Seeded float32 N(0, 1) latents of one image.
+    Seeded(u64),
+    /// Given latents `[B, C, h, w]` (diffusers' `latents=`): a batch of `B` images.
+    Given(Array),
+}
+
+/// What to sample.
+#[derive(Clone)]
+pub struct Request {
+    pub width: i32,
+    pub height: i32,
+    pub steps: usize,
+    pub noise: Noise,
+    pub guidance: Guidance,
+    pub caption: Caption,
+    /// The unconditional caption for guidance.
+    pub negative: Caption,
+    pub scheduler: SchedulerConfig,
+    pub teacache: TeaCacheOptions,
+    /// Record what `dit teacache-fit` needs (see [`Generation::changes`]).
+    pub record_changes: bool,
+}
+
+/// What one step cost.
+#[derive(Clone, Debug, Default)]
+pub struct StepReport {
+    pub elapsed: Duration,
+    /// Active memory after the step's boundary evaluation.
+    pub active_bytes: usize,
+    /// Peak memory during the step.
+    pub peak_bytes: usize,
+}
+
+/// A finished run.
+pub struct Generation {
+    /// `[B, C, height/8, width/8]`, float32.
+    pub latents: Array,
+    pub schedule: Schedule,
+    pub steps: Vec<StepReport>,
+    /// Whether each step ran the transformer (with `poly`: its main blocks) or reused
+    /// TeaCache's cache.
+    pub computed: Vec<bool>,
+    /// With [`Request::record_changes`] and `poly`: (relative L1 change of the first main
+    /// block's modulated input, relative L1 change of the output) for each step after the
+    /// first: what `dit teacache-fit` fits.
+    pub changes: Option<Vec<(f64, f64)>>,
+}
+
+impl Generation {
+    /// Transformer passes run (main-block passes with `poly`; a guided batch counts once).
+    pub fn forward_passes(&self) -> usize {
+        self.computed.iter().filter(|&&c| c).count()
+    }
+
+    /// Steps that reused TeaCache's cache instead.
+    pub fn cache_hits(&self) -> usize {
+        self.computed.len() - self.forward_passes()
+    }
+}
+
+impl Request {
+    /// Latent height and width: the given latents', or the image size's over
+    /// [`VAE_SCALE`], which must then be a multiple of 16.
+    pub fn latent_hw(&self) -> Result<(i32, i32)> {
+        if let Noise::Given(latents) = &self.noise {
+            let [_, _, h, w] = latents.dims();
+            return Ok((h, w));
+        }
+        let multiple = VAE_SCALE * 2;
+        if self.width <= 0
+            || self.height <= 0
+            || self.width % multiple != 0
+            || self.height % multiple != 0
+        {
+            return Err(Error::Input(format!(
+                "width and height must be positive multiples of {multiple}, found {}x{}",
+                self.width, self.height
+            )));
+        }
+        Ok((self.height / VAE_SCALE, self.width / VAE_SCALE))
+    }
+
+    /// The starting latents, float32 `[B, C, h, w]`.
+    fn initial_latents(&self, channels: i32) -> Result<Array> {
+        match &self.noise {
+            Noise::Seeded(seed) => {
+                let (h, w) = self.latent_hw()?;
+                Ok(random::normal(
+                    &[1, channels, h, w],
+                    Dtype::F32,
+                    &random::key(*seed),
+                ))
+            }
+            Noise::Given(latents) => {
+                let shape = latents.shape();
+                if shape.len() != 4 || shape[1] != channels || shape[0] < 1 {
+                    return Err(Error::Input(format!(
+                        "initial latents must be [B, {channels}, h, w], found {shape:?}"
+                    )));
+                }
+                if !latents.dtype().is_float() {
+                    return Err(Error::Input(format!(
+                        "initial latents must be floating point, found {}",
+                        latents.dtype()
+                    )));
+                }
+                let [_, _, h, w] = latents.dims();
+                if h % 2 != 0 || w % 2 != 0 {
+                    return Err(Error::Input(format!(
+                        "initial latents need an even height and width (2x2 patches), found \
+                         {h}x{w}"
+                    )));
+                }
+                Ok(latents.astype(Dtype::F32))
+            }
+        }
+    }
+}
+
+/// One batch shape the transformer runs with: its denoiser and how many items it holds.
+struct Branch<'a> {
+    denoiser: Denoiser<'a>,
+}
+
+impl<'a> Branch<'a> {
+    /// A denoiser for `captions` (one per batch item) over latents of `latent_hw`.
+    fn new(
+        model: &'a ZImage,
+        request: &Request,
+        steps: usize,
+        captions: &[&Caption],
+        latent_hw: (i32, i32),
+    ) -> Result<Branch<'a>> {
+        let config = &model.config;
+        let cap_lens: Vec<i32> = captions.iter().map(|c| c.len).collect();
+        let longest = captions
+            .iter()
+            .map(|c| c.feats.dims::<3>()[1])
+            .max()
+            .unwrap_or(0);
+        let fitted: Vec<Array> = captions
+            .iter()
+            .map(|c| fit_captions(&c.feats, longest, Dtype::F32))
+            .collect();
+        let cap_feats = mlx::concatenate(&fitted.iter().collect::<Vec<_>>(), 0);
+        let (h, w) = latent_hw;
+        let shape_of_batch = Array::zeros(
+            &[captions.len() as i32, config.in_channels, h, w],
+            Dtype::F32,
+        );
+        let layout = model.layout(&shape_of_batch, &cap_feats, &cap_lens)?;
+        let denoiser = Denoiser::new(
+            model,
+            DenoiserSetup {
+                teacache: &request.teacache,
+                steps,
+                cap_feats: fit_captions(&cap_feats, layout.cap_len, model.dtype()),
+                seq: layout.sequence(config),
+                latent_hw,
+                image_tokens: layout.image_tokens(),
+                record_changes: request.record_changes,
+            },
+        )?;
+        Ok(Branch { denoiser })
+    }
+}
+
+/// `pos + scale · (pos − neg)` per item, each capped at `normalization · |pos|` when
+/// renormalizing (norms over the whole item, as `torch.linalg.vector_norm`).
+fn guide(pos: &Array, neg: &Array, guidance: &Guidance) -> Array {
+    let pred = pos + (pos - neg) * f64::from(guidance.scale);
+    if guidance.normalization <= 0.0 {
+        return pred;
+    }
+    let norm = |x: &Array| x.square().sum(&[1, 2, 3], true).sqrt();
+    let (pos_norm, pred_norm) = (norm(pos), norm(&pred));
+    let max_norm = pos_norm * f64::from(guidance.normalization);
+    let factor = mlx::where_(&pred_norm.greater(&max_norm), &max_norm / &pred_norm, 1.0);
+    pred * factor
+}
+
+/// Runs the sampler. `on_step` sees each step's report as its boundary completes.
+pub fn generate(
+    model: &ZImage,
+    request: &Request,
+    mut on_step: impl FnMut(usize, &StepReport) + 'static,
+) -> Result<Generation> {
+    if request.steps == 0 || request.steps > MAX_STEPS {
+        return Err(Error::Input(format!(
+            "the step count must be between 1 and {MAX_STEPS}, found {}",
+            request.steps
+        )));
+    }
+    let guidance = &request.guidance;
+    guidance.check()?;
+    let config = &model.config;
+    let mut latents = request.initial_latents(config.in_channels)?;
+    let [batch, _, h, w] = latents.dims();
+    let latent_hw = (h, w);
+    let schedule = request
+        .scheduler
+        .schedule(request.steps, ((h / 2) * (w / 2)) as u32);
+    let guided_steps: Vec<bool> = (0..schedule.len())
+        .map(|i| guidance.at_step(&schedule, i))
+        .collect();
+    let mixed = guided_steps.iter().any(|&g| g) && guided_steps.iter().any(|&g| !g);
+    if mixed && request.teacache.mode != Mode::Off {
+        return Err(Error::Input(
+            "TeaCache cannot be combined with guidance truncation: its cache would mix \
+             guided and unguided predictions"
+                .into(),
+        ));
+    }
+
+    // The batches the transformer sees: [positive × B] and, for guided steps,
+    // [positive × B, negative × B].
+    let positives = vec![&request.caption; batch as usize];
+    let mut both = positives.clone();
+    both.extend(vec![&request.negative; batch as usize]);
+    let mut plain = None;
+    let mut guided = None;
+    if guided_steps.iter().any(|&g| !g) {
+        plain = Some(Branch::new(
+            model,
+            request,
+            schedule.len(),
+            &positives,
+            latent_hw,
+        )?);
+    }
+    if guided_steps.iter().any(|&g| g) {
+        guided = Some(Branch::new(
+            model,
+            request,
+            schedule.len(),
+            &both,
+            latent_hw,
+        )?);
+    }
+
+    let reports = Rc::new(RefCell::new(Vec::with_capacity(request.steps)));
+    let sink = Rc::clone(&reports);
+    let steps = mlx::steps(0..schedule.len()).on_boundary(move |s| {
+        let report = StepReport {
+            elapsed: s.elapsed,
+            active_bytes: s.active_bytes,
+            peak_bytes: s.peak_bytes,
+        };
+        on_step(s.step, &report);
+        sink.borrow_mut().push(report);
+    });
+    let mut computed = Vec::with_capacity(schedule.len());
+    for i in steps {
+        let t = schedule.model_t(i);
+        let prediction = match (guided_steps[i], guided.as_mut(), plain.as_mut()) {
+            (true, Some(branch), _) => {
+                let input = mlx::concatenate(&[&latents, &latents], 0);
+                let velocity = branch.denoiser.velocity(i, t, &input)?;
+                let (pos, neg) = (
+                    velocity.slice_axis(0, 0, batch),
+                    velocity.slice_axis(0, batch, 2 * batch),
+                );
+                guide(&pos, &neg, guidance)
+            }
+            (false, _, Some(branch)) => branch.denoiser.velocity(i, t, &latents)?,
+            // Both branches exist for the steps that need them (built above).
+            _ => unreachable!("no denoiser for step {i}"),
+        };
+        let last =
+            |b: &Option<Branch>| b.as_ref().and_then(|b| b.denoiser.computed.last().copied());
+        computed.push(
+            if guided_steps[i] {
+                last(&guided)
+            } else {
+                last(&plain)
+            }
+            .unwrap_or(true),
+        );
+        // The transformer predicts the negated flow velocity.
+        latents = &latents - prediction * f64::from(schedule.dt(i));
+    }
+    latents.check()?;
+    let changes = guided.or(plain).and_then(|branch| branch.denoiser.changes);
+    Ok(Generation {
+        latents,
+        schedule,
+        steps: reports.take(),
+        computed,
+        changes,
+    })
+}
