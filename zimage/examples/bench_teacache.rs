@@ -3,7 +3,7 @@
 //! error against no caching, and the time per step, all in one process.
 //!
 //! ```text
-//! cargo run --release -p dit --example bench_teacache -- [tiny|small] [steps] [coefficients.json]
+//! cargo run --release -p zimage --example bench_teacache -- [tiny|small] [steps] [coefficients.json]
 //! ```
 //!
 //! Poly uses the model's shipped coefficients unless a file from
@@ -11,11 +11,11 @@
 
 use std::time::Instant;
 
-use dit::sampler::{self, Caption, Generation, Request};
-use dit::scheduler::SchedulerConfig;
 use dit::teacache::{Coefficients, Mode, TeaCacheOptions};
 use dit::weights::{self, ModelSource};
 use mlx::Dtype;
+use zimage::sampler::{self, Caption, Generation, Guidance, Noise, Request};
+use zimage::scheduler::SchedulerConfig;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,8 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         width: 256,
         height: 256,
         steps,
-        seed,
-        cfg: 0.0,
+        noise: Noise::Seeded(seed),
+        guidance: Guidance::off(),
         caption: Caption::random(64, dim, seed + 1),
         negative: Caption::random(64, dim, seed + 2),
         scheduler: SchedulerConfig::default(),

@@ -105,6 +105,8 @@ impl Pipeline {
                 }
                 ModelDir::Pipeline(dirs) => {
                     let scheduler = SchedulerConfig::for_model_dir(&dirs.scheduler)?;
+                    let encoder_config = dirs.text_encoder.join("config.json");
+                    let hidden = Qwen3Config::from_file(&encoder_config)?.hidden_size;
                     let text = TextStack {
                         tokenizer: Tokenizer::from_dir(&dirs.tokenizer)?,
                         source: EncoderSource::Dir(dirs.text_encoder.clone()),
@@ -114,6 +116,8 @@ impl Pipeline {
                         &ModelSource::Dir(dirs.transformer.clone()),
                         dit_options,
                     )?;
+                    let encoder_name = encoder_config.display().to_string();
+                    check_caption_width(&encoder_name, hidden, &transformer)?;
                     let vae = AutoencoderKL::load(&dirs.vae, options.dtype, vae::Parts::Decoder)?;
                     (transformer, Some(text), Some(vae), scheduler)
                 }
@@ -189,19 +193,11 @@ impl Pipeline {
             EncoderSource::Builtin(config) => qwen3_weights::builtin(config, text_encoder)?,
             EncoderSource::Dir(dir) => qwen3_weights::load(dir, text_encoder)?,
         };
-        let (hidden, cap) = (
-            encoder.config.hidden_size,
-            self.transformer.model.config.cap_feat_dim,
-        );
-        if hidden != cap {
-            let what = match source {
-                EncoderSource::Builtin(_) => "the built-in text encoder".to_string(),
-                EncoderSource::Dir(dir) => dir.join("config.json").display().to_string(),
-            };
-            return Err(Error::Input(format!(
-                "{what}: hidden_size {hidden} differs from the transformer's cap_feat_dim {cap}"
-            )));
-        }
+        let what = match source {
+            EncoderSource::Builtin(_) => "the built-in text encoder".to_string(),
+            EncoderSource::Dir(dir) => dir.join("config.json").display().to_string(),
+        };
+        check_caption_width(&what, encoder.config.hidden_size, &self.transformer)?;
         Ok(encoder)
     }
 
@@ -226,6 +222,17 @@ impl Pipeline {
             .map_or(0, Module::nbytes);
         self.transformer.model.nbytes() + self.vae.as_ref().map_or(0, Module::nbytes) + encoder
     }
+}
+
+/// The text encoder's width must be the transformer's caption width.
+fn check_caption_width(encoder: &str, hidden: i32, transformer: &Loaded) -> Result<()> {
+    let cap = transformer.model.config.cap_feat_dim;
+    if hidden != cap {
+        return Err(Error::Input(format!(
+            "{encoder}: hidden_size {hidden} differs from the transformer's cap_feat_dim {cap}"
+        )));
+    }
+    Ok(())
 }
 
 /// The text encoder and VAE that go with a built-in transformer: the encoder's width is

@@ -10,15 +10,30 @@ use mlx::{random, Array, Dtype};
 use serde_json::Value;
 
 mod common;
-use common::{fail, fixtures, last_json, path, relative_error, succeed};
+use common::{dit, dit_fixtures, fail, fixtures, last_json, path, relative_error, succeed};
+
+/// Every generation of the built-in pipelines needs a prompt.
+const PROMPT: [&str; 2] = ["--prompt", "a red fox in the snow"];
 
 #[test]
 fn init_info_and_generate_on_the_written_directory() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny");
     succeed(&["init", "--model", "tiny", "--out", path(&model)]);
-    assert!(model.join("config.json").is_file());
-    assert!(model.join("diffusion_pytorch_model.safetensors").is_file());
+    assert!(model.join("model_index.json").is_file());
+    for file in [
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "tokenizer/tokenizer.json",
+        "tokenizer/tokenizer_config.json",
+        "scheduler/scheduler_config.json",
+    ] {
+        assert!(model.join(file).is_file(), "no {file}");
+    }
 
     let info = last_json(&succeed(&["info", "--model", path(&model), "--json"]));
     assert_eq!(info["architecture"], "ZImageTransformer2DModel");
@@ -36,6 +51,8 @@ fn init_info_and_generate_on_the_written_directory() {
             "generate",
             "--model",
             model,
+            PROMPT[0],
+            PROMPT[1],
             "--steps",
             "3",
             "--width",
@@ -65,6 +82,12 @@ fn init_info_and_generate_on_the_written_directory() {
         "peak_bytes",
         "weights_bytes",
         "compute_dtype",
+        "encode_ms",
+        "decode_ms",
+        "prompt_tokens",
+        "encode_peak_bytes",
+        "denoise_peak_bytes",
+        "decode_peak_bytes",
     ] {
         assert!(report.get(key).is_some(), "no `{key}` in {report}");
     }
@@ -79,7 +102,7 @@ fn init_info_and_generate_on_the_written_directory() {
     let from_dir = file.tensors.get("latents").unwrap();
     assert_eq!(from_dir.shape(), [1, 16, 12, 16]);
 
-    // The directory holds exactly the built-in weights: the same run gives the same bits.
+    // The folder holds exactly the built-in pipeline: the same run gives the same bits.
     let builtin_latents = dir.path().join("builtin.safetensors");
     run("tiny", &builtin_latents);
     let builtin = load_safetensors(&builtin_latents).unwrap();
@@ -102,6 +125,7 @@ fn memory_is_flat_across_steps() {
         let mut args = vec![
             "generate", "--steps", "5", "--width", "64", "--height", "64", "--json",
         ];
+        args.extend_from_slice(&PROMPT);
         args.extend_from_slice(extra);
         let report = last_json(&succeed(&args));
         let active: Vec<u64> = report["active_bytes"]
@@ -137,6 +161,7 @@ fn teacache_flags_report_and_fit() {
         let mut args = vec![
             "generate", "--steps", "8", "--width", "64", "--height", "64", "--json",
         ];
+        args.extend_from_slice(&PROMPT);
         args.extend_from_slice(extra);
         args
     }
@@ -186,9 +211,10 @@ fn teacache_flags_report_and_fit() {
     // A directory carries its coefficients; without them, poly says what to do.
     let model = dir.path().join("model");
     succeed(&["init", "--model", "tiny", "--out", path(&model)]);
-    assert!(model.join("teacache_coefficients.json").is_file());
+    let coefficients = model.join("transformer/teacache_coefficients.json");
+    assert!(coefficients.is_file());
     succeed(&with(&["--model", path(&model), "--teacache", "poly"]));
-    std::fs::remove_file(model.join("teacache_coefficients.json")).unwrap();
+    std::fs::remove_file(coefficients).unwrap();
     assert!(fail(&with(&["--model", path(&model), "--teacache", "poly"])).contains("teacache-fit"));
     std::fs::write(&fitted, r#"{"coefficients": []}"#).unwrap();
     let err = fail(&with(&[
@@ -265,11 +291,14 @@ fn bad_input_is_one_clear_error() {
     let d = dir.path();
     assert!(fail(&["generate", "--bogus"]).contains("--bogus"));
     assert!(fail(&["generate", "--steps", "many"]).contains("--steps"));
-    assert!(fail(&["generate", "--width", "100"]).contains("multiples of 16"));
-    assert!(fail(&["generate", "--steps", "0"]).contains("between 1 and"));
-    assert!(fail(&["generate", "--steps", "18446744073709551615"]).contains("between 1 and"));
-    assert!(fail(&["generate", "--cfg", "nan"]).contains("--cfg"));
-    assert!(fail(&["generate", "--cfg", "-2"]).contains("--cfg"));
+    let generate = |extra: &[&str]| fail(&[&["generate"], &PROMPT[..], extra].concat());
+    assert!(generate(&["--width", "100"]).contains("multiples of 16"));
+    assert!(generate(&["--steps", "0"]).contains("between 1 and"));
+    assert!(generate(&["--steps", "18446744073709551615"]).contains("between 1 and"));
+    assert!(generate(&["--cfg", "nan"]).contains("--cfg"));
+    assert!(generate(&["--cfg", "-2"]).contains("--cfg"));
+    assert!(generate(&["--cfg-normalization", "-1"]).contains("--cfg-normalization"));
+    assert!(fail(&["generate"]).contains("--prompt"));
     let err = fail(&[
         "teacache-fit",
         "--model",
@@ -280,14 +309,15 @@ fn bad_input_is_one_clear_error() {
         "x",
     ]);
     assert!(err.contains("--steps"), "{err}");
-    assert!(fail(&["info", "--model", path(&d.join("nope"))]).contains("not a model directory"));
+    assert!(fail(&["info", "--model", path(&d.join("nope"))]).contains("is not a directory"));
     assert!(fail(&["init", "--model", path(d), "--out", path(&d.join("x"))]).contains("built-in"));
 
-    // A directory without weights, then with a malformed config.
-    let model = d.join("model");
-    succeed(&["init", "--model", "tiny", "--out", path(&model)]);
-    let err = fail(&["init", "--model", "tiny", "--out", path(&model)]);
+    // A transformer with a malformed config.
+    let pipeline = d.join("pipeline");
+    succeed(&["init", "--model", "tiny", "--out", path(&pipeline)]);
+    let err = fail(&["init", "--model", "tiny", "--out", path(&pipeline)]);
     assert!(err.contains("already holds a checkpoint"), "{err}");
+    let model = pipeline.join("transformer");
     std::fs::write(model.join("config.json"), "{\"dim\": \"wide\"").unwrap();
     assert!(fail(&["info", "--model", path(&model)]).contains("config.json"));
     std::fs::write(model.join("config.json"), "{\"dim\": 64, \"n_heads\": 3}").unwrap();
@@ -362,4 +392,247 @@ fn the_command_runs_on_openblas_when_the_build_found_it() {
         libraries.contains("libopenblas"),
         "dit does not load OpenBLAS, so float32 matmul runs on the reference BLAS:\n{libraries}"
     );
+}
+
+/// A copy of `src` (a directory tree) at `dst`.
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let target = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn encode_and_decode_match_the_pipeline_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("pipeline");
+    let case = load_safetensors(fixtures().join("nocfg.safetensors")).unwrap();
+    let out = dir.path().join("embeds.safetensors");
+    succeed(&[
+        "encode",
+        "--model",
+        path(&model),
+        "--prompt",
+        "a red fox in the snow",
+        "--dtype",
+        "f32",
+        "--out",
+        path(&out),
+    ]);
+    let file = load_safetensors(&out).unwrap();
+    let embeds = &file.tensors["prompt_embeds"];
+    let expected = &case.tensors["prompt_embeds"];
+    assert_eq!(embeds.shape(), expected.shape());
+    let err = relative_error(
+        &embeds.to_vec::<f32>().unwrap(),
+        &expected.to_vec::<f32>().unwrap(),
+    );
+    assert!(err <= 1e-4, "prompt_embeds: {err}");
+    let ids = &file.tensors["input_ids"];
+    assert_eq!(
+        (ids.dtype(), ids.shape()),
+        (Dtype::I32, &expected.shape()[..1])
+    );
+
+    let latents = dir.path().join("latents.safetensors");
+    save_safetensors(
+        &latents,
+        [("latents", &case.tensors["final_latents"])],
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let image = dir.path().join("image.safetensors");
+    let png = dir.path().join("image.png");
+    succeed(&[
+        "decode",
+        "--model",
+        path(&model),
+        "--latents",
+        path(&latents),
+        "--dtype",
+        "f32",
+        "--out",
+        path(&png),
+        "--save-image",
+        path(&image),
+    ]);
+    let ours = load_safetensors(&image).unwrap().tensors["image"]
+        .to_vec::<f32>()
+        .unwrap();
+    let expected = case.tensors["image_raw"].to_vec::<f32>().unwrap();
+    let err = relative_error(&ours, &expected);
+    assert!(err <= 1e-4, "decoded image: {err}");
+    assert!(png.is_file());
+}
+
+#[test]
+fn pipeline_folders_that_do_not_fit_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("pipeline");
+    copy_tree(&fixtures().join("pipeline"), &model);
+    let out = dir.path().join("out.png");
+    let generate = || {
+        fail(&[
+            "generate",
+            "--model",
+            path(&model),
+            PROMPT[0],
+            PROMPT[1],
+            "--steps",
+            "1",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--out",
+            path(&out),
+        ])
+    };
+
+    // A text encoder whose width is not the transformer's caption width.
+    let encoder = model.join("text_encoder");
+    std::fs::rename(&encoder, dir.path().join("text_encoder")).unwrap();
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/qwen3/tests/fixtures/qwen3_b"),
+        &encoder,
+    );
+    let err = generate();
+    assert!(
+        err.contains("text_encoder/config.json")
+            && err.contains("hidden_size 24 differs from the transformer's cap_feat_dim 32"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&encoder).unwrap();
+    std::fs::rename(dir.path().join("text_encoder"), &encoder).unwrap();
+
+    // A malformed tokenizer.json, then a chat template that does not compile.
+    let tokenizer = model.join("tokenizer/tokenizer.json");
+    let good = std::fs::read(&tokenizer).unwrap();
+    std::fs::write(&tokenizer, b"{\"model\": 12").unwrap();
+    let err = generate();
+    assert!(err.contains("tokenizer.json"), "{err}");
+    std::fs::write(&tokenizer, &good).unwrap();
+    let template = model.join("tokenizer/chat_template.jinja");
+    let good = std::fs::read(&template).unwrap();
+    std::fs::write(&template, "{% for m in messages %}{{ m.content }").unwrap();
+    let err = generate();
+    assert!(err.contains("chat_template.jinja"), "{err}");
+    std::fs::write(&template, &good).unwrap();
+
+    // An unknown pipeline class, then a missing component.
+    let index_path = model.join("model_index.json");
+    let index = std::fs::read_to_string(&index_path).unwrap();
+    std::fs::write(&index_path, index.replace("ZImagePipeline", "FluxPipeline")).unwrap();
+    let err = generate();
+    assert!(
+        err.contains("model_index.json") && err.contains("FluxPipeline"),
+        "{err}"
+    );
+    std::fs::write(&index_path, &index).unwrap();
+    std::fs::rename(model.join("vae"), dir.path().join("vae")).unwrap();
+    let err = generate();
+    assert!(
+        err.contains("model_index.json") && err.contains("`vae` folder is missing"),
+        "{err}"
+    );
+    std::fs::rename(dir.path().join("vae"), model.join("vae")).unwrap();
+
+    // Latents of the wrong channel count, to generate and to decode.
+    let latents = dir.path().join("latents.safetensors");
+    let four = Array::zeros(&[1, 4, 8, 8], Dtype::F32);
+    save_safetensors(&latents, [("latents", &four)], &BTreeMap::new()).unwrap();
+    let err = fail(&[
+        "decode",
+        "--model",
+        path(&model),
+        "--latents",
+        path(&latents),
+        "--out",
+        path(&out),
+    ]);
+    assert!(
+        err.contains("latents.safetensors") && err.contains("[B, 16, h, w]"),
+        "{err}"
+    );
+    let err = fail(&[
+        "generate",
+        "--model",
+        path(&model),
+        PROMPT[0],
+        PROMPT[1],
+        "--init-latents",
+        path(&latents),
+        "--out",
+        path(&out),
+    ]);
+    assert!(
+        err.contains("latents.safetensors") && err.contains("[B, 16, h, w]"),
+        "{err}"
+    );
+    let ints = Array::zeros(&[1, 16, 8, 8], Dtype::I32);
+    save_safetensors(&latents, [("latents", &ints)], &BTreeMap::new()).unwrap();
+    let err = fail(&[
+        "decode",
+        "--model",
+        path(&model),
+        "--latents",
+        path(&latents),
+        "--out",
+        path(&out),
+    ]);
+    assert!(err.contains("floating point"), "{err}");
+    assert!(!out.exists(), "a failed run left {}", out.display());
+
+    // The folder itself is fine.
+    succeed(&[
+        "generate",
+        "--model",
+        path(&model),
+        PROMPT[0],
+        PROMPT[1],
+        "--steps",
+        "1",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--out",
+        path(&out),
+    ]);
+}
+
+#[test]
+fn prompts_are_never_errors() {
+    let run = |prompt: &str| {
+        let out = dit(&[
+            "generate", "--prompt", prompt, "--steps", "1", "--width", "32", "--height", "32",
+            "--json",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{prompt:?}: {stderr}");
+        (last_json(&String::from_utf8(out.stdout).unwrap()), stderr)
+    };
+    // The empty prompt is the chat template alone, as diffusers encodes it.
+    let (report, stderr) = run("");
+    let tokens = report["prompt_tokens"][0].as_u64().unwrap();
+    assert!(
+        tokens > 0 && !stderr.contains("warning"),
+        "{report} {stderr}"
+    );
+
+    let long = "a very long prompt about foxes and snow ".repeat(100);
+    let (report, stderr) = run(&long);
+    assert_eq!(report["prompt_tokens"][0], 512);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("were dropped"), "{stderr}");
 }

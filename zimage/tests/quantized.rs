@@ -312,16 +312,17 @@ fn a_quantized_checkpoint_runs_exactly_like_in_memory_quantization() {
 #[test]
 fn quantize_writes_the_documented_layout() {
     let dir = tempfile::tempdir().unwrap();
-    let bf16 = dir.path().join("bf16");
+    let pipeline = dir.path().join("bf16");
     succeed(&[
         "init",
         "--model",
         "tiny",
         "--out",
-        path(&bf16),
+        path(&pipeline),
         "--dtype",
         "bf16",
     ]);
+    let bf16 = pipeline.join("transformer");
     let scheduler = r#"{"shift": 3.0, "use_dynamic_shifting": false}"#;
     std::fs::write(bf16.join("scheduler_config.json"), scheduler).unwrap();
     for format in QuantFormat::ALL {
@@ -527,8 +528,9 @@ fn quantizing_twice_and_unknown_modes_are_one_clear_error() {
     let err = with(Value::Null);
     assert!(err.contains("records no quantization"), "{err}");
 
-    let dense = d.join("dense");
-    succeed(&["init", "--model", "tiny", "--out", path(&dense)]);
+    let pipeline = d.join("dense");
+    succeed(&["init", "--model", "tiny", "--out", path(&pipeline)]);
+    let dense = pipeline.join("transformer");
     let mut config: Value =
         serde_json::from_str(&std::fs::read_to_string(dense.join("config.json")).unwrap()).unwrap();
     config["quantization"] = serde_json::json!({"mode": "affine8", "group_size": 32, "bits": 8});

@@ -417,8 +417,8 @@ pub fn stored_dtype(source: &ModelSource) -> Result<Dtype> {
 }
 
 /// Refuses to write a checkpoint into a directory that already holds one (a
-/// `config.json` or safetensors files): files left from the old one, an index above all,
-/// would shadow or mix with the new.
+/// `config.json`, a pipeline's `model_index.json` or safetensors files): files left from
+/// the old one, an index above all, would shadow or mix with the new.
 pub fn check_new_target(dir: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(()); // missing (it will be created) or unreadable (writing will say)
@@ -426,6 +426,7 @@ pub fn check_new_target(dir: &Path) -> Result<()> {
     let occupied = entries.flatten().any(|entry| {
         let name = entry.file_name().to_string_lossy().into_owned();
         name == "config.json"
+            || name == "model_index.json"
             || name.ends_with(".safetensors")
             || name.ends_with(".safetensors.index.json")
     });
