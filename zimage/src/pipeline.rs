@@ -152,6 +152,16 @@ impl Pipeline {
         &self.transformer.model
     }
 
+    /// The tokenizer, for a pipeline.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.text.as_ref().map(|t| &t.tokenizer)
+    }
+
+    /// The text encoder, when it is kept loaded ([`LoadOptions::keep_text_encoder`]).
+    pub fn text_encoder(&self) -> Option<&Qwen3Model> {
+        self.text.as_ref().and_then(|t| t.resident.as_ref())
+    }
+
     /// Encodes `prompts` with one load of the text encoder (unless it is resident), which
     /// is dropped again before this returns.
     pub fn encode_prompts(

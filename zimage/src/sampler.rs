@@ -219,52 +219,45 @@ impl Request {
     }
 }
 
-/// One batch shape the transformer runs with: its denoiser and how many items it holds.
-struct Branch<'a> {
-    denoiser: Denoiser<'a>,
-}
-
-impl<'a> Branch<'a> {
-    /// A denoiser for `captions` (one per batch item) over latents of `latent_hw`.
-    fn new(
-        model: &'a ZImage,
-        request: &Request,
-        steps: usize,
-        captions: &[&Caption],
-        latent_hw: (i32, i32),
-    ) -> Result<Branch<'a>> {
-        let config = &model.config;
-        let cap_lens: Vec<i32> = captions.iter().map(|c| c.len).collect();
-        let longest = captions
-            .iter()
-            .map(|c| c.feats.dims::<3>()[1])
-            .max()
-            .unwrap_or(0);
-        let fitted: Vec<Array> = captions
-            .iter()
-            .map(|c| fit_captions(&c.feats, longest, Dtype::F32))
-            .collect();
-        let cap_feats = mlx::concatenate(&fitted.iter().collect::<Vec<_>>(), 0);
-        let (h, w) = latent_hw;
-        let shape_of_batch = Array::zeros(
-            &[captions.len() as i32, config.in_channels, h, w],
-            Dtype::F32,
-        );
-        let layout = model.layout(&shape_of_batch, &cap_feats, &cap_lens)?;
-        let denoiser = Denoiser::new(
-            model,
-            DenoiserSetup {
-                teacache: &request.teacache,
-                steps,
-                cap_feats: fit_captions(&cap_feats, layout.cap_len, model.dtype()),
-                seq: layout.sequence(config),
-                latent_hw,
-                image_tokens: layout.image_tokens(),
-                record_changes: request.record_changes,
-            },
-        )?;
-        Ok(Branch { denoiser })
-    }
+/// The transformer and TeaCache for one batch of `captions` (one per item) over latents
+/// of `latent_hw`: its sequence layout is fixed for the run.
+fn denoiser<'a>(
+    model: &'a ZImage,
+    request: &Request,
+    steps: usize,
+    captions: &[&Caption],
+    latent_hw: (i32, i32),
+) -> Result<Denoiser<'a>> {
+    let config = &model.config;
+    let cap_lens: Vec<i32> = captions.iter().map(|c| c.len).collect();
+    let longest = captions
+        .iter()
+        .map(|c| c.feats.dims::<3>()[1])
+        .max()
+        .unwrap_or(0);
+    let fitted: Vec<Array> = captions
+        .iter()
+        .map(|c| fit_captions(&c.feats, longest, Dtype::F32))
+        .collect();
+    let cap_feats = mlx::concatenate(&fitted.iter().collect::<Vec<_>>(), 0);
+    let (h, w) = latent_hw;
+    let shape_of_batch = Array::zeros(
+        &[captions.len() as i32, config.in_channels, h, w],
+        Dtype::F32,
+    );
+    let layout = model.layout(&shape_of_batch, &cap_feats, &cap_lens)?;
+    Ok(Denoiser::new(
+        model,
+        DenoiserSetup {
+            teacache: &request.teacache,
+            steps,
+            cap_feats: fit_captions(&cap_feats, layout.cap_len, model.dtype()),
+            seq: layout.sequence(config),
+            latent_hw,
+            image_tokens: layout.image_tokens(),
+            record_changes: request.record_changes,
+        },
+    )?)
 }
 
 /// `pos + scale · (pos − neg)` per item, each capped at `normalization · |pos|` when
@@ -319,26 +312,17 @@ pub fn generate(
     let positives = vec![&request.caption; batch as usize];
     let mut both = positives.clone();
     both.extend(vec![&request.negative; batch as usize]);
-    let mut plain = None;
-    let mut guided = None;
-    if guided_steps.iter().any(|&g| !g) {
-        plain = Some(Branch::new(
-            model,
-            request,
-            schedule.len(),
-            &positives,
-            latent_hw,
-        )?);
-    }
-    if guided_steps.iter().any(|&g| g) {
-        guided = Some(Branch::new(
-            model,
-            request,
-            schedule.len(),
-            &both,
-            latent_hw,
-        )?);
-    }
+    // Built before the loop, so their arrays are not mistaken for carried state.
+    let build =
+        |captions: &[&Caption]| denoiser(model, request, schedule.len(), captions, latent_hw);
+    let mut plain = guided_steps
+        .contains(&false)
+        .then(|| build(&positives))
+        .transpose()?;
+    let mut guided = guided_steps
+        .contains(&true)
+        .then(|| build(&both))
+        .transpose()?;
 
     let reports = Rc::new(RefCell::new(Vec::with_capacity(request.steps)));
     let sink = Rc::clone(&reports);
@@ -354,35 +338,30 @@ pub fn generate(
     let mut computed = Vec::with_capacity(schedule.len());
     for i in steps {
         let t = schedule.model_t(i);
-        let prediction = match (guided_steps[i], guided.as_mut(), plain.as_mut()) {
-            (true, Some(branch), _) => {
-                let input = mlx::concatenate(&[&latents, &latents], 0);
-                let velocity = branch.denoiser.velocity(i, t, &input)?;
-                let (pos, neg) = (
-                    velocity.slice_axis(0, 0, batch),
-                    velocity.slice_axis(0, batch, 2 * batch),
-                );
-                guide(&pos, &neg, guidance)
-            }
-            (false, _, Some(branch)) => branch.denoiser.velocity(i, t, &latents)?,
-            // Both branches exist for the steps that need them (built above).
-            _ => unreachable!("no denoiser for step {i}"),
+        let branch = if guided_steps[i] {
+            &mut guided
+        } else {
+            &mut plain
         };
-        let last =
-            |b: &Option<Branch>| b.as_ref().and_then(|b| b.denoiser.computed.last().copied());
-        computed.push(
-            if guided_steps[i] {
-                last(&guided)
-            } else {
-                last(&plain)
-            }
-            .unwrap_or(true),
-        );
+        // Each branch exists when some step takes it (built above).
+        let denoiser = branch.as_mut().expect("a denoiser for every kind of step");
+        let prediction = if guided_steps[i] {
+            let input = mlx::concatenate(&[&latents, &latents], 0);
+            let velocity = denoiser.velocity(i, t, &input)?;
+            let (pos, neg) = (
+                velocity.slice_axis(0, 0, batch),
+                velocity.slice_axis(0, batch, 2 * batch),
+            );
+            guide(&pos, &neg, guidance)
+        } else {
+            denoiser.velocity(i, t, &latents)?
+        };
+        computed.push(denoiser.computed.last().copied().unwrap_or(true));
         // The transformer predicts the negated flow velocity.
         latents = &latents - prediction * f64::from(schedule.dt(i));
     }
     latents.check()?;
-    let changes = guided.or(plain).and_then(|branch| branch.denoiser.changes);
+    let changes = guided.or(plain).and_then(|denoiser| denoiser.changes);
     Ok(Generation {
         latents,
         schedule,

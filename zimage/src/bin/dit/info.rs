@@ -1,12 +1,13 @@
 //! `dit info`: what a model is and what it weighs.
 
 use dit::config::DitConfig;
-use dit::weights::{self, LoadOptions, ModelSource, QuantReport};
+use dit::weights::{ModelSource, QuantReport};
 use mlx::nn::{MatmulPath, QuantFormat};
 use mlx::{Dtype, Module};
 use serde_json::{json, Value};
+use zimage::pipeline::{LoadOptions, Pipeline};
 
-use crate::{compute_dtype, mib, model_source, transformer_source, CliResult, FloatDtype};
+use crate::{compute_dtype, mib, model_source, CliResult, FloatDtype};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,9 +29,11 @@ pub fn run(args: Args) -> CliResult {
     let dtype = compute_dtype(args.dtype)?;
     let options = LoadOptions {
         fp8: args.fp8,
+        keep_text_encoder: true,
         ..LoadOptions::from(dtype)
     };
-    let loaded = weights::load(&transformer_source(&args.model)?, options)?;
+    let pipeline = Pipeline::load(&args.model, options)?;
+    let loaded = &pipeline.transformer;
     let model = &loaded.model;
     let c: &DitConfig = &model.config;
     let report = json!({
@@ -57,6 +60,7 @@ pub fn run(args: Args) -> CliResult {
         "compute_dtype": dtype.to_string(),
         "weights_bytes": model.nbytes(),
         "quantization": quantization_json(&loaded.quantization, c, model.nbytes()),
+        "components": components_json(&pipeline),
     });
     if args.json {
         println!("{report}");
@@ -104,7 +108,68 @@ pub fn run(args: Args) -> CliResult {
         "quantization    {}",
         quantization_text(&loaded.quantization, c, dtype)
     );
+    if let (Some(encoder), Some(tokenizer)) = (pipeline.text_encoder(), pipeline.tokenizer()) {
+        let e = &encoder.config;
+        println!(
+            "text encoder    Qwen3: hidden {}, {} of {} layers run, {} heads ({} kv) of {}, \
+             vocabulary {} ({:.1} MiB)",
+            e.hidden_size,
+            encoder.layers.len(),
+            e.num_hidden_layers,
+            e.num_attention_heads,
+            e.num_key_value_heads,
+            e.head_dim,
+            tokenizer.vocab_size(),
+            mib(encoder.nbytes())
+        );
+    }
+    if let Some(vae) = &pipeline.vae {
+        let v = &vae.config;
+        println!(
+            "vae             AutoencoderKL: {} latent channels, blocks {:?}, tile {} px ({:.1} MiB)",
+            v.latent_channels,
+            v.block_out_channels,
+            v.sample_size,
+            mib(vae.nbytes())
+        );
+    }
     Ok(())
+}
+
+/// The text encoder's and VAE's part of `--json`, for a pipeline (null otherwise).
+fn components_json(pipeline: &Pipeline) -> Value {
+    let text_encoder = pipeline.text_encoder().map(|encoder| {
+        let e = &encoder.config;
+        json!({
+            "architecture": "Qwen3Model",
+            "hidden_size": e.hidden_size,
+            "layers": e.num_hidden_layers,
+            "layers_run": encoder.layers.len(),
+            "heads": e.num_attention_heads,
+            "kv_heads": e.num_key_value_heads,
+            "head_dim": e.head_dim,
+            "vocab_size": pipeline.tokenizer().map(|t| t.vocab_size()),
+            "parameters": encoder.num_parameters(),
+            "weights_bytes": encoder.nbytes(),
+            "quantization": {"mode": "none"},
+        })
+    });
+    let vae = pipeline.vae.as_ref().map(|vae| {
+        let v = &vae.config;
+        json!({
+            "architecture": "AutoencoderKL",
+            "parts_loaded": if vae.encoder.is_some() { "encoder+decoder" } else { "decoder" },
+            "latent_channels": v.latent_channels,
+            "block_out_channels": v.block_out_channels,
+            "scaling_factor": v.scaling_factor,
+            "shift_factor": v.shift_factor,
+            "tile_size": v.sample_size,
+            "parameters": vae.num_parameters(),
+            "weights_bytes": vae.nbytes(),
+            "quantization": {"mode": "none"},
+        })
+    });
+    json!({ "text_encoder": text_encoder, "vae": vae })
 }
 
 /// The quantization object of `--json`: mode "none" for a dense model.
