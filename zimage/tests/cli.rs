@@ -636,3 +636,34 @@ fn prompts_are_never_errors() {
     assert_eq!(warnings.len(), 1, "{stderr}");
     assert!(warnings[0].contains("were dropped"), "{stderr}");
 }
+
+#[test]
+fn the_text_encoder_leaves_memory_before_denoising_unless_kept() {
+    let run = |extra: &[&str]| {
+        let args = [
+            &[
+                "generate", "--steps", "2", "--width", "32", "--height", "32", "--json",
+            ][..],
+            &PROMPT[..],
+            extra,
+        ]
+        .concat();
+        last_json(&succeed(&args))
+    };
+    let dropped = run(&[]);
+    let kept = run(&["--keep-text-encoder"]);
+    let info = last_json(&succeed(&["info", "--model", "tiny", "--json"]));
+    let encoder = info["components"]["text_encoder"]["weights_bytes"]
+        .as_u64()
+        .unwrap() as f64;
+    let active = |r: &Value| r["active_bytes"][0].as_u64().unwrap() as f64;
+    let extra = active(&kept) - active(&dropped);
+    assert!(
+        (0.9 * encoder..=1.5 * encoder).contains(&extra),
+        "keeping the text encoder ({encoder} B) added {extra} B to the step loop's memory"
+    );
+    assert_eq!(
+        kept["weights_bytes"].as_u64().unwrap() - dropped["weights_bytes"].as_u64().unwrap(),
+        encoder as u64
+    );
+}
