@@ -617,6 +617,14 @@ int mlxs_slice_update(
   });
 }
 
+int mlxs_slice_update_dynamic(
+    const mlxs_array* src, const mlxs_array* update, const mlxs_array* start, const int* axes,
+    size_t naxes, mlxs_array** out) {
+  return guard([&] {
+    *out = wrap(mx::slice_update(src->a, update->a, start->a, std::vector<int>(axes, axes + naxes)));
+  });
+}
+
 int mlxs_take(
     const mlxs_array* a, const mlxs_array* indices, int axis, int all_axes, mlxs_array** out) {
   return guard([&] {
@@ -675,6 +683,15 @@ int mlxs_rope(
   return guard([&] {
     std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
     *out = wrap(mx::fast::rope(x->a, dims, traditional != 0, b, scale, offset, opt(freqs)));
+  });
+}
+
+int mlxs_rope_dynamic(
+    const mlxs_array* x, int dims, int traditional, int has_base, float base, float scale,
+    const mlxs_array* offset, const mlxs_array* freqs, mlxs_array** out) {
+  return guard([&] {
+    std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
+    *out = wrap(mx::fast::rope(x->a, dims, traditional != 0, b, scale, offset->a, opt(freqs)));
   });
 }
 

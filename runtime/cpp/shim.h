@@ -204,6 +204,11 @@ int mlxs_slice(
 int mlxs_slice_update(
     const mlxs_array* src, const mlxs_array* update, const int32_t* start,
     const int32_t* stop, const int32_t* strides, size_t ndim, mlxs_array** out);
+// `update` written into `src` from the positions in `start` (an integer array with one entry
+// per axis in `axes`), known only when the graph runs.
+int mlxs_slice_update_dynamic(
+    const mlxs_array* src, const mlxs_array* update, const mlxs_array* start, const int* axes,
+    size_t naxes, mlxs_array** out);
 // `all_axes` non-zero: index the flattened array.
 int mlxs_take(
     const mlxs_array* a, const mlxs_array* indices, int axis, int all_axes, mlxs_array** out);
@@ -233,6 +238,10 @@ int mlxs_layer_norm(
 int mlxs_rope(
     const mlxs_array* x, int dims, int traditional, int has_base, float base, float scale,
     int offset, const mlxs_array* freqs, mlxs_array** out);
+// The same with the first position an integer array, known only when the graph runs.
+int mlxs_rope_dynamic(
+    const mlxs_array* x, int dims, int traditional, int has_base, float base, float scale,
+    const mlxs_array* offset, const mlxs_array* freqs, mlxs_array** out);
 // `mask_mode` is "" (no mask or an array mask) or "causal".
 int mlxs_sdpa(
     const mlxs_array* q, const mlxs_array* k, const mlxs_array* v, float scale,

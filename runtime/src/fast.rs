@@ -78,6 +78,29 @@ pub fn rope(x: &Array, rope: Rope<'_>) -> Array {
     })
 }
 
+/// [`rope`] with the first position an integer array (a scalar, or one per batch item)
+/// instead of `rope.offset`: a compiled graph then serves every position, as a decoding
+/// step with a KV cache needs (a static offset would trace once per token).
+#[track_caller]
+pub fn rope_at(x: &Array, rope: Rope<'_>, offset: &Array) -> Array {
+    op("rope", &[Some(x), Some(offset), rope.freqs], |r, out| {
+        // SAFETY: live handles (freqs may be null).
+        unsafe {
+            sys::mlxs_rope_dynamic(
+                r[0],
+                rope.dims,
+                i32::from(rope.traditional),
+                i32::from(rope.freqs.is_none()),
+                rope.base,
+                rope.scale,
+                r[1],
+                r[2],
+                out,
+            )
+        }
+    })
+}
+
 /// The mask of [`scaled_dot_product_attention`].
 #[derive(Clone, Copy, Debug)]
 pub enum Mask<'a> {

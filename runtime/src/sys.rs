@@ -313,6 +313,14 @@ extern "C" {
         ndim: usize,
         out: *mut *mut mlxs_array,
     ) -> c_int;
+    pub fn mlxs_slice_update_dynamic(
+        src: *const mlxs_array,
+        update: *const mlxs_array,
+        start: *const mlxs_array,
+        axes: *const c_int,
+        naxes: usize,
+        out: *mut *mut mlxs_array,
+    ) -> c_int;
     pub fn mlxs_take(
         a: *const mlxs_array,
         indices: *const mlxs_array,
@@ -381,6 +389,18 @@ extern "C" {
         base: f32,
         scale: f32,
         offset: c_int,
+        freqs: *const mlxs_array,
+        out: *mut *mut mlxs_array,
+    ) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    pub fn mlxs_rope_dynamic(
+        x: *const mlxs_array,
+        dims: c_int,
+        traditional: c_int,
+        has_base: c_int,
+        base: f32,
+        scale: f32,
+        offset: *const mlxs_array,
         freqs: *const mlxs_array,
         out: *mut *mut mlxs_array,
     ) -> c_int;

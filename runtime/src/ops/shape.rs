@@ -252,6 +252,26 @@ impl Array {
     }
 }
 
+impl Array {
+    /// A copy of `self` with `update` written at the positions `start` (integers, one per
+    /// axis in `axes`; the other axes start at 0), which are read only when the graph runs:
+    /// one compiled graph then writes anywhere, as a KV cache filled token by token needs.
+    /// MLX clamps a start that would run past the end.
+    #[track_caller]
+    pub fn slice_update_at(&self, update: &Array, start: &Array, axes: &[i32]) -> Array {
+        op(
+            "slice_update_at",
+            &[Some(self), Some(update), Some(start)],
+            |r, out| {
+                // SAFETY: live handles; `axes.len()` ints.
+                unsafe {
+                    sys::mlxs_slice_update_dynamic(r[0], r[1], r[2], axes.as_ptr(), axes.len(), out)
+                }
+            },
+        )
+    }
+}
+
 /// The signature shared by the shim's ops that take one array and a list of ints.
 type IntsOp = unsafe extern "C" fn(
     *const sys::mlxs_array,
