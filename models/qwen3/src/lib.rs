@@ -9,6 +9,9 @@
 //! - [`weights`]: loading and writing checkpoints, built-in random weights.
 //! - [`tokenizer`]: `tokenizer.json` through the `tokenizers` crate, and the prompt ids
 //!   of the pipeline; [`chat_template`]: rendering chat templates as transformers does.
+//! - [`causal_lm`]: `Qwen3ForCausalLM` with KV caches; [`generate`]: prefill and the
+//!   decoding loop; [`sample`]: greedy, temperature, top-k and top-p; [`stream`]: text out
+//!   as tokens arrive. The `qwen3 generate` command runs them.
 //!
 //! A prompt's caption features, as `ZImagePipeline._encode_prompt` computes them (here
 //! with the built-in tokenizer and tiny model; `Tokenizer::from_dir` and `weights::load`
@@ -29,15 +32,23 @@
 //! # }
 //! ```
 
+pub mod causal_lm;
 pub mod chat_template;
 pub mod config;
+pub mod generate;
 pub mod model;
+pub mod sample;
+pub mod stream;
 pub mod tokenizer;
 pub mod weights;
 
+pub use causal_lm::{Cache, Qwen3ForCausalLM};
 pub use chat_template::Message;
 pub use config::Qwen3Config;
-pub use model::Qwen3Model;
+pub use generate::{GenerateOptions, Generation, GenerationConfig};
+pub use model::{KvCache, Qwen3Model};
+pub use sample::Sampling;
+pub use stream::StreamDecoder;
 pub use tokenizer::{PromptIds, Tokenizer};
 pub use weights::{Layers, LoadOptions, Mismatch};
 
@@ -102,6 +113,7 @@ mod tests {
         fn shared<T: Send + Sync>() {}
         shared::<crate::Tokenizer>();
         shared::<crate::Qwen3Model>();
+        shared::<crate::Qwen3ForCausalLM>();
         shared::<crate::Qwen3Error>();
     }
 }

@@ -3,10 +3,12 @@
 //! Field paths are transformers' weight names (without the `model.` prefix of
 //! `Qwen3ForCausalLM`).
 //!
-//! Attention is causal over the whole input, from position 0: the text encoder's case. A
-//! causal LM will add a KV cache and a position offset to [`Attention`].
+//! [`Qwen3Model::hidden_states`] and [`Qwen3Model::forward`] attend causally over the whole
+//! input from position 0 (the text encoder's case); the `*_cached` graphs run tokens at a
+//! position given as an array against a [`KvCache`] per layer: the causal LM's case
+//! ([`crate::causal_lm`]).
 
-use mlx::fast::{self, Mask};
+use mlx::fast::{self, Mask, Rope};
 use mlx::nn::attention::{merge_heads, split_heads};
 use mlx::nn::{rope, Dense, Embedding, Linear, RmsNorm};
 use mlx::{Array, Dtype, Module};
@@ -54,6 +56,53 @@ impl Attention {
         );
         self.o_proj.forward(&merge_heads(&attended))
     }
+
+    /// `x: [batch, tokens, hidden]` at positions `offset..` (an int32 scalar), attending to
+    /// the cache's keys where `mask` (`[tokens, capacity]`, true = attend) allows. Returns
+    /// the output and the cache with this call's keys and values written at `offset`.
+    #[mlx::graph]
+    pub fn forward_cached(
+        &self,
+        x: &Array,
+        cache: &KvCache,
+        offset: &Array,
+        mask: &Array,
+    ) -> (Array, Array, Array) {
+        let q = self
+            .q_norm
+            .forward(&split_heads(&self.q_proj.forward(x), self.heads));
+        let k = self
+            .k_norm
+            .forward(&split_heads(&self.k_proj.forward(x), self.kv_heads));
+        let v = split_heads(&self.v_proj.forward(x), self.kv_heads);
+        let [.., head_dim] = q.dims::<4>();
+        let rope = Rope {
+            base: self.rope_theta,
+            ..Rope::new(head_dim)
+        };
+        let start = offset.reshape(&[1]);
+        let keys = cache
+            .keys
+            .slice_update_at(&fast::rope_at(&k, rope, offset), &start, &[2]);
+        let values = cache.values.slice_update_at(&v, &start, &[2]);
+        let attended = fast::scaled_dot_product_attention(
+            &fast::rope_at(&q, rope, offset),
+            &keys,
+            &values,
+            1.0 / (head_dim as f32).sqrt(),
+            Mask::Array(mask),
+        );
+        (self.o_proj.forward(&merge_heads(&attended)), keys, values)
+    }
+}
+
+/// One layer's keys and values in mlx-lm's `KVCache` layout,
+/// `[batch, kv_heads, capacity, head_dim]`, RoPE already applied to the keys. Positions past
+/// what has been written hold zeros or stale values; the attention mask hides them.
+#[derive(Module, Clone)]
+pub struct KvCache {
+    pub keys: Array,
+    pub values: Array,
 }
 
 /// `down_proj(silu(gate_proj(x)) · up_proj(x))`.
@@ -86,6 +135,24 @@ impl DecoderLayer {
     pub fn forward(&self, x: &Array) -> Array {
         let h = x + self.self_attn.forward(&self.input_layernorm.forward(x));
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
+
+    /// [`forward`](DecoderLayer::forward) against a cache (see
+    /// [`Attention::forward_cached`]): the output and the layer's new keys and values.
+    #[mlx::graph]
+    pub fn forward_cached(
+        &self,
+        x: &Array,
+        cache: &KvCache,
+        offset: &Array,
+        mask: &Array,
+    ) -> (Array, Array, Array) {
+        let (attended, keys, values) =
+            self.self_attn
+                .forward_cached(&self.input_layernorm.forward(x), cache, offset, mask);
+        let h = x + attended;
+        let out = &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h));
+        (out, keys, values)
     }
 }
 
@@ -222,7 +289,7 @@ impl Qwen3Model {
 
     /// `input_ids` as `[batch, tokens]` int32, checked: token ids outside the vocabulary
     /// would make the embedding lookup read out of bounds.
-    fn checked_ids(&self, input_ids: &Array) -> Result<Array> {
+    pub(crate) fn checked_ids(&self, input_ids: &Array) -> Result<Array> {
         input_ids.check()?;
         let shape = input_ids.shape();
         if shape.len() != 2 || shape[1] == 0 || !input_ids.dtype().is_integer() {

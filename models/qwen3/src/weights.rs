@@ -1,7 +1,8 @@
 //! Where a model's weights come from: a transformers checkpoint directory (`config.json`
 //! and `model.safetensors`, or shards listed by `model.safetensors.index.json`; a
 //! `Qwen3Model`'s names or a `Qwen3ForCausalLM`'s under `model.`), or the built-in random
-//! weights; and writing a model back in that layout.
+//! weights; and writing a model back in that layout. [`load`] reads the base model,
+//! [`load_causal_lm`] the base model and its output head.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use mlx::io::{load_checkpoint, save_safetensors, Checkpoint};
 use mlx::module::LoadReport;
+use mlx::nn::{Dense, Linear};
 use mlx::{random, Array, Dtype, Module};
 
+use crate::causal_lm::Qwen3ForCausalLM;
 use crate::config::Qwen3Config;
 use crate::model::Qwen3Model;
 use crate::{Qwen3Error, Result};
@@ -158,13 +161,73 @@ pub fn builtin(config: &Qwen3Config, options: impl Into<LoadOptions>) -> Result<
     )
 }
 
-/// Fills a model of `config` from `checkpoint` (read from `origin`).
+/// Loads a checkpoint directory as a causal LM computing in `dtype`: the base model (under
+/// `model.` or unprefixed) and, unless `tie_word_embeddings`, `lm_head.weight`.
+pub fn load_causal_lm(dir: &Path, dtype: Dtype) -> Result<Qwen3ForCausalLM> {
+    if !dir.is_dir() {
+        return Err(Qwen3Error::Input(format!(
+            "{}: not a model directory",
+            dir.display()
+        )));
+    }
+    let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+    let checkpoint = load_checkpoint(dir)?;
+    let (model, lm_head) = fill_parts(config, checkpoint, dtype.into(), dir, true)?;
+    Ok(Qwen3ForCausalLM { model, lm_head })
+}
+
+/// A built-in causal LM: [`builtin`]'s weights, and for an untied `config` a random head
+/// (`N(0, 1/hidden)`, from a key of its own).
+pub fn builtin_causal_lm(config: &Qwen3Config, dtype: Dtype) -> Result<Qwen3ForCausalLM> {
+    config.validate().map_err(|message| Qwen3Error::Config {
+        path: PathBuf::from("<built-in>"),
+        message,
+    })?;
+    let mut weights = random_weights(config);
+    if !config.tie_word_embeddings {
+        let head = random::normal(
+            &[config.vocab_size, config.hidden_size],
+            Dtype::F32,
+            &random::key(BUILTIN_SEED + 1),
+        ) * (1.0 / f64::from(config.hidden_size).sqrt());
+        weights = Checkpoint::from_arrays(
+            weights
+                .iter()
+                .map(|(name, a)| (name.to_string(), a.clone()))
+                .chain([(LM_HEAD.to_string(), head)])
+                .collect::<Vec<_>>(),
+        );
+    }
+    let (model, lm_head) = fill_parts(
+        config.clone(),
+        weights,
+        dtype.into(),
+        Path::new("<built-in>"),
+        true,
+    )?;
+    Ok(Qwen3ForCausalLM { model, lm_head })
+}
+
+/// Fills a model of `config` from `checkpoint` (read from `origin`); a causal LM's
+/// `lm_head.weight` is left out.
 fn fill(
     config: Qwen3Config,
     checkpoint: Checkpoint,
     options: LoadOptions,
     origin: &Path,
 ) -> Result<Qwen3Model> {
+    fill_parts(config, checkpoint, options, origin, false).map(|(model, _)| model)
+}
+
+/// [`fill`], also returning the output head when `with_head` (an untied model without
+/// `lm_head.weight` is a checkpoint that does not fit).
+fn fill_parts(
+    config: Qwen3Config,
+    checkpoint: Checkpoint,
+    options: LoadOptions,
+    origin: &Path,
+    with_head: bool,
+) -> Result<(Qwen3Model, Option<Linear>)> {
     if !options.dtype.is_float() {
         return Err(Qwen3Error::Input(format!(
             "a model computes in a float dtype, not {}",
@@ -172,7 +235,7 @@ fn fill(
         )));
     }
     let depth = options.depth(&config)?;
-    let (mut checkpoint, mut unexpected) = base_model_tensors(checkpoint);
+    let (mut checkpoint, mut unexpected, head) = base_model_tensors(checkpoint);
     // Layers past the depth asked for are dropped unread; past the config's count they
     // are unexpected.
     let skipped: Vec<String> = checkpoint
@@ -186,14 +249,27 @@ fn fill(
         checkpoint.take(name);
     }
     // Loading would convert integer tensors silently.
+    let head_entry = head.as_ref().map(|w| (LM_HEAD, w)).filter(|_| with_head);
     let other: Vec<(String, String)> = checkpoint
         .iter()
+        .chain(head_entry)
         .filter(|(_, array)| !array.dtype().is_float())
         .map(|(name, array)| (name.to_string(), format!("stored as {}", array.dtype())))
         .collect();
     let mut model = Qwen3Model::zeros(&config, depth, options.dtype);
     let mut report = LoadReport::default();
     model.load_from("", &mut checkpoint, &mut report);
+    // transformers ties the head to the embeddings whatever the file holds.
+    let mut lm_head = None;
+    if with_head && !config.tie_word_embeddings {
+        let mut head_layer = Linear::Dense(Dense {
+            weight: Array::zeros(&[config.vocab_size, config.hidden_size], options.dtype),
+            bias: None,
+        });
+        let mut source = Checkpoint::from_arrays(head.map(|w| (LM_HEAD.to_string(), w)));
+        head_layer.load_from("lm_head", &mut source, &mut report);
+        lm_head = Some(head_layer);
+    }
     unexpected.extend(checkpoint.names().map(str::to_owned));
     unexpected.sort();
     report.unexpected = unexpected;
@@ -203,21 +279,28 @@ fn fill(
             mismatch: Mismatch { report, other },
         });
     }
-    mlx::eval(model.parameters().into_iter().map(|(_, a)| a))?;
-    Ok(model)
+    mlx::eval(
+        model
+            .parameters()
+            .into_iter()
+            .chain(lm_head.iter().flat_map(|h| h.parameters()))
+            .map(|(_, a)| a),
+    )?;
+    Ok((model, lm_head))
 }
 
 /// The base model's tensors under their `Qwen3Model` names: a checkpoint that stores
 /// them under `model.` (it has `model.embed_tokens.weight`) loses the prefix, and a
-/// causal LM's `lm_head.weight` is set aside. Also returns the names that fit neither
-/// layout (unprefixed tensors of a prefixed checkpoint), to report as unexpected.
-fn base_model_tensors(mut checkpoint: Checkpoint) -> (Checkpoint, Vec<String>) {
+/// causal LM's `lm_head.weight` is set aside (and returned last). Also returns the names
+/// that fit neither layout (unprefixed tensors of a prefixed checkpoint), to report as
+/// unexpected.
+fn base_model_tensors(mut checkpoint: Checkpoint) -> (Checkpoint, Vec<String>, Option<Array>) {
     let prefixed = checkpoint
         .get(&format!("{PREFIX}embed_tokens.weight"))
         .is_some();
-    checkpoint.take(LM_HEAD);
+    let head = checkpoint.take(LM_HEAD);
     if !prefixed {
-        return (checkpoint, Vec::new());
+        return (checkpoint, Vec::new(), head);
     }
     let names: Vec<String> = checkpoint.names().map(str::to_owned).collect();
     let mut unexpected = Vec::new();
@@ -231,7 +314,7 @@ fn base_model_tensors(mut checkpoint: Checkpoint) -> (Checkpoint, Vec<String>) {
             None => unexpected.push(name),
         }
     }
-    (Checkpoint::from_arrays(tensors), unexpected)
+    (Checkpoint::from_arrays(tensors), unexpected, head)
 }
 
 /// `N` of a tensor `layers.N.…`.
@@ -269,6 +352,26 @@ pub fn check_new_target(dir: &Path) -> Result<()> {
 /// `model.safetensors`, names without a prefix, tensors in `dtype` (a float dtype). Only
 /// a model loaded whole can be written.
 pub fn save(model: &Qwen3Model, dir: &Path, dtype: Dtype) -> Result<()> {
+    let tensors = model.parameters();
+    write_checkpoint(model, tensors, dir, dtype, "Qwen3Model")
+}
+
+/// Writes `model` as transformers writes a `Qwen3ForCausalLM` (what mlx-lm reads too):
+/// the base model's tensors under `model.`, `lm_head.weight` unless the head is tied, in
+/// `dtype` (a float dtype), with `config.json`.
+pub fn save_causal_lm(model: &Qwen3ForCausalLM, dir: &Path, dtype: Dtype) -> Result<()> {
+    let tensors = model.parameters();
+    write_checkpoint(&model.model, tensors, dir, dtype, "Qwen3ForCausalLM")
+}
+
+/// `tensors` (all of `model`'s layers) and `model`'s config as `architecture`.
+fn write_checkpoint(
+    model: &Qwen3Model,
+    tensors: Vec<(String, &Array)>,
+    dir: &Path,
+    dtype: Dtype,
+    architecture: &str,
+) -> Result<()> {
     let all = model.config.num_hidden_layers as usize;
     if model.layers.len() != all {
         return Err(Qwen3Error::Input(format!(
@@ -286,8 +389,7 @@ pub fn save(model: &Qwen3Model, dir: &Path, dtype: Dtype) -> Result<()> {
         source: e,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
-    let tensors: Vec<(String, Array)> = model
-        .parameters()
+    let tensors: Vec<(String, Array)> = tensors
         .into_iter()
         .map(|(name, array)| (name, array.astype(dtype)))
         .collect();
@@ -300,7 +402,7 @@ pub fn save(model: &Qwen3Model, dir: &Path, dtype: Dtype) -> Result<()> {
     let config = Qwen3Config {
         // MLX's names of float dtypes are PyTorch's.
         dtype: Some(dtype.name().to_string()),
-        architectures: vec!["Qwen3Model".into()],
+        architectures: vec![architecture.into()],
         ..model.config.clone()
     };
     // A `Value` of plain JSON types always serializes.
