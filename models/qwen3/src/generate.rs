@@ -263,9 +263,12 @@ impl Qwen3ForCausalLM {
                 generation.stopped = true;
                 break;
             }
-            match (on_token(id), next) {
-                (ControlFlow::Continue(()), Some(next)) => token = next,
-                _ => break,
+            if on_token(id).is_break() {
+                break;
+            }
+            // The last iteration has no next token: the loop ends after its boundary.
+            if let Some(next) = next {
+                token = next;
             }
         }
         generation.decode_time = decode_started.elapsed();
