@@ -23,7 +23,7 @@ fn frequencies(sampling: Sampling, seed: u64) -> Vec<f64> {
         .unwrap()
         .to_vec::<i32>()
         .unwrap();
-    let mut counts = vec![0f64; 4];
+    let mut counts = [0f64; 4];
     for t in tokens {
         counts[t as usize] += 1.0;
     }
