@@ -162,6 +162,10 @@ pub struct Generation {
     /// From the first new token to the last.
     pub decode_time: Duration,
     pub memory: Vec<MemorySample>,
+    /// Peak memory up to the end of the prefill.
+    pub prefill_peak_bytes: usize,
+    /// Peak memory while decoding (when memory is sampled, else 0).
+    pub decode_peak_bytes: usize,
     pub steps: Vec<StepRecord>,
 }
 
@@ -233,6 +237,8 @@ impl Qwen3ForCausalLM {
         let Some(logits) = logits else {
             return Ok(generation); // unreachable: the prompt is not empty
         };
+        // The prefill loop's boundaries evaluated the caches and the logits.
+        generation.prefill_peak_bytes = mlx::memory::peak_memory();
         let mut token = sampling.sample_unchecked(&logits, &token_key(options.seed, 0));
         drop(logits);
 
@@ -274,6 +280,7 @@ impl Qwen3ForCausalLM {
         generation.decode_time = decode_started.elapsed();
 
         let stats = stats.take();
+        generation.decode_peak_bytes = stats.iter().map(|s| s.peak_bytes).max().unwrap_or(0);
         if options.memory_every > 0 {
             let mut peak = 0;
             for (i, s) in stats.iter().enumerate() {
