@@ -1,0 +1,189 @@
+//! Where the weights come from: a diffusers-layout directory (`config.json` and one or
+//! many `*.safetensors`, sharded ones with `*.safetensors.index.json`) or seeded random
+//! weights; and writing a model back in that layout.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use mlx::io::{load_checkpoint, save_safetensors, Checkpoint};
+use mlx::module::LoadReport;
+use mlx::{random, Array, Dtype, Module};
+
+use crate::config::VaeConfig;
+use crate::model::{AutoencoderKL, Parts};
+use crate::{Result, VaeError};
+
+/// The file diffusers writes an unsharded model to.
+pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
+/// The seed of the built-in models' weights.
+pub const BUILTIN_SEED: u64 = 0x7ae;
+
+/// A checkpoint that does not fit the model: every missing, unexpected, mis-shaped and
+/// non-float tensor, on one line.
+#[derive(Debug)]
+pub struct Mismatch {
+    /// The checkpoint's directory (or `<memory>`).
+    pub source: PathBuf,
+    pub report: LoadReport,
+    /// Tensors stored as integers or booleans, with their dtype.
+    pub not_float: Vec<(String, Dtype)>,
+}
+
+/// Names shown per kind of problem; the rest are counted.
+const NAMES_SHOWN: usize = 12;
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.report;
+        let shapes: Vec<String> = r
+            .mismatched
+            .iter()
+            .map(|(name, expected, found)| format!("{name} expected {expected:?}, found {found:?}"))
+            .collect();
+        let dtypes: Vec<String> = self
+            .not_float
+            .iter()
+            .map(|(name, dtype)| format!("{name} is {dtype}"))
+            .collect();
+        write!(f, "{} does not fit the autoencoder:", self.source.display())?;
+        let mut first = true;
+        for (what, names) in [
+            ("missing", &r.missing),
+            ("unexpected", &r.unexpected),
+            ("wrongly shaped", &shapes),
+            ("not floating-point", &dtypes),
+        ] {
+            if names.is_empty() {
+                continue;
+            }
+            let shown = names[..names.len().min(NAMES_SHOWN)].join(", ");
+            let more = names.len().saturating_sub(NAMES_SHOWN);
+            let sep = if first { " " } else { "; " };
+            write!(f, "{sep}{} {what} ({shown}", names.len())?;
+            if more > 0 {
+                write!(f, ", and {more} more")?;
+            }
+            f.write_str(")")?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+impl AutoencoderKL {
+    /// Loads `dir`'s `config.json` and weights, converted to `dtype` (evaluated: a
+    /// checkpoint already in `dtype` stays memory-mapped). With [`Parts::Decoder`] the
+    /// encoder's tensors are never read.
+    pub fn load(dir: impl AsRef<Path>, dtype: Dtype, parts: Parts) -> Result<AutoencoderKL> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(VaeError::Input(format!(
+                "{}: not a model directory",
+                dir.display()
+            )));
+        }
+        let config = VaeConfig::from_file(&dir.join("config.json"))?;
+        let checkpoint = load_checkpoint(dir)?;
+        AutoencoderKL::from_checkpoint(&config, checkpoint, dtype, parts, dir)
+    }
+
+    /// A model of `config` from the tensors of `checkpoint` (read from `source`, which
+    /// errors name). Reports every problem at once.
+    pub fn from_checkpoint(
+        config: &VaeConfig,
+        mut checkpoint: Checkpoint,
+        dtype: Dtype,
+        parts: Parts,
+        source: &Path,
+    ) -> Result<AutoencoderKL> {
+        if parts == Parts::Decoder {
+            let encoder_only: Vec<String> = checkpoint
+                .names()
+                .filter(|name| name.starts_with("encoder.") || name.starts_with("quant_conv."))
+                .map(str::to_owned)
+                .collect();
+            for name in encoder_only {
+                checkpoint.take(&name);
+            }
+        }
+        let not_float: Vec<(String, Dtype)> = checkpoint
+            .iter()
+            .filter(|(_, array)| !array.dtype().is_float())
+            .map(|(name, array)| (name.to_owned(), array.dtype()))
+            .collect();
+        let mut model = AutoencoderKL::zeros(config, dtype, parts);
+        let mut report = LoadReport::default();
+        model.load_from("", &mut checkpoint, &mut report);
+        report.unexpected = checkpoint.names().map(str::to_owned).collect();
+        if !report.is_clean() || !not_float.is_empty() {
+            return Err(VaeError::Checkpoint(Mismatch {
+                source: source.to_path_buf(),
+                report,
+                not_float,
+            }));
+        }
+        mlx::eval(model.parameters().into_iter().map(|(_, a)| a))?;
+        Ok(model)
+    }
+
+    /// A model of `config` with [`random_weights`] from `seed`, in `dtype`.
+    pub fn random(config: &VaeConfig, seed: u64, dtype: Dtype) -> Result<AutoencoderKL> {
+        let checkpoint = random_weights(config, seed);
+        AutoencoderKL::from_checkpoint(
+            config,
+            checkpoint,
+            dtype,
+            Parts::Both,
+            Path::new("<random>"),
+        )
+    }
+
+    /// Writes the model as a diffusers-layout checkpoint: `config.json` and one
+    /// safetensors file, tensors in `dtype`. A model loaded without its encoder is written
+    /// without it.
+    pub fn save(&self, dir: &Path, dtype: Dtype) -> Result<()> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| VaeError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let tensors: Vec<(String, Array)> = self
+            .parameters()
+            .into_iter()
+            .map(|(name, array)| (name, array.astype(dtype)))
+            .collect();
+        let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        save_safetensors(
+            dir.join(WEIGHTS_FILE),
+            tensors.iter().map(|(name, array)| (name, array)),
+            &metadata,
+        )?;
+        let config = serde_json::to_string_pretty(&self.config.to_json()).unwrap_or_default();
+        let path = dir.join("config.json");
+        std::fs::write(&path, config + "\n").map_err(io(&path))
+    }
+}
+
+/// Deterministic random weights of `config`'s shapes (both halves), scaled so activations
+/// stay O(1): convolution and linear weights `N(0, 1/fan_in)`, biases `N(0, 0.02²)`, norm
+/// weights `1 + N(0, 0.1²)`.
+pub fn random_weights(config: &VaeConfig, seed: u64) -> Checkpoint {
+    let shapes = AutoencoderKL::zeros(config, Dtype::F32, Parts::Both);
+    let params = shapes.parameters();
+    let keys = random::split(&random::key(seed), params.len() as i32);
+    let arrays = params.into_iter().zip(keys).map(|((name, like), key)| {
+        let noise = random::normal(like.shape(), Dtype::F32, &key);
+        let value = if name.ends_with(".bias") {
+            noise * 0.02
+        } else if like.ndim() == 1 {
+            noise * 0.1 + 1.0
+        } else {
+            // [out, in, kh, kw] or [out, in]: fan_in is everything but the first axis.
+            let fan_in = like.size() / like.dim(0).unwrap_or(1).max(1) as usize;
+            noise * (1.0 / (fan_in as f64).sqrt())
+        };
+        (name, value)
+    });
+    Checkpoint::from_arrays(arrays)
+}
