@@ -39,6 +39,97 @@ impl Linear {
         }
     }
 
+    /// One layer whose outputs are those of `layers` side by side: one product over a
+    /// shared input instead of several (each layer's rows stacked; quantized rows keep
+    /// their groups, which run along the input). `None` when the layers differ in kind,
+    /// format, input width or bias.
+    pub fn concat_outputs(layers: &[&Linear]) -> Option<Linear> {
+        let stack = |arrays: Vec<&Array>| crate::concatenate(&arrays, 0);
+        let same_inputs = layers
+            .windows(2)
+            .all(|w| w[0].features().1 == w[1].features().1);
+        if layers.is_empty() || !same_inputs {
+            return None;
+        }
+        match layers[0] {
+            Linear::Dense(first) => {
+                let dense: Option<Vec<&Dense>> = layers
+                    .iter()
+                    .map(|l| match l {
+                        Linear::Dense(d) if d.bias.is_some() == first.bias.is_some() => Some(d),
+                        _ => None,
+                    })
+                    .collect();
+                let dense = dense?;
+                Some(Linear::Dense(Dense {
+                    weight: stack(dense.iter().map(|d| &d.weight).collect()),
+                    bias: dense
+                        .iter()
+                        .map(|d| d.bias.as_ref())
+                        .collect::<Option<Vec<_>>>()
+                        .map(stack),
+                }))
+            }
+            Linear::Quantized(first) => {
+                let quantized: Option<Vec<&QuantizedLinear>> = layers
+                    .iter()
+                    .map(|l| match l {
+                        Linear::Quantized(q)
+                            if (q.format, q.matmul, q.dtype)
+                                == (first.format, first.matmul, first.dtype)
+                                && q.bias.is_some() == first.bias.is_some() =>
+                        {
+                            Some(q)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let quantized = quantized?;
+                let all = |f: fn(&QuantizedLinear) -> Option<&Array>| {
+                    quantized
+                        .iter()
+                        .map(|q| f(q))
+                        .collect::<Option<Vec<_>>>()
+                        .map(stack)
+                };
+                Some(Linear::Quantized(QuantizedLinear {
+                    packed: stack(quantized.iter().map(|q| &q.packed).collect()),
+                    scales: stack(quantized.iter().map(|q| &q.scales).collect()),
+                    qbias: all(|q| q.qbias.as_ref()),
+                    bias: all(|q| q.bias.as_ref()),
+                    ..first.clone()
+                }))
+            }
+        }
+    }
+
+    /// The inverse of [`concat_outputs`](Linear::concat_outputs): layers of `sizes` output
+    /// features each (lazy slices of this one's arrays).
+    pub fn split_outputs(&self, sizes: &[i32]) -> Vec<Linear> {
+        let mut start = 0;
+        sizes
+            .iter()
+            .map(|&n| {
+                let rows = |a: &Array| a.slice_axis(0, start, start + n);
+                let part = match self {
+                    Linear::Dense(d) => Linear::Dense(Dense {
+                        weight: rows(&d.weight),
+                        bias: d.bias.as_ref().map(rows),
+                    }),
+                    Linear::Quantized(q) => Linear::Quantized(QuantizedLinear {
+                        packed: rows(&q.packed),
+                        scales: rows(&q.scales),
+                        qbias: q.qbias.as_ref().map(rows),
+                        bias: q.bias.as_ref().map(rows),
+                        ..q.clone()
+                    }),
+                };
+                start += n;
+                part
+            })
+            .collect()
+    }
+
     /// The layer's parameters counted as a dense layer's: `out · in` weights and the bias
     /// (a quantized weight counts its float elements, not its packed words).
     pub fn dense_parameters(&self) -> usize {

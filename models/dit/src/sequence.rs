@@ -174,11 +174,7 @@ fn rope_table(config: &DitConfig, positions: &[[i32; 3]], batch: i32) -> RopeTab
             sin.push(angle.sin() as f32);
         }
     }
-    let shape = [batch, positions.len() as i32 / batch, 1, freqs.len() as i32];
-    RopeTable {
-        cos: Array::from_slice(&cos, &shape),
-        sin: Array::from_slice(&sin, &shape),
-    }
+    RopeTable::from_pairs(&cos, &sin, batch, positions.len() as i32 / batch)
 }
 
 /// `[B, C, H, W]` latents to `[B, (H/p)(W/p), p·p·C]` patch tokens (row-major over the

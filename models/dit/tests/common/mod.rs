@@ -1,51 +1,10 @@
-//! Running the `dit` binary from integration tests.
-
-#![allow(dead_code)] // each test binary uses its own subset
+//! What the transformer's tests share.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use serde_json::Value;
-
-pub fn dit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dit"))
-        .args(args)
-        .output()
-        .expect("the dit binary runs")
-}
-
-pub fn succeed(args: &[&str]) -> String {
-    let out = dit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dit {args:?} failed: {stderr}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a command that must fail and returns its error line.
-pub fn fail(args: &[&str]) -> String {
-    let out = dit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    // Exit status 1 is an error the command reports; clap's usage errors exit with 2; a
-    // panic (101, reported by the hook as an internal error) or an abort is a bug.
-    assert!(
-        matches!(out.status.code(), Some(1 | 2)),
-        "dit {args:?} exited with {:?}: {stderr}",
-        out.status.code()
-    );
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("internal error"),
-        "dit {args:?} panicked: {stderr}"
-    );
-    assert!(stderr.starts_with("error"), "dit {args:?}: {stderr}");
-    stderr
-}
-
-pub fn last_json(stdout: &str) -> Value {
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
-}
-
-pub fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
+/// The diffusers reference fixtures (see `fixtures/gen_fixtures.py`).
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// max|ours − reference| / max|reference|.
@@ -57,9 +16,4 @@ pub fn relative_error(ours: &[f32], reference: &[f32]) -> f32 {
         .zip(reference)
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     diff / scale
-}
-
-/// The diffusers reference fixtures (see `fixtures/gen_fixtures.py`).
-pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }

@@ -278,6 +278,7 @@ pub fn run(args: Args) -> CliResult {
             "weights_bytes": pipeline.weights_bytes(),
             "transformer_bytes": model.nbytes(),
             "load_ms": load.ms,
+            "load_peak_bytes": load.peak_bytes,
             "encode_ms": encode.ms,
             "encode_peak_bytes": encode.peak_bytes,
             "denoise_ms": denoise.ms,
