@@ -73,6 +73,11 @@ void use_process_wide_streams() {
     std::vector<mx::Stream> s{mx::new_thread_unsafe_stream(mx::Device::cpu)};
     if (mx::is_available(mx::Device::gpu)) {
       s.push_back(mx::new_thread_unsafe_stream(mx::Device::gpu));
+    } else if (mx::default_device() == mx::Device::gpu) {
+      // A CUDA build of MLX makes the GPU its default device because it was compiled with
+      // CUDA, even where it sees no GPU (CUDA_VISIBLE_DEVICES="", a driver without devices):
+      // every op would then fail at eval. The CPU is the default there.
+      mx::set_default_device(mx::Device::cpu);
     }
     return s;
   }();
@@ -899,6 +904,56 @@ int mlxs_set_default_device(int type, int index) {
 
 int mlxs_device_available(int type, int index, int* available) {
   return guard([&] { *available = mx::is_available(to_device(type, index)) ? 1 : 0; });
+}
+
+int mlxs_backend(int* backend) {
+  // Both functions exist in every build of MLX (as `return false` stubs where the backend
+  // is not compiled in) and answer for the library, not for the machine.
+  return guard([&] {
+    if (mx::cu::is_available()) {
+      *backend = MLXS_BACKEND_CUDA;
+    } else if (mx::metal::is_available()) {
+      *backend = MLXS_BACKEND_METAL;
+    } else {
+      *backend = MLXS_BACKEND_CPU;
+    }
+  });
+}
+
+int mlxs_device_count(int type, int* count) {
+  return guard([&] {
+    if (type != 0 && type != 1) {
+      throw std::invalid_argument("unknown device type " + std::to_string(type));
+    }
+    auto kind = type == 0 ? mx::Device::cpu : mx::Device::gpu;
+    // MLX's CUDA backend counts devices with cudaGetDeviceCount, which fails (and leaves
+    // the count at 0) where there is no driver or no visible device.
+    *count = std::max(mx::device_count(kind), 0);
+  });
+}
+
+int mlxs_device_info(int type, int index, const char** s, size_t* len) {
+  return guard([&] {
+    const auto& info = mx::device_info(to_device(type, index));
+    std::string out;
+    for (const auto& [key, value] : info) {
+      out += key;
+      out += '\0';
+      if (const auto* text = std::get_if<std::string>(&value)) {
+        out += 's';
+        out += '\0';
+        out += *text;
+      } else {
+        out += 'n';
+        out += '\0';
+        out += std::to_string(std::get<size_t>(value));
+      }
+      out += '\0';
+    }
+    text_buffer = std::move(out);
+    *s = text_buffer.data();
+    *len = text_buffer.size();
+  });
 }
 
 // --- memory ---------------------------------------------------------------------------------

@@ -295,6 +295,17 @@ int mlxs_default_device(int* type, int* index);
 int mlxs_set_default_device(int type, int index);
 int mlxs_device_available(int type, int index, int* available);
 
+enum mlxs_backend_kind { MLXS_BACKEND_CPU = 0, MLXS_BACKEND_CUDA = 1, MLXS_BACKEND_METAL = 2 };
+// The backend the linked libmlx was compiled with (one of mlxs_backend_kind).
+int mlxs_backend(int* backend);
+// How many devices of `type` MLX can run on now: 0 GPUs where the build has none, and where
+// a CUDA build finds no driver or no visible device.
+int mlxs_device_count(int type, int* count);
+// MLX's description of a device (`mx::device_info`): for each property, three
+// NUL-terminated strings: its key, its kind ("s" text, "n" number) and its value. The
+// buffer lives until the next call on this thread.
+int mlxs_device_info(int type, int index, const char** s, size_t* len);
+
 // --- memory ---------------------------------------------------------------------------------
 
 int mlxs_active_memory(size_t* out);

@@ -37,6 +37,12 @@
 //! out at its end and frees the rest, so model code never calls keep, free or eval; see
 //! [`scope`] for how, and for a guide from manual `Keep`/`Free`/`Eval`/`AsyncEval` code.
 //!
+//! # Devices
+//!
+//! [`backend`] says what the linked MLX was built for, [`gpu_available`] whether a GPU is
+//! there now, and [`preferred_device`] is the GPU where there is one, else the CPU; see
+//! [`Device`].
+//!
 //! # Compiled functions
 //!
 //! [`Compiled`] traces a function of arrays with MLX's `compile`, once per input signature,
@@ -55,6 +61,7 @@ pub mod scope;
 mod array;
 mod array_list;
 mod creation;
+mod device;
 mod dtype;
 mod error;
 mod eval;
@@ -68,9 +75,13 @@ mod trace_depth;
 pub use array::Array;
 pub use compile::Compiled;
 pub use creation::Scalar;
+pub use device::{
+    backend, default_device, gpu_available, gpu_count, preferred_device, set_default_device,
+    Backend, Device, DeviceInfo, DeviceProperty, ParseDeviceError,
+};
 pub use dtype::{Dtype, Element};
 pub use error::{Error, Result};
-pub use eval::{async_eval, default_device, eval, set_default_device, synchronize, Device};
+pub use eval::{async_eval, eval, synchronize};
 pub use graph_dump::dump_graph;
 pub use module::Module;
 pub use ops::{concatenate, stack, where_, Axes, ALL};
@@ -87,6 +98,9 @@ pub struct BuildInfo {
     pub lib_dir: &'static str,
     /// The BLAS behind float32 matmul on the CPU (OpenBLAS's own description when linked).
     pub blas: String,
+    /// What the library was built for (`cpu`, `cuda`, `metal`). Whether a GPU is there to
+    /// run on is [`gpu_available`]'s question, asked of the machine.
+    pub backend: Backend,
 }
 
 /// Which MLX this binary runs on, and where it came from.
@@ -100,5 +114,6 @@ pub fn build_info() -> BuildInfo {
         origin: env!("MLX_RS_ORIGIN"),
         lib_dir: env!("MLX_RS_LIBDIR"),
         blas: blas.to_string_lossy().trim().to_string(),
+        backend: backend(),
     }
 }
