@@ -128,6 +128,15 @@ impl VaeConfig {
         }
     }
 
+    /// A built-in size by name: `tiny` or `small`.
+    pub fn builtin(name: &str) -> Option<VaeConfig> {
+        match name {
+            "tiny" => Some(VaeConfig::tiny()),
+            "small" => Some(VaeConfig::small()),
+            _ => None,
+        }
+    }
+
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<VaeConfig> {
         let text = std::fs::read_to_string(path).map_err(|source| VaeError::Io {
@@ -227,13 +236,13 @@ impl VaeConfig {
     }
 
     /// Pixels per latent along each axis: `2^(levels - 1)`.
-    pub fn scale(&self) -> i32 {
+    pub fn pixels_per_latent(&self) -> i32 {
         1 << self.downsamplings()
     }
 
     /// diffusers' `tile_latent_min_size`: `int(sample_size / 2^(levels - 1))`.
     pub fn tile_latent_size(&self) -> i32 {
-        (f64::from(self.sample_size) / f64::from(self.scale())) as i32
+        (f64::from(self.sample_size) / f64::from(self.pixels_per_latent())) as i32
     }
 
     /// The config as diffusers writes it.
@@ -257,9 +266,11 @@ mod tests {
     fn builtins_are_valid_with_z_image_latents() {
         for config in [VaeConfig::tiny(), VaeConfig::small(), VaeConfig::z_image()] {
             config.validate().unwrap();
-            assert_eq!((config.latent_channels, config.scale()), (16, 8));
+            assert_eq!((config.latent_channels, config.pixels_per_latent()), (16, 8));
         }
         assert_eq!(VaeConfig::z_image().tile_latent_size(), 128);
+        assert_eq!(VaeConfig::builtin("small"), Some(VaeConfig::small()));
+        assert_eq!(VaeConfig::builtin("big"), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use mlx::{concatenate, Array, Device};
 
 /// `conv` on `x: [N, H, W, in]`, by whichever formulation suits its shape.
 pub fn conv2d(conv: &Conv2d, x: &Array) -> Array {
-    match formulation(conv, on_cpu()) {
+    match formulation(conv, x, on_cpu()) {
         Formulation::Pointwise => pointwise(conv, x),
         Formulation::RowTaps => row_taps(conv, x),
         Formulation::ShiftedOutputs => shifted_outputs(conv, x),
@@ -37,9 +37,14 @@ enum Formulation {
     ShiftedOutputs,
 }
 
-fn formulation(conv: &Conv2d, cpu: bool) -> Formulation {
-    let [out, inp, _, _] = conv.weight.dims();
-    if is_1x1(conv) {
+fn formulation(conv: &Conv2d, x: &Array, cpu: bool) -> Formulation {
+    // Anything but a 4-D input and weight is left to MLX, which reports it.
+    let &[out, inp, _, _] = conv.weight.shape() else {
+        return Formulation::Mlx;
+    };
+    if x.ndim() != 4 {
+        Formulation::Mlx
+    } else if is_1x1(conv) {
         Formulation::Pointwise
     } else if cpu && is_same_size_3x3(conv) && 4 * out <= inp {
         Formulation::ShiftedOutputs
@@ -51,13 +56,11 @@ fn formulation(conv: &Conv2d, cpu: bool) -> Formulation {
 }
 
 fn is_1x1(conv: &Conv2d) -> bool {
-    let [_, _, kh, kw] = conv.weight.dims();
-    (kh, kw, conv.stride, conv.padding) == (1, 1, 1, 0)
+    matches!(conv.weight.shape(), &[_, _, 1, 1]) && (conv.stride, conv.padding) == (1, 0)
 }
 
 fn is_same_size_3x3(conv: &Conv2d) -> bool {
-    let [_, _, kh, kw] = conv.weight.dims();
-    (kh, kw, conv.stride, conv.padding) == (3, 3, 1, 1)
+    matches!(conv.weight.shape(), &[_, _, 3, 3]) && (conv.stride, conv.padding) == (1, 1)
 }
 
 fn on_cpu() -> bool {
@@ -74,7 +77,7 @@ fn bias(conv: &Conv2d, out: i32) -> Array {
 /// A 1x1 convolution (stride 1, no padding) as a product over the channels. Other
 /// convolutions are left to MLX.
 pub fn pointwise(conv: &Conv2d, x: &Array) -> Array {
-    if !is_1x1(conv) {
+    if !is_1x1(conv) || x.ndim() != 4 {
         return conv.forward(x);
     }
     let [n, h, w, c] = x.dims();
@@ -90,7 +93,7 @@ pub fn pointwise(conv: &Conv2d, x: &Array) -> Array {
 /// by `addmm`. A kernel row reads whole padded rows: a contiguous view, not a copy.
 /// Other convolutions are left to MLX.
 pub fn row_taps(conv: &Conv2d, x: &Array) -> Array {
-    if !is_same_size_3x3(conv) {
+    if !is_same_size_3x3(conv) || x.ndim() != 4 {
         return conv.forward(x);
     }
     let [n, h, w, c] = x.dims();
@@ -118,7 +121,7 @@ pub fn row_taps(conv: &Conv2d, x: &Array) -> Array {
 /// all nine taps' outputs (9 x out channels, few), then the nine shifted views summed.
 /// Other convolutions are left to MLX.
 pub fn shifted_outputs(conv: &Conv2d, x: &Array) -> Array {
-    if !is_same_size_3x3(conv) {
+    if !is_same_size_3x3(conv) || x.ndim() != 4 {
         return conv.forward(x);
     }
     let [n, h, w, c] = x.dims();
@@ -180,9 +183,9 @@ mod tests {
         for (inp, out, kernel, expected) in cases {
             for bias in [true, false] {
                 let conv = layer(inp, out, kernel, (inp * out) as u64, bias);
-                assert_eq!(formulation(&conv, true), expected);
+                assert_eq!(formulation(&conv, &x, true), expected);
                 if kernel == 3 {
-                    assert_eq!(formulation(&conv, false), Formulation::Mlx);
+                    assert_eq!(formulation(&conv, &x, false), Formulation::Mlx);
                 }
                 let ours = conv2d(&conv, &x);
                 let theirs = conv.forward(&x);
@@ -194,6 +197,23 @@ mod tests {
     }
 
     #[test]
+    fn malformed_layers_and_inputs_fail_as_arrays_not_panics() {
+        let x = random::normal(&[1, 4, 4, 3], Dtype::F32, &random::key(1));
+        let flat = Conv2d {
+            weight: Array::zeros(&[3, 3], Dtype::F32),
+            ..layer(3, 3, 3, 1, true)
+        };
+        assert!(conv2d(&flat, &x).check().is_err());
+        let conv = layer(3, 3, 3, 1, true);
+        assert!(conv2d(&conv, &Array::zeros(&[4, 4, 3], Dtype::F32))
+            .check()
+            .is_err());
+        assert!(conv2d(&conv, &Array::zeros(&[1, 4, 4, 5], Dtype::F32))
+            .check()
+            .is_err());
+    }
+
+    #[test]
     fn strided_convolutions_use_mlx() {
         let x = random::normal(&[1, 8, 8, 4], Dtype::F32, &random::key(1));
         let conv = Conv2d {
@@ -201,7 +221,7 @@ mod tests {
             padding: 0,
             ..layer(4, 4, 3, 2, true)
         };
-        assert_eq!(formulation(&conv, true), Formulation::Mlx);
+        assert_eq!(formulation(&conv, &x, true), Formulation::Mlx);
         assert_eq!(max_diff(&conv2d(&conv, &x), &conv.forward(&x)), 0.0);
     }
 }

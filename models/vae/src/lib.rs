@@ -14,6 +14,20 @@
 //!
 //! Arrays are channels-last (NHWC) inside, as MLX's convolutions want them; the public
 //! API takes and returns NCHW, as diffusers does.
+//!
+//! ```
+//! use mlx::{random, Dtype};
+//! use vae::{AutoencoderKL, Tiling, VaeConfig};
+//!
+//! // `AutoencoderKL::load(dir, Dtype::F32, Parts::Decoder)` reads a diffusers checkpoint.
+//! let vae = AutoencoderKL::random(&VaeConfig::tiny(), 0, Dtype::F32)?;
+//! let latents = random::normal(&[1, 16, 8, 8], Dtype::F32, &random::key(0));
+//! let image = vae.decode_latents_with(&latents, Tiling::Auto)?;
+//! assert_eq!(image.shape(), &[1, 3, 64, 64]);
+//! let posterior = vae.encode(&image.clip(-1.0, 1.0))?;
+//! assert_eq!(posterior.mode().shape(), &[1, 16, 8, 8]);
+//! # Ok::<(), vae::VaeError>(())
+//! ```
 
 pub mod config;
 pub mod conv;

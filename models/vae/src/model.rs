@@ -84,26 +84,34 @@ impl AutoencoderKL {
         Ok(items.transpose(&[0, 3, 1, 2]))
     }
 
-    /// The pipeline's decode: `z = latents / scaling_factor + shift_factor` (no shift when
-    /// the config has none), then [`decode`](Self::decode).
+    /// The pipeline's decode: `latents` cast to the model's dtype, `z = latents /
+    /// scaling_factor + shift_factor` (no shift when the config has none), then
+    /// [`decode`](Self::decode).
     pub fn decode_latents(&self, latents: &Array) -> Result<Array> {
         self.decode_latents_with(latents, Tiling::Off)
     }
 
     /// [`decode_latents`](Self::decode_latents), tiled as `tiling` says.
     pub fn decode_latents_with(&self, latents: &Array, tiling: Tiling) -> Result<Array> {
-        self.decode_with(&self.unscale(latents), tiling)
+        // ZImagePipeline casts before it scales: in bfloat16 the rounding is the same.
+        // Integer latents pass through for decode_with to name the dtype.
+        let latents = if latents.dtype().is_float() {
+            latents.astype(self.dtype())
+        } else {
+            latents.clone()
+        };
+        self.decode_with(&self.unscale_latents(&latents), tiling)
     }
 
     /// `latents / scaling_factor + shift_factor`: the diffusion model's latents to the
     /// decoder's input.
-    pub fn unscale(&self, latents: &Array) -> Array {
+    pub fn unscale_latents(&self, latents: &Array) -> Array {
         latents / self.config.scaling_factor + self.config.shift_factor.unwrap_or(0.0)
     }
 
     /// `(z - shift_factor) · scaling_factor`: encoded latents to the diffusion model's
     /// (what image-to-image pipelines do after [`encode`](Self::encode)).
-    pub fn scale(&self, z: &Array) -> Array {
+    pub fn scale_latents(&self, z: &Array) -> Array {
         (z - self.config.shift_factor.unwrap_or(0.0)) * self.config.scaling_factor
     }
 

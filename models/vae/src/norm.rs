@@ -15,6 +15,11 @@ use mlx::nn::GroupNorm;
 use mlx::{Array, Dtype};
 
 /// `gn` on `x: [N, H, W, C]`, in float32 whatever `x`'s dtype, the result cast back.
+///
+/// # Panics
+///
+/// If `x` is not 4-D, as `mlx::nn::GroupNorm::forward` does (inside an `#[mlx::graph]`
+/// the panic comes back as an error).
 pub fn group_norm(gn: &GroupNorm, x: &Array) -> Array {
     let [n, h, w, c] = x.dims();
     let groups = gn.groups.max(1);

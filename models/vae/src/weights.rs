@@ -141,12 +141,19 @@ impl AutoencoderKL {
 
     /// Writes the model as a diffusers-layout checkpoint: `config.json` and one
     /// safetensors file, tensors in `dtype`. A model loaded without its encoder is written
-    /// without it.
+    /// without it. Refuses a directory that already holds a checkpoint: files left from
+    /// it (a shard index above all) would shadow or mix with the new one.
     pub fn save(&self, dir: &Path, dtype: Dtype) -> Result<()> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| VaeError::Io { path, source }
         };
+        if holds_checkpoint(dir) {
+            return Err(VaeError::Input(format!(
+                "{}: already holds a checkpoint; choose a new directory",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let tensors: Vec<(String, Array)> = self
             .parameters()
@@ -163,6 +170,20 @@ impl AutoencoderKL {
         let path = dir.join("config.json");
         std::fs::write(&path, config + "\n").map_err(io(&path))
     }
+}
+
+/// Whether `dir` has a `config.json` or safetensors files (a missing or unreadable
+/// directory has none: creating or writing it will say what is wrong).
+fn holds_checkpoint(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        name == "config.json"
+            || name.ends_with(".safetensors")
+            || name.ends_with(".safetensors.index.json")
+    })
 }
 
 /// Deterministic random weights of `config`'s shapes (both halves), scaled so activations

@@ -165,6 +165,44 @@ fn decoding_only_skips_the_encoder_tensors_without_reading_them() {
 }
 
 #[test]
+fn a_sharded_checkpoint_loads_like_the_single_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("vae/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let single = load_safetensors(fixtures().join("vae").join(WEIGHTS_FILE)).unwrap();
+    let mut weight_map = serde_json::Map::new();
+    for (shard, prefix) in [(1, "encoder."), (2, "decoder.")] {
+        let file = format!("diffusion_pytorch_model-0000{shard}-of-00002.safetensors");
+        let tensors: Vec<(&String, &Array)> = single
+            .tensors
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .collect();
+        for (name, _) in &tensors {
+            weight_map.insert(name.to_string(), file.clone().into());
+        }
+        save_safetensors(dir.path().join(&file), tensors, &BTreeMap::new()).unwrap();
+    }
+    assert_eq!(weight_map.len(), single.tensors.len());
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        dir.path().join(format!("{WEIGHTS_FILE}.index.json")),
+        index.to_string(),
+    )
+    .unwrap();
+    let sharded = AutoencoderKL::load(dir.path(), Dtype::F32, Parts::Both).unwrap();
+    let whole = AutoencoderKL::load(fixtures().join("vae"), Dtype::F32, Parts::Both).unwrap();
+    let z = Array::ones(&[1, 16, 4, 4], Dtype::F32);
+    assert_eq!(
+        sharded.decode(&z).unwrap().to_vec::<f32>().unwrap(),
+        whole.decode(&z).unwrap().to_vec::<f32>().unwrap()
+    );
+}
+
+#[test]
 fn a_truncated_safetensors_file_names_the_file() {
     let dir = copy_of_fixture();
     let path = dir.path().join(WEIGHTS_FILE);
@@ -202,6 +240,11 @@ fn a_random_model_saves_and_loads_back() {
     let dir = tempfile::tempdir().unwrap();
     vae.save(dir.path(), Dtype::F32).unwrap();
     let back = AutoencoderKL::load(dir.path(), Dtype::F32, Parts::Both).unwrap();
+    let err = vae.save(dir.path(), Dtype::F32).unwrap_err().to_string();
+    assert!(
+        err.ends_with("already holds a checkpoint; choose a new directory"),
+        "{err}"
+    );
     assert_eq!(back.config.block_out_channels, config.block_out_channels);
     let image = mlx::random::uniform(-1.0, 1.0, &[1, 3, 8, 8], Dtype::F32, &mlx::random::key(1));
     let z = vae.encode(&image).unwrap().mode();

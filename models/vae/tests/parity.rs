@@ -46,8 +46,6 @@ fn decode_tiled_and_the_same_latents_untiled() {
     check("decode z2 untiled", &untiled, "decode_z2_untiled");
     // The tiled result really is tiled: it is far from the untiled reference.
     assert!(relative_error(&tiled, &reference("decode_z2_untiled")) > 1e-3);
-    // On tiles a latent that Auto leaves whole (6x10 fits no 8x8 tile: Auto tiles it
-    // too); Off on z2 is the untiled decode.
     assert_eq!(
         vae.decode_with(&z2, Tiling::Off)
             .unwrap()
@@ -108,7 +106,7 @@ fn decode_latents_applies_scaling_and_shift() {
         &vae.decode_latents(&latents).unwrap(),
         "decode",
     );
-    let round_trip = vae.unscale(&vae.scale(&z));
+    let round_trip = vae.unscale_latents(&vae.scale_latents(&z));
     assert!(relative_error(&round_trip, &z) < 1e-6);
 }
 
@@ -127,12 +125,31 @@ fn decoder_only_loading_decodes_the_same_and_cannot_encode() {
 }
 
 #[test]
-fn bfloat16_stays_close_to_float32() {
-    let vae = AutoencoderKL::load(fixtures().join("vae"), Dtype::Bf16, Parts::Both).unwrap();
-    assert_eq!(vae.dtype(), Dtype::Bf16);
-    let out = vae.decode(&reference("z")).unwrap();
-    assert_eq!(out.dtype(), Dtype::Bf16);
-    let err = relative_error(&out, &reference("decode"));
-    eprintln!("decode in bfloat16: relative error {err:.2e}");
-    assert!(err < 5e-2, "bfloat16 decode: relative error {err:.2e}");
+fn half_precisions_stay_close_to_float32() {
+    for (dtype, tolerance) in [(Dtype::Bf16, 5e-2), (Dtype::F16, 5e-3)] {
+        let vae = AutoencoderKL::load(fixtures().join("vae"), dtype, Parts::Both).unwrap();
+        assert_eq!(vae.dtype(), dtype);
+        let out = vae.decode(&reference("z")).unwrap();
+        assert_eq!(out.dtype(), dtype);
+        let err = relative_error(&out, &reference("decode"));
+        eprintln!("decode in {dtype}: relative error {err:.2e}");
+        assert!(err < tolerance, "{dtype} decode: relative error {err:.2e}");
+        let mean = vae.encode(&reference("image")).unwrap().mean;
+        let err = relative_error(&mean, &reference("encode_mean"));
+        eprintln!("encode in {dtype}: relative error {err:.2e}");
+        assert!(err < tolerance, "{dtype} encode: relative error {err:.2e}");
+    }
+}
+
+#[test]
+fn tiling_on_a_latent_within_one_tile_is_the_untiled_decode() {
+    // z3's items are 6x6 latents: one 8x8 tile each, cropped to 24 pixels (all of it).
+    let vae = model(Parts::Decoder);
+    let z3 = reference("z3");
+    let on = vae.decode_with(&z3, Tiling::On).unwrap();
+    check("decode batch, Tiling::On", &on, "decode_batch");
+    assert_eq!(
+        on.to_vec::<f32>().unwrap(),
+        vae.decode(&z3).unwrap().to_vec::<f32>().unwrap()
+    );
 }
