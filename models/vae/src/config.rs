@@ -266,7 +266,10 @@ mod tests {
     fn builtins_are_valid_with_z_image_latents() {
         for config in [VaeConfig::tiny(), VaeConfig::small(), VaeConfig::z_image()] {
             config.validate().unwrap();
-            assert_eq!((config.latent_channels, config.pixels_per_latent()), (16, 8));
+            assert_eq!(
+                (config.latent_channels, config.pixels_per_latent()),
+                (16, 8)
+            );
         }
         assert_eq!(VaeConfig::z_image().tile_latent_size(), 128);
         assert_eq!(VaeConfig::builtin("small"), Some(VaeConfig::small()));
