@@ -4,6 +4,7 @@
 #include "shim.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <exception>
@@ -37,6 +38,29 @@ __attribute__((constructor)) static void mlxs_keep_openblas(void) {
   (void)keep;
 }
 #endif
+
+// MLX's CUDA backend records kernels into CUDA graphs and keeps every buffer a graph uses
+// alive until the graph has run; on Hopper it closes a graph only after 1000 MB of inputs.
+// A transformer step then peaks at about twice its weights. Measured on an H200 with the
+// Z-Image-Turbo transformer (11.46 GiB of weights, 1024x1024): peak 22.9 GiB at MLX's
+// default, 15.2 at 400 MB, 13.8 at 200, 13.0 at 100, 12.4 at 50, all within 1% of the same
+// step time. The user's own MLX_MAX_MB_PER_BUFFER wins; other backends ignore it.
+//
+// The kernels MLX's CUDA backend compiles at first use (about a minute of CPU for a
+// transformer) are cached on disk, by default under /tmp, which many machines empty at
+// every boot: the user's cache directory keeps them. MLX_PTX_CACHE_DIR wins here too.
+__attribute__((constructor)) static void mlxs_backend_defaults(void) {
+  setenv("MLX_MAX_MB_PER_BUFFER", "50", /* overwrite */ 0);
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  const char* home = std::getenv("HOME");
+  std::string base = xdg && *xdg ? std::string(xdg)
+      : home && *home            ? std::string(home) + "/.cache"
+                                 : std::string();
+  if (!base.empty()) {
+    std::string dir = base + "/mlx-rs/" + mx::version() + "/ptx";
+    setenv("MLX_PTX_CACHE_DIR", dir.c_str(), /* overwrite */ 0);
+  }
+}
 
 struct mlxs_array {
   mx::array a;

@@ -25,4 +25,4 @@ pub use conv::Conv2d;
 pub use embedding::Embedding;
 pub use linear::{Dense, Linear, QuantizedLinear};
 pub use norm::{GroupNorm, LayerNorm, RmsNorm};
-pub use quant::{MatmulPath, QuantConfig, QuantFormat};
+pub use quant::{MatmulPath, ProbeShape, QuantConfig, QuantFormat};

@@ -162,17 +162,28 @@ impl fmt::Display for MatmulPath {
     }
 }
 
-/// Which product runs `format` fastest with `dtype` activations on the default device,
-/// decided by asking the device, not by its name: if MLX has a `quantized_matmul` kernel
-/// for the format there (see [`kernel_available`]), both paths are timed on a
-/// layer-sized product and the faster one wins. MLX's CPU kernels are plain loops, 30 to
-/// 100 times slower than dequantizing and handing the product to BLAS; a GPU's kernels
-/// read a quarter of the bytes and win. Costs a few tens of milliseconds, once per load.
-pub fn probe(format: QuantFormat, dtype: Dtype) -> MatmulPath {
+/// The product a probe times: `[tokens, inp] × [out, inp]ᵀ`, shaped like a model's own
+/// layer at the token count it runs at. Which path wins depends on the shape: a kernel that
+/// wins at a few tokens (where reading the weights is the whole cost) can lose by 3x at
+/// thousands (where the product is compute-bound and dequantizing once is cheap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeShape {
+    pub tokens: i32,
+    pub out: i32,
+    pub inp: i32,
+}
+
+/// Which product runs `format` fastest with `dtype` activations on the default device for
+/// a layer of `shape`, decided by asking the device, not by its name: if MLX has a
+/// `quantized_matmul` kernel for the format there (see [`kernel_available`]), both paths
+/// are timed on that product and the faster one wins. MLX's CPU kernels are plain loops,
+/// 30 to 100 times slower than dequantizing and handing the product to BLAS. Costs a few
+/// products' time, once per load.
+pub fn probe(format: QuantFormat, dtype: Dtype, shape: ProbeShape) -> MatmulPath {
     if !kernel_available(format, dtype) {
         return MatmulPath::Dequantize;
     }
-    let timed = |path| time_product(format, dtype, path);
+    let timed = |path| time_product(format, dtype, shape, path);
     let path = match (timed(MatmulPath::Kernel), timed(MatmulPath::Dequantize)) {
         (Some(kernel), Some(dequantize)) => {
             tracing::info!(
@@ -212,11 +223,17 @@ pub fn kernel_available(format: QuantFormat, dtype: Dtype) -> bool {
     }
 }
 
-/// The best of three timings of `[64, 512] × [512, 512]ᵀ` through `path` (after a warm-up
-/// run), or `None` if it fails.
-fn time_product(format: QuantFormat, dtype: Dtype, path: MatmulPath) -> Option<Duration> {
-    let w = Array::ones(&[512, 512], dtype);
-    let x = Array::ones(&[64, 512], dtype);
+/// The best of three timings of the `shape` product through `path` (after a warm-up run),
+/// or `None` if it fails. Random operands: constant ones can run faster than real data.
+fn time_product(
+    format: QuantFormat,
+    dtype: Dtype,
+    shape: ProbeShape,
+    path: MatmulPath,
+) -> Option<Duration> {
+    let key = crate::random::key(0);
+    let w = crate::random::normal(&[shape.out, shape.inp], dtype, &key) * 0.02;
+    let x = crate::random::normal(&[shape.tokens, shape.inp], dtype, &key);
     let q = format.quantize(&w).ok()?;
     crate::eval([&q.weights, &q.scales]).ok()?;
     let product = || match path {
@@ -282,10 +299,15 @@ mod tests {
 
     #[test]
     fn both_timed_paths_compute() {
+        let shape = ProbeShape {
+            tokens: 8,
+            out: 64,
+            inp: 64,
+        };
         for format in QuantFormat::ALL {
             for path in [MatmulPath::Kernel, MatmulPath::Dequantize] {
                 assert!(
-                    time_product(format, Dtype::F32, path).is_some(),
+                    time_product(format, Dtype::F32, shape, path).is_some(),
                     "{format} {path}"
                 );
             }

@@ -667,3 +667,30 @@ fn the_text_encoder_leaves_memory_before_denoising_unless_kept() {
         encoder as u64
     );
 }
+
+#[test]
+fn the_device_is_chosen_and_reported() {
+    let info = last_json(&succeed(&[
+        "info", "--model", "tiny", "--json", "--device", "cpu",
+    ]));
+    assert_eq!(info["device"]["device"], "cpu");
+    assert_eq!(info["compute_dtype"], "float32");
+    let backend = info["device"]["backend"].as_str().unwrap().to_string();
+    assert!(
+        ["cpu", "cuda", "metal"].contains(&backend.as_str()),
+        "{info}"
+    );
+    assert!(
+        fail(&["info", "--model", "tiny", "--device", "tpu"]).contains("\"tpu\" is not a device")
+    );
+    if !mlx::gpu_available() {
+        let err = fail(&["info", "--model", "tiny", "--device", "gpu"]);
+        assert!(
+            err.contains("--device gpu:0") && err.contains("not available"),
+            "{err}"
+        );
+        // With no GPU, the default is the CPU.
+        let info = last_json(&succeed(&["info", "--model", "tiny", "--json"]));
+        assert_eq!(info["device"]["device"], "cpu");
+    }
+}

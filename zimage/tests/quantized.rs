@@ -414,7 +414,10 @@ fn info_reports_the_mode_counts_and_bytes() {
             (&q["quantized_layers"], &q["dense_layers"]),
             (&32.into(), &5.into())
         );
-        assert_eq!(q["matmul"], quant::probe(format, Dtype::F32).name());
+        assert_eq!(
+            q["matmul"],
+            quant::probe(format, Dtype::F32, weights::probe_shape(&DitConfig::tiny())).name()
+        );
         assert_eq!(
             q["dense_bytes"], dense_bytes,
             "{format}: the same weights, dense"

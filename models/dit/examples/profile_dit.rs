@@ -17,6 +17,7 @@ use dit::model::ZImage;
 use dit::sequence::fit_captions;
 use dit::DitConfig;
 use mlx::fast::{self, Mask};
+use mlx::nn::{Dense, Linear, MatmulPath, QuantFormat, QuantizedLinear};
 use mlx::{memory, random, Array, Device, Dtype, Module};
 
 /// Median milliseconds of `runs` evaluations of `f` after two warm-ups, and the peak
@@ -78,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             noise
         }
     });
-    let model = template.rebuild(&mut arrays);
+    let mut model = template.rebuild(&mut arrays);
     drop(template);
     mlx::eval(model.parameters().into_iter().map(|(_, a)| a))?;
     let weights = model.nbytes();
@@ -108,6 +109,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{what:44} {ms:9.2} {:10.2}", gib(peak));
     };
 
+    row(
+        "forward, compiled, separate projections",
+        time(
+            runs,
+            &|| vec![model.predict(&latents, &t, &cap_feats, &seq)],
+        )?,
+    );
+    model.fuse_projections()?;
     row(
         "forward, compiled",
         time(
@@ -234,5 +243,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  per-head RMSNorm",
         time(runs, &|| vec![fast::rms_norm(&x4, Some(&rms_w), 1e-5)])?,
     );
+
+    // 8-bit feed-forward-sized products: both paths, at the step's token count.
+    let hidden = config.ffn_hidden();
+    let source = Dense {
+        weight: random::normal(&[hidden, d], dtype, &random::key(22)) * 0.02,
+        bias: None,
+    };
+    let dense = Linear::Dense(source.clone());
+    mlx::eval([&source.weight])?;
+    row(
+        &format!("  {hidden} x {d} projection, {dtype}"),
+        time(runs, &|| vec![dense.forward(&attn_in)])?,
+    );
+    for format in QuantFormat::ALL {
+        for path in [MatmulPath::Kernel, MatmulPath::Dequantize] {
+            let layer = Linear::Quantized(QuantizedLinear::from_dense(&source, format, path)?);
+            mlx::eval(layer.parameters().into_iter().map(|(_, a)| a))?;
+            match time(runs, &|| vec![layer.forward(&attn_in)]) {
+                Ok(timing) => row(&format!("  the same, {format} by {path}"), timing),
+                Err(e) => println!("  the same, {format} by {path}: {e}"),
+            }
+        }
+    }
     Ok(())
 }

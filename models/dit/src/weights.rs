@@ -16,7 +16,7 @@ use crate::layers::timestep_frequencies;
 use crate::model::ZImage;
 use crate::teacache::{Coefficients, COEFFICIENTS_FILE};
 use crate::{DitError, Result};
-use mlx::nn::quant::{self, MatmulPath, QuantConfig, QuantFormat, GROUP_SIZE};
+use mlx::nn::quant::{self, MatmulPath, ProbeShape, QuantConfig, QuantFormat, GROUP_SIZE};
 use mlx::nn::{Linear, QuantizedLinear};
 
 /// The file diffusers writes an unsharded transformer to.
@@ -240,7 +240,7 @@ pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Loa
     let matmul = stored.or(options.fp8).map(|format| {
         options
             .matmul
-            .unwrap_or_else(|| quant::probe(format, options.dtype))
+            .unwrap_or_else(|| quant::probe(format, options.dtype, probe_shape(&config)))
     });
     let mut model = ZImage::zeros(&config, options.dtype);
     if let (Some(format), Some(matmul)) = (stored, matmul) {
@@ -261,6 +261,18 @@ pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Loa
         stored_bytes,
         quantization,
     })
+}
+
+/// The product the matmul probe times: the feed-forward's up projection (the model's
+/// largest layer) over the image tokens of a 1024x1024 picture, Z-Image's size.
+pub fn probe_shape(config: &DitConfig) -> ProbeShape {
+    // 1024 pixels are 128 latents (the VAE's 8x), then patches of `patch_size`.
+    let tokens = (128 / config.patch_size()).pow(2);
+    ProbeShape {
+        tokens,
+        out: config.ffn_hidden(),
+        inp: config.dim,
+    }
 }
 
 /// Loads every array of `model` from `checkpoint`; reports every missing, unexpected and

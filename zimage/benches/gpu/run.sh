@@ -22,8 +22,9 @@ bench() { # size width cap_dim
     local size=$1 width=$2 dim=$3 model=$work/$1
     [ -f "$model/config.json" ] || python3 "$here/reference.py" make --size "$size" --out "$model"
     python3 "$here/reference.py" caps --dim "$dim" --len 128 --out "$work/$size-caps.safetensors"
-    for mode in compiled eager; do
-        local flag=""; [ $mode = eager ] && flag=--no-compile
+    for mode in compiled eager mxfp8 affine8; do
+        local flag=""
+        case $mode in eager) flag=--no-compile ;; mxfp8|affine8) flag="--fp8 $mode" ;; esac
         "$BIN/dit" generate --model "$model" --cap-feats "$work/$size-caps.safetensors" \
             --width "$width" --height "$width" --steps "$steps" --json $flag \
             | tail -n 1 > "$out/dit-$size-$mode.json"
@@ -44,20 +45,23 @@ python3 - "$out" <<'PY'
 import json, pathlib, statistics, sys
 out = pathlib.Path(sys.argv[1])
 gib = 2**30
-print(f"{'size':6} {'implementation':28} {'ms/step':>8} {'peak GiB':>9} {'weights GiB':>11}")
+print(f"{'size':6} {'implementation':28} {'ms/step':>8} {'peak GiB':>9} {'weights GiB':>11} {'load s':>7}")
 for size in ["small", "turbo"]:
     rows = []
-    for mode in ["compiled", "eager"]:
+    for mode in ["compiled", "eager", "mxfp8", "affine8"]:
         f = out / f"dit-{size}-{mode}.json"
-        if f.exists():
+        if f.exists() and f.stat().st_size:
             r = json.loads(f.read_text())
             ms = statistics.mean(r["step_ms"][1:]) if len(r["step_ms"]) > 1 else r["step_ms"][0]
-            rows.append((f"dit {mode}", ms, r["denoise_peak_bytes"], r["transformer_bytes"]))
+            peak = max(r["denoise_peak_bytes"], r["load_peak_bytes"])
+            name = f"dit {mode}" + (f" ({r['quantization']['matmul']})" if mode.endswith("8") else "")
+            rows.append((name, ms, peak, r["transformer_bytes"], r["load_ms"] / 1e3))
     for mode in ["eager", "compile"]:
         f = out / f"diffusers-{size}-{mode}.json"
         if f.exists():
             r = json.loads(f.read_text())
-            rows.append((r["impl"], r["ms_per_forward"], r["peak_bytes"], r["weights_bytes"]))
-    for name, ms, peak, weights in rows:
-        print(f"{size:6} {name:28} {ms:8.1f} {peak / gib:9.2f} {weights / gib:11.2f}")
+            rows.append((r["impl"], r["ms_per_forward"], r["peak_bytes"], r["weights_bytes"], None))
+    for name, ms, peak, weights, load in rows:
+        load = f"{load:7.1f}" if load is not None else ""
+        print(f"{size:6} {name:28} {ms:8.1f} {peak / gib:9.2f} {weights / gib:11.2f} {load}")
 PY

@@ -172,6 +172,7 @@ pub fn run(args: Args) -> CliResult {
     let request = request(&args, &pipeline, noise, caption, negative)?;
     request.latent_hw()?;
 
+    crate::note_kernel_compilation();
     let bar = progress_bar(args.steps);
     let step_bar = bar.clone();
     let (generation, denoise) = phase(|| {
@@ -265,6 +266,7 @@ pub fn run(args: Args) -> CliResult {
             "cfg": args.cfg,
             "compiled": !args.no_compile,
             "compute_dtype": dtype.to_string(),
+            "device": crate::device_json(),
             "prompt_tokens": prompt_tokens,
             "forward_passes": generation.forward_passes(),
             "cache_hits": generation.cache_hits(),

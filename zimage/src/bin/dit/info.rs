@@ -58,6 +58,7 @@ pub fn run(args: Args) -> CliResult {
         "stored_dtypes": loaded.stored_dtypes,
         "stored_bytes": loaded.stored_bytes,
         "compute_dtype": dtype.to_string(),
+        "device": crate::device_json(),
         "weights_bytes": model.nbytes(),
         "quantization": quantization_json(&loaded.quantization, c, model.nbytes()),
         "components": components_json(&pipeline),
@@ -67,6 +68,13 @@ pub fn run(args: Args) -> CliResult {
         return Ok(());
     }
     println!("model           {}", args.model);
+    let device = crate::device_json();
+    println!(
+        "runs on         {} ({}, MLX built for {})",
+        device["device"].as_str().unwrap_or_default(),
+        device["device_name"].as_str().unwrap_or("unnamed"),
+        device["backend"].as_str().unwrap_or_default()
+    );
     println!("architecture    ZImageTransformer2DModel");
     println!(
         "dims            dim {}, {} heads of {} (RoPE axes {:?}), feed-forward {}",

@@ -22,8 +22,16 @@ use zimage::folder::ModelDir;
 #[derive(Parser)]
 #[command(name = "dit", version, about = "Z-Image text-to-image on MLX")]
 struct Cli {
+    /// Where to compute: cpu, gpu or gpu:N (default: the GPU where MLX has one).
+    #[arg(long, global = true, value_parser = parse_device)]
+    device: Option<Device>,
     #[command(subcommand)]
     command: Command,
+}
+
+fn parse_device(arg: &str) -> Result<Device, String> {
+    arg.parse()
+        .map_err(|e: mlx::ParseDeviceError| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -74,6 +82,36 @@ pub fn compute_dtype(chosen: Option<FloatDtype>) -> mlx::Result<Dtype> {
             Device::Gpu(_) => Dtype::Bf16,
         },
     })
+}
+
+/// The device commands run on, with its name where the backend tells: what `info` and
+/// `generate --json` report.
+pub fn device_json() -> serde_json::Value {
+    let device = mlx::default_device().unwrap_or(Device::Cpu);
+    let name = device.info().ok().and_then(|info| info.name);
+    serde_json::json!({
+        "backend": mlx::backend().name(),
+        "device": device.to_string(),
+        "device_name": name,
+    })
+}
+
+/// Says why the first compiled step waits on a GPU whose kernel cache is empty: MLX
+/// compiles its CUDA kernels at first use (about a minute), then keeps them on disk.
+pub fn note_kernel_compilation() {
+    if !matches!(mlx::default_device(), Ok(Device::Gpu(_))) {
+        return;
+    }
+    let Some(dir) = std::env::var_os("MLX_PTX_CACHE_DIR").map(std::path::PathBuf::from) else {
+        return;
+    };
+    let cached = std::fs::read_dir(&dir).map_or(0, |entries| entries.count());
+    if cached == 0 {
+        eprintln!(
+            "note: compiling MLX's GPU kernels for this machine (about a minute, once; cached in {})",
+            dir.display()
+        );
+    }
 }
 
 /// Parses `--model`.
@@ -131,6 +169,15 @@ fn main() -> ExitCode {
         eprintln!("error: internal error{place}: {message}");
     }));
     let cli = Cli::parse();
+    let device = cli.device.unwrap_or_else(mlx::preferred_device);
+    if let Err(error) = device.info().and_then(|_| mlx::set_default_device(device)) {
+        let reason = match &error {
+            mlx::Error::Runtime { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        eprintln!("error: --device {device}: {reason}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Encode(args) => encode::run(args),
