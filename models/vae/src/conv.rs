@@ -1,20 +1,22 @@
 //! [`Conv2d`] in the formulations that are fast on MLX's CPU backend.
 //!
 //! MLX's CPU convolution copies 9 shifted views of the input next to each other (im2col)
-//! and multiplies once: 9x the input's memory, and slow where a matrix side is thin. 1x1
-//! convolutions are 2-20x slower than the same product, and a 3x3 convolution to 3
-//! channels (every decoder's `conv_out`) runs at 2 GFLOP/s. Measured on this project's
-//! 2-core x86 CPU with OpenBLAS (`cargo run --release -p vae --example conv_probe`):
+//! and multiplies once: 9x the input's memory, and slow where a matrix side is thin. Its
+//! 1x1 convolutions are 2-10x slower than the same product, and a 3x3 convolution to 3
+//! channels (every decoder's `conv_out`) runs at 2 GFLOP/s. The best of 5 runs on this
+//! project's 2-core x86 CPU with OpenBLAS, shared with other work at the time (`cargo run
+//! --release -p vae --example bench_layers`):
 //!
-//! | 3x3 conv, NHWC       | MLX conv2d        | row taps          | shifted outputs  |
-//! |----------------------|-------------------|-------------------|------------------|
-//! | 256², 128 -> 128     | 341 ms, 353 MiB   | 258 ms, 162 MiB   |                  |
-//! | 512², 64 -> 64       | 558 ms, 705 MiB   | 578 ms, 321 MiB   |                  |
-//! | 512², 32 -> 32       | 350 ms, 352 MiB   | 192 ms, 161 MiB   |                  |
-//! | 512², 32 -> 3        | 260 ms, 323 MiB   | 113 ms, 132 MiB   | 42 ms, 62 MiB    |
+//! | 3x3 conv, NHWC   | MLX conv2d      | row taps        | shifted outputs  |
+//! |------------------|-----------------|-----------------|------------------|
+//! | 256², 128 -> 128 | 549 ms, 353 MiB | 411 ms, 162 MiB | 729 ms, 358 MiB  |
+//! | 512², 64 -> 64   | 823 ms, 705 MiB | 560 ms, 321 MiB | 1205 ms, 709 MiB |
+//! | 512², 32 -> 32   | 422 ms, 352 MiB | 315 ms, 161 MiB | 445 ms, 355 MiB  |
+//! | 512², 32 -> 3    | 248 ms, 323 MiB | 151 ms, 132 MiB | 49 ms, 62 MiB    |
 //!
-//! 1x1 at 512², 32 -> 3: MLX 42 ms, one matmul 2 ms. On a GPU, MLX's own kernels are used
-//! for 3x3 convolutions; 1x1 convolutions are products everywhere.
+//! 1x1 at 512², 64 -> 32: MLX 193 ms, one matmul 81 ms; 32 -> 3: 47 ms against 4.5 ms.
+//! On a GPU, MLX's own kernels run the 3x3 convolutions; 1x1 convolutions are products
+//! everywhere.
 
 use mlx::nn::Conv2d;
 use mlx::{concatenate, Array, Device};

@@ -90,7 +90,7 @@ impl TilePlan {
 /// Runs `f` on each tile of `x` (`[N, H, W, C]`), then blends and joins the outputs.
 /// Each tile's output is evaluated before the next tile's graph is built, so memory holds
 /// one tile's activations at a time, plus the outputs.
-pub fn tiled(
+pub(crate) fn tiled(
     x: &Array,
     plan: &TilePlan,
     mut f: impl FnMut(&Array) -> Result<Array>,
