@@ -204,32 +204,3 @@ fn tuple_structs_use_indices_or_given_names() {
     let paths: Vec<String> = p.parameters().into_iter().map(|(p, _)| p).collect();
     assert_eq!(paths, ["0", "b"]);
 }
-
-/// A flattened field adds no path segment: both layouts of a layer load the same names.
-#[test]
-fn flattened_fields_sit_at_the_struct_path() {
-    #[derive(Module, Clone)]
-    struct Block {
-        #[weight(flatten)]
-        projection: Layer,
-        #[weight("norm.weight")]
-        norm: Array,
-    }
-    let block = Block {
-        projection: Layer::Dense(Linear::new(2, 3, true)),
-        norm: Array::zeros(&[2], Dtype::F32),
-    };
-    let paths: Vec<String> = block.parameters().into_iter().map(|(p, _)| p).collect();
-    assert_eq!(paths, ["weight", "bias", "norm.weight"]);
-    let mut loaded = block.clone();
-    let ones = |shape: &[i32]| Array::ones(shape, Dtype::F32);
-    let source = Checkpoint::from_arrays([
-        ("weight", ones(&[2, 3])),
-        ("bias", ones(&[2])),
-        ("norm.weight", ones(&[2])),
-    ]);
-    loaded.load(source).unwrap();
-    let mut structure = String::new();
-    loaded.structure(&mut structure);
-    assert!(structure.contains("projection="), "{structure}");
-}

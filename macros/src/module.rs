@@ -9,9 +9,6 @@ use syn::{Data, DeriveInput, Field, Fields, LitStr};
 enum Role {
     /// Weights under this path segment.
     Weights(String),
-    /// Weights at the struct's own path: the field's module adds no segment, so a layer
-    /// can hold alternative layouts of the same checkpoint tensors (an enum of them).
-    Flatten,
     /// Configuration: cloned on rebuild, part of the structure key.
     Skip,
 }
@@ -54,7 +51,7 @@ fn role(field: &Field, index: usize) -> syn::Result<Role> {
         let malformed = || {
             syn::Error::new(
                 attr.meta.span(),
-                "expected #[weight(\"checkpoint.name\")], #[weight(flatten)] or #[weight(skip)]",
+                "expected #[weight(\"checkpoint.name\")] or #[weight(skip)]",
             )
         };
         let list = attr.meta.require_list().map_err(|_| malformed())?;
@@ -67,11 +64,10 @@ fn role(field: &Field, index: usize) -> syn::Result<Role> {
             }
             role = Some(Role::Weights(name.value()));
         } else if let Ok(ident) = syn::parse2::<syn::Ident>(list.tokens.clone()) {
-            role = Some(match ident.to_string().as_str() {
-                "skip" => Role::Skip,
-                "flatten" => Role::Flatten,
-                _ => return Err(malformed()),
-            });
+            if ident != "skip" {
+                return Err(malformed());
+            }
+            role = Some(Role::Skip);
         } else {
             return Err(malformed());
         }
@@ -97,30 +93,24 @@ fn expand_struct(name: &syn::Ident, fields: &Fields) -> syn::Result<TokenStream>
         };
         let ty = &field.ty;
         match role(field, i)? {
-            role @ (Role::Weights(_) | Role::Flatten) => {
-                let (at, label) = match role {
-                    Role::Weights(path) => {
-                        if !paths.insert(path.clone()) {
-                            return Err(syn::Error::new(
-                                field.span(),
-                                format!("two fields load from the checkpoint path `{path}`"),
-                            ));
-                        }
-                        let label = format!("{path}=");
-                        (quote!(&::mlx::module::join_path(prefix, #path)), label)
-                    }
-                    _ => (quote!(prefix), format!("{}=", member_label(&member))),
-                };
+            Role::Weights(path) => {
+                if !paths.insert(path.clone()) {
+                    return Err(syn::Error::new(
+                        field.span(),
+                        format!("two fields load from the checkpoint path `{path}`"),
+                    ));
+                }
                 // The span points errors about the field's type (not a module) at the field.
                 visit.push(quote_spanned! {ty.span()=>
-                    <#ty as ::mlx::Module>::visit(&self.#member, #at, f);
+                    <#ty as ::mlx::Module>::visit(&self.#member, &::mlx::module::join_path(prefix, #path), f);
                 });
                 rebuild.push(quote_spanned! {ty.span()=>
                     #member: <#ty as ::mlx::Module>::rebuild(&self.#member, arrays)
                 });
                 load.push(quote_spanned! {ty.span()=>
-                    <#ty as ::mlx::Module>::load_from(&mut self.#member, #at, source, report);
+                    <#ty as ::mlx::Module>::load_from(&mut self.#member, &::mlx::module::join_path(prefix, #path), source, report);
                 });
+                let label = format!("{path}=");
                 structure.push(quote_spanned! {ty.span()=>
                     out.push_str(#label);
                     <#ty as ::mlx::Module>::structure(&self.#member, out);

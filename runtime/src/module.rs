@@ -4,10 +4,8 @@
 //! `#[derive(mlx::Module)]` implements [`Module`] for a struct of `Array`s, optional arrays,
 //! nested modules and `Vec`s of modules, or for an enum whose variants each hold one module
 //! (a layer that is dense or quantized). Field attributes:
-//! `#[weight("to_out.0")]` names a field in the checkpoint, `#[weight(flatten)]` puts a
-//! field's arrays at the struct's own path (an enum of alternative layouts of the same
-//! tensors, say), `#[weight(skip)]` marks a configuration field (it must be
-//! `Clone + Debug`).
+//! `#[weight("to_out.0")]` names a field in the checkpoint, `#[weight(skip)]` marks a
+//! configuration field (it must be `Clone + Debug`).
 
 pub use crate::load_report::LoadReport;
 

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dit::layers::Qkv;
 use dit::weights::{self, LoadOptions, ModelSource, WEIGHTS_FILE};
 use dit::{DitConfig, ZImage};
 use mlx::io::{load_safetensors, save_safetensors};
@@ -592,11 +591,8 @@ fn quantized_layers_load_whatever_the_matmul_path() {
         assert_eq!(loaded.quantization.matmul, Some(matmul));
         let config = loaded.model.config.quantization.as_ref();
         assert_eq!(config.map(|q| q.mode), Some(QuantFormat::Mxfp8));
-        let Qkv::Fused(qkv) = &loaded.model.layers[0].attention.qkv else {
-            panic!("the projections are not fused");
-        };
-        let Linear::Quantized(q) = &qkv.linear else {
-            panic!("to_qkv is dense");
+        let Linear::Quantized(q) = &loaded.model.layers[0].attention.to_q else {
+            panic!("to_q is dense");
         };
         assert_eq!(q.matmul, matmul);
         assert!(matches!(loaded.model.final_layer.linear, Linear::Dense(_)));

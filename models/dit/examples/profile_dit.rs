@@ -79,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             noise
         }
     });
-    let mut model = template.rebuild(&mut arrays);
+    let model = template.rebuild(&mut arrays);
     drop(template);
     mlx::eval(model.parameters().into_iter().map(|(_, a)| a))?;
     let weights = model.nbytes();

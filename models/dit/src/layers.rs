@@ -8,72 +8,12 @@ use mlx::{Array, Dtype, Module};
 
 use crate::config::{DitConfig, T_FREQ_DIM};
 
-/// Attention's query, key and value projections: as checkpoints store them, or fused into
-/// one matrix after loading, so a single product reads the input once (see
-/// [`crate::ZImage::fuse_projections`]).
-#[derive(Module, Clone)]
-pub enum Qkv {
-    Separate(SeparateQkv),
-    Fused(FusedQkv),
-}
-
-#[derive(Module, Clone)]
-pub struct SeparateQkv {
-    pub to_q: Linear,
-    pub to_k: Linear,
-    pub to_v: Linear,
-}
-
-/// `[q; k; v]` stacked along the outputs. Never written to a checkpoint: saving splits it.
-#[derive(Module, Clone)]
-pub struct FusedQkv {
-    #[weight("to_qkv")]
-    pub linear: Linear,
-}
-
-impl Qkv {
-    fn forward(&self, x: &Array) -> [Array; 3] {
-        match self {
-            Qkv::Separate(p) => [p.to_q.forward(x), p.to_k.forward(x), p.to_v.forward(x)],
-            Qkv::Fused(p) => {
-                let out = p.linear.forward(x);
-                let third = p.linear.features().0 / 3;
-                [0, 1, 2].map(|i| out.slice_axis(-1, i * third, (i + 1) * third))
-            }
-        }
-    }
-
-    /// The fused form, if the three layers can be fused (they always can when loaded as
-    /// the same kind).
-    pub fn fused(&self) -> Qkv {
-        match self {
-            Qkv::Separate(p) => Linear::concat_outputs(&[&p.to_q, &p.to_k, &p.to_v])
-                .map_or_else(|| self.clone(), |linear| Qkv::Fused(FusedQkv { linear })),
-            Qkv::Fused(_) => self.clone(),
-        }
-    }
-
-    /// The form checkpoints store.
-    pub fn separate(&self) -> Qkv {
-        match self {
-            Qkv::Separate(_) => self.clone(),
-            Qkv::Fused(p) => {
-                let third = p.linear.features().0 / 3;
-                // `split_outputs` gives one layer per size.
-                let [to_q, to_k, to_v] =
-                    <[Linear; 3]>::try_from(p.linear.split_outputs(&[third; 3]))
-                        .unwrap_or_else(|_| unreachable!());
-                Qkv::Separate(SeparateQkv { to_q, to_k, to_v })
-            }
-        }
-    }
-}
-
 /// Multi-head self-attention with per-head RMSNorm on queries and keys and 3-axis RoPE.
 #[derive(Module, Clone)]
 pub struct Attention {
-    #[weight(flatten)]
-    pub qkv: Qkv,
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
     #[weight("to_out.0")]
     pub to_out: Linear,
     #[weight("norm_q.weight")]
@@ -98,10 +38,9 @@ impl Attention {
             Some(w) => fast::rms_norm(&t, Some(w), QK_NORM_EPS),
             None => t,
         };
-        let [q, k, v] = self.qkv.forward(x);
-        let q = norm(split_heads(q), &self.norm_q);
-        let k = norm(split_heads(k), &self.norm_k);
-        let v = split_heads(v);
+        let q = norm(split_heads(self.to_q.forward(x)), &self.norm_q);
+        let k = norm(split_heads(self.to_k.forward(x)), &self.norm_k);
+        let v = split_heads(self.to_v.forward(x));
         let heads_first = |t: &Array| t.transpose(&[0, 2, 1, 3]);
         let attended = fast::scaled_dot_product_attention(
             &heads_first(&rope.apply(&q)),
@@ -115,78 +54,19 @@ impl Attention {
     }
 }
 
-/// The feed-forward's gate (`w1`) and up (`w3`) projections, separate as stored or fused
-/// after loading, like [`Qkv`].
-#[derive(Module, Clone)]
-pub enum GateUp {
-    Separate(SeparateGateUp),
-    Fused(FusedGateUp),
-}
-
-#[derive(Module, Clone)]
-pub struct SeparateGateUp {
-    pub w1: Linear,
-    pub w3: Linear,
-}
-
-/// `[w1; w3]` stacked along the outputs. Never written to a checkpoint: saving splits it.
-#[derive(Module, Clone)]
-pub struct FusedGateUp {
-    #[weight("w13")]
-    pub linear: Linear,
-}
-
-impl GateUp {
-    /// `silu(w1 x) · w3 x`.
-    fn forward(&self, x: &Array) -> Array {
-        match self {
-            GateUp::Separate(p) => p.w1.forward(x).silu() * p.w3.forward(x),
-            GateUp::Fused(p) => {
-                let out = p.linear.forward(x);
-                let half = p.linear.features().0 / 2;
-                out.slice_axis(-1, 0, half).silu() * out.slice_axis(-1, half, 2 * half)
-            }
-        }
-    }
-
-    /// The fused form (see [`Qkv::fused`]).
-    pub fn fused(&self) -> GateUp {
-        match self {
-            GateUp::Separate(p) => Linear::concat_outputs(&[&p.w1, &p.w3]).map_or_else(
-                || self.clone(),
-                |linear| GateUp::Fused(FusedGateUp { linear }),
-            ),
-            GateUp::Fused(_) => self.clone(),
-        }
-    }
-
-    /// The form checkpoints store.
-    pub fn separate(&self) -> GateUp {
-        match self {
-            GateUp::Separate(_) => self.clone(),
-            GateUp::Fused(p) => {
-                let half = p.linear.features().0 / 2;
-                // `split_outputs` gives one layer per size.
-                let [w1, w3] = <[Linear; 2]>::try_from(p.linear.split_outputs(&[half; 2]))
-                    .unwrap_or_else(|_| unreachable!());
-                GateUp::Separate(SeparateGateUp { w1, w3 })
-            }
-        }
-    }
-}
-
 /// SwiGLU: `w2(silu(w1 x) · w3 x)`.
 #[derive(Module, Clone)]
 pub struct FeedForward {
-    #[weight(flatten)]
-    pub gate_up: GateUp,
+    pub w1: Linear,
     pub w2: Linear,
+    pub w3: Linear,
 }
 
 impl FeedForward {
     #[mlx::graph]
     pub fn forward(&self, x: &Array) -> Array {
-        self.w2.forward(&self.gate_up.forward(x))
+        self.w2
+            .forward(&(self.w1.forward(x).silu() * self.w3.forward(x)))
     }
 }
 
@@ -206,40 +86,25 @@ pub struct Block {
 }
 
 impl Block {
-    /// The block with its projections fused ([`Qkv::fused`], [`GateUp::fused`]) or
-    /// separate as stored.
-    pub fn with_fused_projections(&self, fused: bool) -> Block {
-        let mut block = self.clone();
-        let a = &mut block.attention;
-        let f = &mut block.feed_forward;
-        (a.qkv, f.gate_up) = if fused {
-            (a.qkv.fused(), f.gate_up.fused())
-        } else {
-            (a.qkv.separate(), f.gate_up.separate())
-        };
-        block
-    }
-
     /// The block's linear layers with their paths inside the block.
     pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
-        let Attention { qkv, to_out, .. } = &mut self.attention;
-        let mut out: Vec<(&'static str, &mut Linear)> = match qkv {
-            Qkv::Separate(SeparateQkv { to_q, to_k, to_v }) => vec![
-                ("attention.to_q", to_q),
-                ("attention.to_k", to_k),
-                ("attention.to_v", to_v),
-            ],
-            Qkv::Fused(FusedQkv { linear }) => vec![("attention.to_qkv", linear)],
-        };
-        out.push(("attention.to_out.0", to_out));
-        let FeedForward { gate_up, w2 } = &mut self.feed_forward;
-        match gate_up {
-            GateUp::Separate(SeparateGateUp { w1, w3 }) => {
-                out.extend([("feed_forward.w1", w1), ("feed_forward.w3", w3)]);
-            }
-            GateUp::Fused(FusedGateUp { linear }) => out.push(("feed_forward.w13", linear)),
-        }
-        out.push(("feed_forward.w2", w2));
+        let Attention {
+            to_q,
+            to_k,
+            to_v,
+            to_out,
+            ..
+        } = &mut self.attention;
+        let FeedForward { w1, w2, w3 } = &mut self.feed_forward;
+        let mut out = vec![
+            ("attention.to_q", to_q),
+            ("attention.to_k", to_k),
+            ("attention.to_v", to_v),
+            ("attention.to_out.0", to_out),
+            ("feed_forward.w1", w1),
+            ("feed_forward.w2", w2),
+            ("feed_forward.w3", w3),
+        ];
         if let Some(modulation) = &mut self.modulation {
             out.push(("adaLN_modulation.0", modulation));
         }
@@ -409,22 +274,18 @@ impl Shapes<'_> {
         let qk_norm = || c.qk_norm.then(|| self.array(&[head_dim]));
         Block {
             attention: Attention {
-                qkv: Qkv::Separate(SeparateQkv {
-                    to_q: self.linear(dim, dim, false),
-                    to_k: self.linear(dim, dim, false),
-                    to_v: self.linear(dim, dim, false),
-                }),
+                to_q: self.linear(dim, dim, false),
+                to_k: self.linear(dim, dim, false),
+                to_v: self.linear(dim, dim, false),
                 to_out: self.linear(dim, dim, false),
                 norm_q: qk_norm(),
                 norm_k: qk_norm(),
                 heads: c.n_heads,
             },
             feed_forward: FeedForward {
-                gate_up: GateUp::Separate(SeparateGateUp {
-                    w1: self.linear(hidden, dim, false),
-                    w3: self.linear(hidden, dim, false),
-                }),
+                w1: self.linear(hidden, dim, false),
                 w2: self.linear(dim, hidden, false),
+                w3: self.linear(hidden, dim, false),
             },
             attention_norm1: self.rms_norm(dim),
             attention_norm2: self.rms_norm(dim),

@@ -72,41 +72,6 @@ impl ZImage {
         }
     }
 
-    /// Fuses every block's query/key/value and gate/up projections into one matrix each,
-    /// block by block so the separate and fused copies of only one block coexist: fewer,
-    /// larger products, which a GPU runs faster (the outputs are the same numbers).
-    pub fn fuse_projections(&mut self) -> mlx::Result<()> {
-        for blocks in [
-            &mut self.noise_refiner,
-            &mut self.context_refiner,
-            &mut self.layers,
-        ] {
-            for block in blocks.iter_mut() {
-                let fused = block.with_fused_projections(true);
-                mlx::eval(fused.parameters().into_iter().map(|(_, a)| a))?;
-                *block = fused;
-            }
-        }
-        Ok(())
-    }
-
-    /// The model with its projections as checkpoints store them (lazy slices of fused
-    /// ones), for writing.
-    pub fn with_separate_projections(&self) -> ZImage {
-        let separate = |blocks: &[Block]| {
-            blocks
-                .iter()
-                .map(|b| b.with_fused_projections(false))
-                .collect()
-        };
-        ZImage {
-            noise_refiner: separate(&self.noise_refiner),
-            context_refiner: separate(&self.context_refiner),
-            layers: separate(&self.layers),
-            ..self.clone()
-        }
-    }
-
     /// Every linear layer with its checkpoint path (the `#[weight]` paths above), in
     /// checkpoint order: what quantization walks.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {

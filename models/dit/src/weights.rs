@@ -254,7 +254,6 @@ pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Loa
     }
     mlx::eval(model.parameters().into_iter().map(|(_, a)| a))?;
     let quantization = QuantReport::of(&mut model, matmul);
-    model.fuse_projections()?;
     Ok(Loaded {
         model,
         stored_dtypes,
@@ -461,8 +460,6 @@ pub fn save(model: &ZImage, dir: &Path, dtype: Dtype) -> Result<()> {
         source: e,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
-    // Checkpoints hold the projections separate, as diffusers names them.
-    let model = &model.with_separate_projections();
     let tensors: Vec<(String, Array)> = model
         .parameters()
         .into_iter()

@@ -28,17 +28,9 @@ enum Activation {
 }
 
 #[derive(Module, Clone)]
-struct Gated {
-    #[weight(flatten)]
-    inner: Layer,
-    gate: Array,
-}
-
-#[derive(Module, Clone)]
 struct Mlp {
     #[weight("net.0")]
     up: Layer,
-    gated: Gated,
     layers: Vec<Linear>,
     #[weight(skip)]
     activation: Activation,
