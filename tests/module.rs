@@ -155,14 +155,15 @@ fn loading_reports_every_problem_at_once() {
             missing: vec!["attention.to_q.bias".into(), "layers.1.scales".into()],
             unexpected: vec!["attention.to_k.weight".into()],
             mismatched: vec![("norm".into(), vec![4], vec![5])],
+            wrongly_stored: vec![],
         }
     );
     let text = err.to_string();
     assert!(
-        text.contains("2 missing, 1 unexpected, 1 wrongly shaped"),
+        text.contains("2 missing: attention.to_q.bias, layers.1.scales; 1 unexpected: attention.to_k.weight; 1 wrongly shaped: norm (expected [4], found [5])"),
         "{text}"
     );
-    assert!(text.contains("norm: expected [4], found [5]"), "{text}");
+    assert!(!text.contains('\n'), "one line: {text}");
 }
 
 #[test]

@@ -562,13 +562,12 @@ fn a_damaged_quantized_checkpoint_lists_every_problem() {
 
     let err = fail(&["info", "--model", path(&model)]);
     for expected in [
-        "missing:    layers.1.feed_forward.w3.weight_qbias",
-        "other:      layers.0.attention.to_k.weight: expected uint32, found float32",
+        "1 missing: layers.1.feed_forward.w3.weight_qbias",
+        "1 wrongly stored: layers.0.attention.to_k.weight (expected uint32, found float32)",
         // Without its scale, mlp.0 is a dense layer: its packed weight has the wrong shape
         // and its affine bias belongs to nothing.
-        "shape:      t_embedder.mlp.0.weight",
-        "unexpected: t_embedder.mlp.0.weight_qbias",
-        "unexpected: x_pad_token.weight_scale",
+        "1 wrongly shaped: t_embedder.mlp.0.weight (expected",
+        "2 unexpected: t_embedder.mlp.0.weight_qbias, x_pad_token.weight_scale",
     ] {
         assert!(err.contains(expected), "no `{expected}` in:\n{err}");
     }

@@ -110,14 +110,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     row(
-        "forward, compiled, separate projections",
-        time(
-            runs,
-            &|| vec![model.predict(&latents, &t, &cap_feats, &seq)],
-        )?,
-    );
-    model.fuse_projections()?;
-    row(
         "forward, compiled",
         time(
             runs,

@@ -36,9 +36,13 @@ pub enum DitError {
     Config { path: PathBuf, message: String },
     #[error("{0}")]
     Input(String),
-    /// A checkpoint does not fit the model: every problem at once.
-    #[error("{0}")]
-    Checkpoint(weights::Mismatch),
+    /// A checkpoint (`model`: its directory or built-in name) does not fit the model:
+    /// every problem at once.
+    #[error("{model}: {report}")]
+    Checkpoint {
+        model: String,
+        report: mlx::module::LoadReport,
+    },
     #[error(transparent)]
     Mlx(#[from] mlx::Error),
 }

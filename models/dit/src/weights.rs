@@ -173,45 +173,6 @@ impl QuantReport {
     }
 }
 
-/// A checkpoint that does not fit the model: every missing, unexpected, mis-shaped and
-/// mis-typed tensor, and every quantized layer that cannot be.
-#[derive(Debug)]
-pub struct Mismatch {
-    pub report: LoadReport,
-    /// `(path, what is wrong)`: dtypes and quantized layers.
-    pub other: Vec<(String, String)>,
-}
-
-impl fmt::Display for Mismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = &self.report;
-        write!(
-            f,
-            "the checkpoint does not fit the model: {} missing, {} unexpected, {} wrongly shaped, {} other",
-            r.missing.len(),
-            r.unexpected.len(),
-            r.mismatched.len(),
-            self.other.len()
-        )?;
-        for path in &r.missing {
-            write!(f, "\n  missing:    {path}")?;
-        }
-        for path in &r.unexpected {
-            write!(f, "\n  unexpected: {path}")?;
-        }
-        for (path, expected, found) in &r.mismatched {
-            write!(
-                f,
-                "\n  shape:      {path}: expected {expected:?}, found {found:?}"
-            )?;
-        }
-        for (path, problem) in &self.other {
-            write!(f, "\n  other:      {path}: {problem}")?;
-        }
-        Ok(())
-    }
-}
-
 /// Loads a model, its weights evaluated (a checkpoint in the compute dtype stays
 /// memory-mapped, others are converted once). A checkpoint written by `dit quantize` is
 /// recognized by its `config.json`; `options.fp8` quantizes a dense one in memory.
@@ -243,11 +204,14 @@ pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Loa
             .unwrap_or_else(|| quant::probe(format, options.dtype, probe_shape(&config)))
     });
     let mut model = ZImage::zeros(&config, options.dtype);
-    if let (Some(format), Some(matmul)) = (stored, matmul) {
-        fill_quantized(&mut model, checkpoint, format, matmul)?;
-    } else {
-        fill(&mut model, checkpoint, Vec::new())?;
-    }
+    let filled = match (stored, matmul) {
+        (Some(format), Some(matmul)) => fill_quantized(&mut model, checkpoint, format, matmul),
+        _ => fill(&mut model, checkpoint, Vec::new()),
+    };
+    filled.map_err(|report| DitError::Checkpoint {
+        model: source.to_string(),
+        report,
+    })?;
     if let (Some(format), Some(matmul)) = (options.fp8, matmul) {
         quantize_linears(&mut model, format, matmul)?;
         model.config.quantization = Some(QuantConfig::new(format));
@@ -280,14 +244,17 @@ fn fill(
     model: &mut ZImage,
     mut checkpoint: Checkpoint,
     other: Vec<(String, String)>,
-) -> Result<()> {
-    let mut report = LoadReport::default();
+) -> std::result::Result<(), LoadReport> {
+    let mut report = LoadReport {
+        wrongly_stored: other,
+        ..LoadReport::default()
+    };
     model.load_from("", &mut checkpoint, &mut report);
     report.unexpected = checkpoint.names().map(str::to_owned).collect();
-    if report.is_clean() && other.is_empty() {
+    if report.is_clean() {
         Ok(())
     } else {
-        Err(DitError::Checkpoint(Mismatch { report, other }))
+        Err(report)
     }
 }
 
@@ -332,7 +299,7 @@ fn fill_quantized(
     checkpoint: Checkpoint,
     format: QuantFormat,
     matmul: MatmulPath,
-) -> Result<()> {
+) -> std::result::Result<(), LoadReport> {
     let dtype = model.dtype();
     let mut problems = Vec::new();
     for (path, linear) in model.linears_mut() {

@@ -50,7 +50,7 @@ pub use model::{KvCache, Qwen3Model};
 pub use sample::Sampling;
 pub use stream::StreamDecoder;
 pub use tokenizer::{PromptIds, Tokenizer};
-pub use weights::{Layers, LoadOptions, Mismatch};
+pub use weights::{Layers, LoadOptions};
 
 use std::path::PathBuf;
 
@@ -74,8 +74,11 @@ pub enum Qwen3Error {
     Template { path: PathBuf, message: String },
     /// A checkpoint (`path`, its directory) that does not fit the model: every problem at
     /// once.
-    #[error("{path}: {mismatch}")]
-    Checkpoint { path: PathBuf, mismatch: Mismatch },
+    #[error("{path}: {report}")]
+    Checkpoint {
+        path: PathBuf,
+        report: mlx::module::LoadReport,
+    },
     /// Arguments the model or tokenizer cannot take.
     #[error("{0}")]
     Input(String),

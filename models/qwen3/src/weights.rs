@@ -5,7 +5,6 @@
 //! [`load_causal_lm`] the base model and its output head.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use mlx::io::{load_checkpoint, save_safetensors, Checkpoint};
@@ -75,57 +74,6 @@ impl From<Dtype> for LoadOptions {
             dtype,
             layers: Layers::All,
         }
-    }
-}
-
-/// A checkpoint that does not fit the model: every missing, unexpected, mis-shaped and
-/// mis-typed tensor.
-#[derive(Debug)]
-pub struct Mismatch {
-    pub report: LoadReport,
-    /// `(tensor, what is wrong)`: tensors that are not floating point.
-    pub other: Vec<(String, String)>,
-}
-
-/// How many names of one kind of problem the message lists; [`Mismatch`] has them all.
-const LISTED: usize = 8;
-
-impl fmt::Display for Mismatch {
-    /// One line: the counts, then up to [`LISTED`] names of each kind of problem.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = &self.report;
-        let shapes: Vec<String> = r
-            .mismatched
-            .iter()
-            .map(|(path, expected, found)| {
-                format!("{path} (expected {expected:?}, found {found:?})")
-            })
-            .collect();
-        let other: Vec<String> = self
-            .other
-            .iter()
-            .map(|(path, problem)| format!("{path} ({problem})"))
-            .collect();
-        f.write_str("the checkpoint does not fit the model:")?;
-        let mut first = true;
-        for (kind, items) in [
-            ("missing", &r.missing),
-            ("unexpected", &r.unexpected),
-            ("wrongly shaped", &shapes),
-            ("wrongly typed", &other),
-        ] {
-            if items.is_empty() {
-                continue;
-            }
-            let sep = if first { " " } else { "; " };
-            first = false;
-            let listed = items[..items.len().min(LISTED)].join(", ");
-            write!(f, "{sep}{} {kind}: {listed}", items.len())?;
-            if items.len() > LISTED {
-                write!(f, " and {} more", items.len() - LISTED)?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -273,10 +221,11 @@ fn fill_parts(
     unexpected.extend(checkpoint.names().map(str::to_owned));
     unexpected.sort();
     report.unexpected = unexpected;
-    if !report.is_clean() || !other.is_empty() {
+    report.wrongly_stored = other;
+    if !report.is_clean() {
         return Err(Qwen3Error::Checkpoint {
             path: origin.to_path_buf(),
-            mismatch: Mismatch { report, other },
+            report,
         });
     }
     mlx::eval(

@@ -96,14 +96,14 @@ fn every_problem_is_reported_at_once() {
         "2 missing: layers.0.self_attn.q_norm.weight, norm.weight",
         "2 unexpected: layers.0.self_attn.q_proj.bias, layers.7.mlp.up_proj.weight",
         "1 wrongly shaped: embed_tokens.weight (expected [605, 24], found [605, 23])",
-        "1 wrongly typed: layers.1.mlp.down_proj.weight (stored as int32)",
+        "1 wrongly stored: layers.1.mlp.down_proj.weight (stored as int32)",
     ] {
         assert!(text.contains(needle), "{needle} in {text}");
     }
-    let Qwen3Error::Checkpoint { mismatch, .. } = err else {
+    let Qwen3Error::Checkpoint { report, .. } = err else {
         panic!("{err}");
     };
-    assert_eq!(mismatch.report.missing.len(), 2);
+    assert_eq!(report.missing.len(), 2);
 }
 
 #[test]

@@ -61,8 +61,11 @@ pub enum VaeError {
     #[error("{0}")]
     Input(String),
     /// A checkpoint does not fit the model: every problem at once.
-    #[error("{0}")]
-    Checkpoint(weights::Mismatch),
+    #[error("{}: {report}", path.display())]
+    Checkpoint {
+        path: PathBuf,
+        report: mlx::module::LoadReport,
+    },
     #[error(transparent)]
     Mlx(#[from] mlx::Error),
 }

@@ -3,8 +3,7 @@
 //! weights; and writing a model back in that layout.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mlx::io::{load_checkpoint, save_safetensors, Checkpoint};
 use mlx::module::LoadReport;
@@ -18,58 +17,6 @@ use crate::{Result, VaeError};
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
 /// The seed of the built-in models' weights.
 pub const BUILTIN_SEED: u64 = 0x7ae;
-
-/// A checkpoint that does not fit the model: every missing, unexpected, mis-shaped and
-/// non-float tensor, on one line.
-#[derive(Debug)]
-pub struct Mismatch {
-    /// The checkpoint's directory (or `<memory>`).
-    pub source: PathBuf,
-    pub report: LoadReport,
-    /// Tensors stored as integers or booleans, with their dtype.
-    pub not_float: Vec<(String, Dtype)>,
-}
-
-/// Names shown per kind of problem; the rest are counted.
-const NAMES_SHOWN: usize = 12;
-
-impl fmt::Display for Mismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = &self.report;
-        let shapes: Vec<String> = r
-            .mismatched
-            .iter()
-            .map(|(name, expected, found)| format!("{name} expected {expected:?}, found {found:?}"))
-            .collect();
-        let dtypes: Vec<String> = self
-            .not_float
-            .iter()
-            .map(|(name, dtype)| format!("{name} is {dtype}"))
-            .collect();
-        write!(f, "{} does not fit the autoencoder:", self.source.display())?;
-        let mut first = true;
-        for (what, names) in [
-            ("missing", &r.missing),
-            ("unexpected", &r.unexpected),
-            ("wrongly shaped", &shapes),
-            ("not floating-point", &dtypes),
-        ] {
-            if names.is_empty() {
-                continue;
-            }
-            let shown = names[..names.len().min(NAMES_SHOWN)].join(", ");
-            let more = names.len().saturating_sub(NAMES_SHOWN);
-            let sep = if first { " " } else { "; " };
-            write!(f, "{sep}{} {what} ({shown}", names.len())?;
-            if more > 0 {
-                write!(f, ", and {more} more")?;
-            }
-            f.write_str(")")?;
-            first = false;
-        }
-        Ok(())
-    }
-}
 
 impl AutoencoderKL {
     /// Loads `dir`'s `config.json` and weights, converted to `dtype` (evaluated: a
@@ -107,21 +54,23 @@ impl AutoencoderKL {
                 checkpoint.take(&name);
             }
         }
-        let not_float: Vec<(String, Dtype)> = checkpoint
+        let wrongly_stored = checkpoint
             .iter()
             .filter(|(_, array)| !array.dtype().is_float())
-            .map(|(name, array)| (name.to_owned(), array.dtype()))
+            .map(|(name, array)| (name.to_owned(), format!("stored as {}", array.dtype())))
             .collect();
         let mut model = AutoencoderKL::zeros(config, dtype, parts);
-        let mut report = LoadReport::default();
+        let mut report = LoadReport {
+            wrongly_stored,
+            ..LoadReport::default()
+        };
         model.load_from("", &mut checkpoint, &mut report);
         report.unexpected = checkpoint.names().map(str::to_owned).collect();
-        if !report.is_clean() || !not_float.is_empty() {
-            return Err(VaeError::Checkpoint(Mismatch {
-                source: source.to_path_buf(),
+        if !report.is_clean() {
+            return Err(VaeError::Checkpoint {
+                path: source.to_path_buf(),
                 report,
-                not_float,
-            }));
+            });
         }
         mlx::eval(model.parameters().into_iter().map(|(_, a)| a))?;
         Ok(model)
