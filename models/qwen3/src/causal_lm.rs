@@ -140,6 +140,7 @@ impl Qwen3ForCausalLM {
     /// writing their keys and values into it, and returns the logits of the last token,
     /// `[batch, vocab]` float32 (lazy). The ids are checked first, which evaluates them.
     pub fn forward(&self, ids: &Array, cache: &mut Cache) -> Result<Array> {
+        self.check_whole()?;
         let ids = self.model.checked_ids(ids)?;
         let [batch, _] = ids.dims();
         if cache.layers.len() != self.model.layers.len()
@@ -155,6 +156,19 @@ impl Qwen3ForCausalLM {
         let logits = self.forward_unchecked(&ids, cache)?;
         logits.check()?;
         Ok(logits)
+    }
+
+    /// A model loaded with only its first layers (see [`crate::LoadOptions`]) would
+    /// silently skip the others.
+    pub(crate) fn check_whole(&self) -> Result<()> {
+        let all = self.model.config.num_hidden_layers as usize;
+        if self.model.layers.len() != all {
+            return Err(Qwen3Error::Input(format!(
+                "the model was loaded with {} of its {all} layers; a causal LM runs them all",
+                self.model.layers.len()
+            )));
+        }
+        Ok(())
     }
 
     /// [`forward`](Self::forward) without checking the ids, and lazy throughout: the

@@ -200,6 +200,7 @@ impl Qwen3ForCausalLM {
         mut on_token: impl FnMut(u32) -> ControlFlow<()>,
     ) -> Result<Generation> {
         options.sampling.validate().map_err(Qwen3Error::Input)?;
+        self.check_whole()?;
         let vocab = self.config().vocab_size as u32;
         if prompt.is_empty() {
             return Err(Qwen3Error::Input(

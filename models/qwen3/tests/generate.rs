@@ -150,3 +150,20 @@ fn bad_prompts_and_settings_are_refused() {
         .unwrap();
     assert!(out.tokens.is_empty());
 }
+
+#[test]
+fn a_partly_loaded_model_is_refused() {
+    let mut model = load("qwen3_a");
+    model.model.layers.pop();
+    let err = model
+        .generate(&[1, 2], &GenerateOptions::default(), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("2 of its 3 layers"), "{err}");
+    let mut cache = model.new_cache(1);
+    let err = model
+        .forward(&Array::from_slice(&[1i32], &[1, 1]), &mut cache)
+        .unwrap_err();
+    assert!(err.to_string().contains("2 of its 3 layers"), "{err}");
+}
