@@ -91,6 +91,7 @@ impl Cache {
             })?;
         for layer in &mut self.layers {
             let grow = |a: &Array| {
+                // A cache's arrays are 4-D: `new_cache` makes them so, `forward` checks.
                 let [b, h, _, d] = a.dims();
                 let zeros = Array::zeros(&[b, h, extra, d], a.dtype());
                 if capacity == 0 {
@@ -143,19 +144,34 @@ impl Qwen3ForCausalLM {
         self.check_whole()?;
         let ids = self.model.checked_ids(ids)?;
         let [batch, _] = ids.dims();
-        if cache.layers.len() != self.model.layers.len()
-            || cache.layers.first().and_then(|c| c.keys.dim(0)) != Some(batch)
-        {
-            return Err(Qwen3Error::Input(format!(
-                "a cache of {} layers for batch {:?} does not fit {} layers and batch {batch}",
-                cache.layers.len(),
-                cache.layers.first().and_then(|c| c.keys.dim(0)),
-                self.model.layers.len()
-            )));
-        }
+        self.check_cache(cache, batch)?;
         let logits = self.forward_unchecked(&ids, cache)?;
         logits.check()?;
         Ok(logits)
+    }
+
+    /// A cache of this model's layout for `batch` (its fields are public, so it may have
+    /// been built by hand): growing and writing it rely on that.
+    fn check_cache(&self, cache: &Cache, batch: i32) -> Result<()> {
+        let c = &self.model.config;
+        let capacity = cache.capacity() as i32;
+        let expected = [batch, c.num_key_value_heads, capacity, c.head_dim];
+        let fits = |a: &Array| a.shape() == expected && a.dtype() == self.dtype();
+        if cache.layers.len() != self.model.layers.len()
+            || !cache
+                .layers
+                .iter()
+                .all(|l| fits(&l.keys) && fits(&l.values))
+            || cache.len > cache.capacity()
+        {
+            return Err(Qwen3Error::Input(format!(
+                "the cache does not fit the model: expected {} layers of {} {expected:?} \
+                 holding at most {capacity} positions",
+                self.model.layers.len(),
+                self.dtype()
+            )));
+        }
+        Ok(())
     }
 
     /// A model loaded with only its first layers (see [`crate::LoadOptions`]) would

@@ -167,3 +167,18 @@ fn a_partly_loaded_model_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("2 of its 3 layers"), "{err}");
 }
+
+#[test]
+fn a_cache_of_another_layout_is_refused() {
+    let model = load("qwen3_a");
+    let other = load("qwen3_b");
+    let ids = Array::from_slice(&[1i32, 2], &[1, 2]);
+    for mut cache in [other.new_cache(1), model.new_cache(2)] {
+        let err = model.forward(&ids, &mut cache).unwrap_err().to_string();
+        assert!(err.contains("the cache does not fit the model"), "{err}");
+    }
+    let mut cache = model.new_cache(1);
+    cache.layers[1].values = Array::zeros(&[1, 2, 0], Dtype::F32);
+    let err = model.forward(&ids, &mut cache).unwrap_err().to_string();
+    assert!(err.contains("the cache does not fit the model"), "{err}");
+}
