@@ -245,6 +245,49 @@ fn check_caption_width(encoder: &str, hidden: i32, transformer: &Loaded) -> Resu
     Ok(())
 }
 
+/// The pipeline folder `dir`, for commands that need one component of it; a transformer
+/// checkpoint alone has none of the others.
+fn pipeline_dirs(dir: &Path, component: &str) -> Result<crate::folder::PipelineDirs> {
+    match ModelDir::inspect(dir)? {
+        ModelDir::Pipeline(dirs) => Ok(dirs),
+        ModelDir::Transformer(_) => Err(Error::Input(format!(
+            "{}: a transformer checkpoint, without a {component}",
+            dir.display()
+        ))),
+    }
+}
+
+/// The VAE of `source` alone (its decoder), for decoding without loading the rest.
+pub fn load_vae(source: &ModelSource, dtype: Dtype) -> Result<AutoencoderKL> {
+    Ok(match source {
+        ModelSource::Builtin(builtin) => {
+            AutoencoderKL::random(&builtin_configs(*builtin).1, BUILTIN_SEED, dtype)?
+        }
+        ModelSource::Dir(dir) => {
+            AutoencoderKL::load(&pipeline_dirs(dir, "VAE")?.vae, dtype, vae::Parts::Decoder)?
+        }
+    })
+}
+
+/// The tokenizer and text encoder of `source` alone, for encoding prompts without
+/// loading the rest.
+pub fn load_text_encoder(source: &ModelSource, dtype: Dtype) -> Result<(Tokenizer, Qwen3Model)> {
+    let text_encoder = qwen3::LoadOptions::text_encoder(dtype);
+    Ok(match source {
+        ModelSource::Builtin(builtin) => (
+            Tokenizer::builtin()?,
+            qwen3_weights::builtin(&builtin_configs(*builtin).0, text_encoder)?,
+        ),
+        ModelSource::Dir(dir) => {
+            let dirs = pipeline_dirs(dir, "text encoder")?;
+            (
+                Tokenizer::from_dir(&dirs.tokenizer)?,
+                qwen3_weights::load(&dirs.text_encoder, text_encoder)?,
+            )
+        }
+    })
+}
+
 /// The text encoder and VAE that go with a built-in transformer: the encoder's width is
 /// the transformer's caption width.
 fn builtin_configs(builtin: Builtin) -> (Qwen3Config, VaeConfig) {

@@ -8,7 +8,7 @@ use dit::weights::ModelSource;
 use mlx::io::save_safetensors;
 use mlx::{memory, Dtype};
 use zimage::picture::{self, batch_paths};
-use zimage::pipeline::Pipeline;
+use zimage::pipeline;
 
 use crate::generate::read_latents;
 use crate::{compute_dtype, mib, model_source, CliResult, FloatDtype, TilingArg};
@@ -37,12 +37,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult {
-    let pipeline = Pipeline::load(&args.model, compute_dtype(args.dtype)?)?;
-    let channels = pipeline.transformer().config.in_channels;
-    let latents = read_latents(&args.latents, channels)?;
+    let vae = pipeline::load_vae(&args.model, compute_dtype(args.dtype)?)?;
+    let latents = read_latents(&args.latents, vae.config.latent_channels)?;
     memory::reset_peak_memory()?;
     let started = Instant::now();
-    let image = pipeline.decode(&latents, args.vae_tiling.tiling())?;
+    let image = vae.decode_latents_with(&latents, args.vae_tiling.tiling())?;
     image.check()?;
     let pictures = picture::to_rgb8(&image)?;
     let ms = started.elapsed().as_secs_f64() * 1e3;

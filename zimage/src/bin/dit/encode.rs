@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use dit::weights::ModelSource;
 use mlx::io::save_safetensors;
 use mlx::Array;
-use zimage::pipeline::Pipeline;
-use zimage::prompt::MAX_SEQUENCE_LENGTH;
+use zimage::pipeline;
+use zimage::prompt::{self, MAX_SEQUENCE_LENGTH};
 
 use crate::{compute_dtype, model_source, CliResult, FloatDtype};
 
@@ -32,10 +32,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult {
-    let pipeline = Pipeline::load(&args.model, compute_dtype(args.dtype)?)?;
-    let [embeds] =
-        <[_; 1]>::try_from(pipeline.encode_prompts(&[&args.prompt], args.max_sequence_length)?)
-            .map_err(|_| "one prompt gives one embedding")?;
+    if args.max_sequence_length == 0 {
+        return Err("--max-sequence-length must be at least 1".into());
+    }
+    let dtype = compute_dtype(args.dtype)?;
+    let (tokenizer, encoder) = pipeline::load_text_encoder(&args.model, dtype)?;
+    let embeds = prompt::encode(&tokenizer, &encoder, &args.prompt, args.max_sequence_length)?;
     if embeds.dropped > 0 {
         eprintln!(
             "warning: the prompt is {} tokens with the chat template; the last {} were dropped \
