@@ -41,7 +41,7 @@ pub enum DitError {
     #[error("{model}: {report}")]
     Checkpoint {
         model: String,
-        report: mlx::module::LoadReport,
+        report: Box<mlx::module::LoadReport>,
     },
     #[error(transparent)]
     Mlx(#[from] mlx::Error),

@@ -210,7 +210,7 @@ pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Loa
     };
     filled.map_err(|report| DitError::Checkpoint {
         model: source.to_string(),
-        report,
+        report: Box::new(report),
     })?;
     if let (Some(format), Some(matmul)) = (options.fp8, matmul) {
         quantize_linears(&mut model, format, matmul)?;

@@ -77,7 +77,7 @@ pub enum Qwen3Error {
     #[error("{path}: {report}")]
     Checkpoint {
         path: PathBuf,
-        report: mlx::module::LoadReport,
+        report: Box<mlx::module::LoadReport>,
     },
     /// Arguments the model or tokenizer cannot take.
     #[error("{0}")]

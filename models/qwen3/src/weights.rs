@@ -225,7 +225,7 @@ fn fill_parts(
     if !report.is_clean() {
         return Err(Qwen3Error::Checkpoint {
             path: origin.to_path_buf(),
-            report,
+            report: Box::new(report),
         });
     }
     mlx::eval(

@@ -64,7 +64,7 @@ pub enum VaeError {
     #[error("{}: {report}", path.display())]
     Checkpoint {
         path: PathBuf,
-        report: mlx::module::LoadReport,
+        report: Box<mlx::module::LoadReport>,
     },
     #[error(transparent)]
     Mlx(#[from] mlx::Error),

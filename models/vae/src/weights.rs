@@ -69,7 +69,7 @@ impl AutoencoderKL {
         if !report.is_clean() {
             return Err(VaeError::Checkpoint {
                 path: source.to_path_buf(),
-                report,
+                report: Box::new(report),
             });
         }
         mlx::eval(model.parameters().into_iter().map(|(_, a)| a))?;

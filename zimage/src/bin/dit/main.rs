@@ -34,6 +34,8 @@ fn parse_device(arg: &str) -> Result<Device, String> {
         .map_err(|e: mlx::ParseDeviceError| e.to_string())
 }
 
+// Parsed once per run: the size of the largest variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Draw a picture from a prompt.
