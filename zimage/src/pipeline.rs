@@ -53,6 +53,25 @@ enum EncoderSource {
     Dir(PathBuf),
 }
 
+impl EncoderSource {
+    /// The encoder with only the layers prompt embeddings run.
+    fn load(&self, dtype: Dtype) -> Result<Qwen3Model> {
+        let options = qwen3::LoadOptions::text_encoder(dtype);
+        Ok(match self {
+            EncoderSource::Builtin(config) => qwen3_weights::builtin(config, options)?,
+            EncoderSource::Dir(dir) => qwen3_weights::load(dir, options)?,
+        })
+    }
+
+    /// How errors name it.
+    fn name(&self) -> String {
+        match self {
+            EncoderSource::Builtin(_) => "the built-in text encoder".to_string(),
+            EncoderSource::Dir(dir) => dir.join("config.json").display().to_string(),
+        }
+    }
+}
+
 /// The tokenizer and the text encoder (resident or loaded on demand).
 struct TextStack {
     tokenizer: Tokenizer,
@@ -132,11 +151,12 @@ impl Pipeline {
             dtype: options.dtype,
         };
         if options.keep_text_encoder {
-            if let Some(text) = &pipeline.text {
-                let encoder = pipeline.load_encoder(&text.source)?;
-                if let Some(text) = &mut pipeline.text {
-                    text.resident = Some(encoder);
-                }
+            let encoder = pipeline
+                .text
+                .as_ref()
+                .map(|t| pipeline.load_encoder(&t.source));
+            if let (Some(text), Some(encoder)) = (&mut pipeline.text, encoder) {
+                text.resident = Some(encoder?);
             }
         }
         Ok(pipeline)
@@ -198,16 +218,12 @@ impl Pipeline {
     /// The text encoder with the layers prompt embeddings need, checked against the
     /// transformer's caption width.
     fn load_encoder(&self, source: &EncoderSource) -> Result<Qwen3Model> {
-        let text_encoder = qwen3::LoadOptions::text_encoder(self.dtype);
-        let encoder = match source {
-            EncoderSource::Builtin(config) => qwen3_weights::builtin(config, text_encoder)?,
-            EncoderSource::Dir(dir) => qwen3_weights::load(dir, text_encoder)?,
-        };
-        let what = match source {
-            EncoderSource::Builtin(_) => "the built-in text encoder".to_string(),
-            EncoderSource::Dir(dir) => dir.join("config.json").display().to_string(),
-        };
-        check_caption_width(&what, encoder.config.hidden_size, &self.transformer)?;
+        let encoder = source.load(self.dtype)?;
+        check_caption_width(
+            &source.name(),
+            encoder.config.hidden_size,
+            &self.transformer,
+        )?;
         Ok(encoder)
     }
 
@@ -272,20 +288,20 @@ pub fn load_vae(source: &ModelSource, dtype: Dtype) -> Result<AutoencoderKL> {
 /// The tokenizer and text encoder of `source` alone, for encoding prompts without
 /// loading the rest.
 pub fn load_text_encoder(source: &ModelSource, dtype: Dtype) -> Result<(Tokenizer, Qwen3Model)> {
-    let text_encoder = qwen3::LoadOptions::text_encoder(dtype);
-    Ok(match source {
+    let (tokenizer, encoder) = match source {
         ModelSource::Builtin(builtin) => (
             Tokenizer::builtin()?,
-            qwen3_weights::builtin(&builtin_configs(*builtin).0, text_encoder)?,
+            EncoderSource::Builtin(builtin_configs(*builtin).0),
         ),
         ModelSource::Dir(dir) => {
             let dirs = pipeline_dirs(dir, "text encoder")?;
             (
                 Tokenizer::from_dir(&dirs.tokenizer)?,
-                qwen3_weights::load(&dirs.text_encoder, text_encoder)?,
+                EncoderSource::Dir(dirs.text_encoder),
             )
         }
-    })
+    };
+    Ok((tokenizer, encoder.load(dtype)?))
 }
 
 /// The text encoder and VAE that go with a built-in transformer: the encoder's width is
