@@ -152,6 +152,7 @@ type CliResultOf<T> = Result<T, Box<dyn std::error::Error>>;
 
 pub fn run(args: Args) -> CliResult {
     mlx::compile::set_eager(args.no_compile);
+    check_flags(&args)?;
     check_outputs(&args)?;
     let dtype = compute_dtype(args.dtype)?;
     let started = Instant::now();
@@ -294,6 +295,45 @@ pub fn run(args: Args) -> CliResult {
     Ok(())
 }
 
+/// The flags that need no model, checked before loading one.
+fn check_flags(args: &Args) -> CliResult {
+    if !(1..=sampler::MAX_STEPS).contains(&args.steps) {
+        return Err(format!(
+            "--steps must be between 1 and {}, found {}",
+            sampler::MAX_STEPS,
+            args.steps
+        )
+        .into());
+    }
+    if !(args.cfg.is_finite() && args.cfg >= 0.0) {
+        return Err(format!("--cfg must be a non-negative number, found {}", args.cfg).into());
+    }
+    if !(args.cfg_normalization.is_finite() && args.cfg_normalization >= 0.0) {
+        return Err(format!(
+            "--cfg-normalization must be a non-negative number, found {}",
+            args.cfg_normalization
+        )
+        .into());
+    }
+    if !args.cfg_truncation.is_finite() {
+        return Err(format!(
+            "--cfg-truncation must be a number, found {}",
+            args.cfg_truncation
+        )
+        .into());
+    }
+    for (flag, size) in [("--width", args.width), ("--height", args.height)] {
+        if let Some(size) = size.filter(|&s| s <= 0 || s % (2 * sampler::VAE_SCALE) != 0) {
+            return Err(format!(
+                "{flag} {size}: width and height must be positive multiples of {}",
+                2 * sampler::VAE_SCALE
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// Output paths must be writable places: checked before minutes of sampling.
 fn check_outputs(args: &Args) -> CliResult {
     for (flag, path) in [
@@ -415,36 +455,11 @@ fn request(
             .into());
         }
     }
-    if !(1..=sampler::MAX_STEPS).contains(&args.steps) {
-        return Err(format!(
-            "--steps must be between 1 and {}, found {}",
-            sampler::MAX_STEPS,
-            args.steps
-        )
-        .into());
-    }
     let guidance = Guidance {
         scale: args.cfg,
         truncation: args.cfg_truncation,
         normalization: args.cfg_normalization,
     };
-    if !(args.cfg.is_finite() && args.cfg >= 0.0) {
-        return Err(format!("--cfg must be a non-negative number, found {}", args.cfg).into());
-    }
-    if !(args.cfg_normalization.is_finite() && args.cfg_normalization >= 0.0) {
-        return Err(format!(
-            "--cfg-normalization must be a non-negative number, found {}",
-            args.cfg_normalization
-        )
-        .into());
-    }
-    if !args.cfg_truncation.is_finite() {
-        return Err(format!(
-            "--cfg-truncation must be a number, found {}",
-            args.cfg_truncation
-        )
-        .into());
-    }
     Ok(Request {
         width,
         height,
