@@ -395,21 +395,10 @@ pub fn stored_dtype(source: &ModelSource) -> Result<Dtype> {
     })
 }
 
-/// Refuses to write a checkpoint into a directory that already holds one (a
-/// `config.json`, a pipeline's `model_index.json` or safetensors files): files left from
-/// the old one, an index above all, would shadow or mix with the new.
+/// Refuses to write a checkpoint into a directory that already holds one (see
+/// [`mlx::io::holds_checkpoint`]).
 pub fn check_new_target(dir: &Path) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(()); // missing (it will be created) or unreadable (writing will say)
-    };
-    let occupied = entries.flatten().any(|entry| {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        name == "config.json"
-            || name == "model_index.json"
-            || name.ends_with(".safetensors")
-            || name.ends_with(".safetensors.index.json")
-    });
-    if occupied {
+    if mlx::io::holds_checkpoint(dir) {
         return Err(DitError::Input(format!(
             "{}: already holds a checkpoint; choose a new directory",
             dir.display()

@@ -97,7 +97,7 @@ impl AutoencoderKL {
             let path = path.to_path_buf();
             move |source| VaeError::Io { path, source }
         };
-        if holds_checkpoint(dir) {
+        if mlx::io::holds_checkpoint(dir) {
             return Err(VaeError::Input(format!(
                 "{}: already holds a checkpoint; choose a new directory",
                 dir.display()
@@ -119,20 +119,6 @@ impl AutoencoderKL {
         let path = dir.join("config.json");
         std::fs::write(&path, config + "\n").map_err(io(&path))
     }
-}
-
-/// Whether `dir` has a `config.json` or safetensors files (a missing or unreadable
-/// directory has none: creating or writing it will say what is wrong).
-fn holds_checkpoint(dir: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        name == "config.json"
-            || name.ends_with(".safetensors")
-            || name.ends_with(".safetensors.index.json")
-    })
 }
 
 /// Deterministic random weights of `config`'s shapes (both halves), scaled so activations

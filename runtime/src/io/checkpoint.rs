@@ -201,3 +201,20 @@ fn load_index(index_path: &Path) -> Result<Checkpoint> {
     }
     Ok(checkpoint)
 }
+
+/// Whether `dir` already holds a checkpoint: a `config.json`, a pipeline's
+/// `model_index.json`, safetensors files or a shard index. Writing a new checkpoint there
+/// would mix with the old one (a stale index above all). A missing or unreadable directory
+/// holds none: creating or writing it will say what is wrong.
+pub fn holds_checkpoint(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        name == "config.json"
+            || name == "model_index.json"
+            || name.ends_with(".safetensors")
+            || name.ends_with(".safetensors.index.json")
+    })
+}
