@@ -120,6 +120,9 @@ fn main() {
     if openblas.is_some() {
         build.define("MLXS_OPENBLAS", None);
     }
+    if mlx.backend == Backend::Cuda {
+        build.define("MLXS_CUDA", None);
+    }
     build
         .cpp(true)
         .std("c++20")
