@@ -46,7 +46,16 @@ impl LayerNorm {
 
 /// PyTorch's `GroupNorm` on channels-last input: the channels split into `groups`
 /// consecutive groups, each normalized over its channels and all positions, then scaled
-/// and shifted per channel. Statistics are computed in float32 and the result cast back.
+/// and shifted per channel, in float32 whatever the input's dtype.
+///
+/// Statistics are sums per channel over each row, then over the rows, then per group:
+/// reductions over an outer axis with the channels contiguous, which MLX's CPU backend runs
+/// at memory speed, where one reduction over the two non-adjacent axes of
+/// `[N, H·W, groups, C/groups]` is slow (on `[1, 512, 512, 64]` with 32 groups, 164 ms
+/// against 431). Summing rows first also bounds each float32 partial sum to one row: within
+/// 2e-6 of a float64 reference where the one-pass reduction is 5e-5 off. The variance is
+/// taken from the centered values, which keeps it accurate for activations with a large
+/// mean.
 #[derive(Module, Clone)]
 pub struct GroupNorm {
     pub weight: Array,
@@ -72,13 +81,67 @@ impl GroupNorm {
     #[track_caller]
     pub fn forward(&self, x: &Array) -> Array {
         let [n, h, w, c] = x.dims();
-        let grouped =
-            x.astype(Dtype::F32)
-                .reshape(&[n, h * w, self.groups, c / self.groups.max(1)]);
-        let mean = grouped.mean(&[1, 3], true);
-        let var = grouped.var(&[1, 3], true, 0);
-        let normed =
-            ((grouped - mean) * (var + f64::from(self.eps)).rsqrt()).reshape(&[n, h, w, c]);
-        normed.astype(x.dtype()) * &self.weight + &self.bias
+        let groups = self.groups.max(1);
+        let per_group = c / groups;
+        let count = f64::from(h) * f64::from(w) * f64::from(per_group);
+        let x32 = x.astype(Dtype::F32);
+        // [N, 1, 1, C]: each channel gets its group's mean of `t`.
+        let group_mean = |t: &Array| {
+            t.sum(2, false)
+                .sum(1, false)
+                .reshape(&[n, groups, per_group])
+                .sum(-1, true)
+                .broadcast_to(&[n, groups, per_group])
+                .reshape(&[n, 1, 1, c])
+                / count
+        };
+        let centered = &x32 - group_mean(&x32);
+        let inv_std = (group_mean(&centered.square()) + f64::from(self.eps)).rsqrt();
+        let weight = self.weight.astype(Dtype::F32);
+        let bias = self.bias.astype(Dtype::F32);
+        (centered * (inv_std * weight) + bias).astype(x.dtype())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::random;
+
+    /// Against a float64 two-pass reference, on values with a large mean (where a
+    /// one-pass variance loses digits), for several group sizes and a bfloat16 input.
+    #[test]
+    fn matches_a_float64_reference() {
+        let x = random::normal(&[2, 9, 7, 12], Dtype::F32, &random::key(4)) * 3.0 + 20.0;
+        for groups in [1, 3, 12] {
+            let gn = GroupNorm {
+                weight: random::normal(&[12], Dtype::F32, &random::key(5)),
+                bias: random::normal(&[12], Dtype::F32, &random::key(6)),
+                groups,
+                eps: 1e-6,
+            };
+            let x64 = x.astype(Dtype::F64).reshape(&[2, 63, groups, 12 / groups]);
+            let mean = x64.mean(&[1, 3], true);
+            let var = (&x64 - &mean).square().mean(&[1, 3], true);
+            let reference = ((&x64 - &mean) * (var + 1e-6).rsqrt()).reshape(&[2, 9, 7, 12])
+                * gn.weight.astype(Dtype::F64)
+                + gn.bias.astype(Dtype::F64);
+            let err = (gn.forward(&x).astype(Dtype::F64) - &reference)
+                .abs()
+                .max(crate::ALL, false)
+                .item::<f64>()
+                .unwrap();
+            assert!(err < 1e-5, "groups {groups}: {err}");
+            let bf16 = gn.forward(&x.astype(Dtype::Bf16));
+            assert_eq!(bf16.dtype(), Dtype::Bf16);
+            let err = (bf16.astype(Dtype::F64) - &reference)
+                .abs()
+                .max(crate::ALL, false)
+                .item::<f64>()
+                .unwrap();
+            // bfloat16 keeps 8 bits: inputs near 20 are rounded by up to 0.06, a quarter
+            // of the spread of 3 times a weight of ~1, plus the output's own rounding.
+            assert!(err < 0.2, "groups {groups}, bfloat16: {err}");
+        }
     }
 }

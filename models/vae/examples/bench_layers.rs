@@ -1,5 +1,5 @@
 //! The layers' formulations on this machine, against MLX's own ops: convolutions,
-//! GroupNorm, and the element-wise and attention costs that bound the rest.
+//! and the element-wise and attention costs that bound the rest.
 //!
 //! ```sh
 //! cargo run --release -p vae --example bench_layers
@@ -10,10 +10,9 @@
 use std::time::Instant;
 
 use mlx::fast::{self, Mask};
-use mlx::nn::{Conv2d, GroupNorm};
+use mlx::nn::Conv2d;
 use mlx::{random, Array, Dtype};
 use vae::conv::{pointwise, row_taps, shifted_outputs};
-use vae::norm::group_norm;
 
 fn time(label: &str, flops: f64, f: impl Fn() -> Array) -> Array {
     let y = f();
@@ -85,37 +84,6 @@ fn convolutions() {
     }
 }
 
-fn group_norms() {
-    for (size, channels, groups) in [(512, 64, 32), (512, 32, 32), (256, 128, 32), (64, 128, 32)] {
-        println!("GroupNorm [1, {size}, {size}, {channels}], {groups} groups");
-        let x = random::normal(&[1, size, size, channels], Dtype::F32, &random::key(1)) * 3.0 + 1.0;
-        let gn = GroupNorm {
-            weight: random::normal(&[channels], Dtype::F32, &random::key(2)),
-            bias: random::normal(&[channels], Dtype::F32, &random::key(3)),
-            groups,
-            eps: 1e-6,
-        };
-        let theirs = time("mlx::nn::GroupNorm", 0.0, || gn.forward(&x));
-        let ours = time("vae::norm::group_norm", 0.0, || group_norm(&gn, &x));
-        let per_group = channels / groups;
-        let x64 = x
-            .astype(Dtype::F64)
-            .reshape(&[1, size * size, groups, per_group]);
-        let mean = x64.mean(&[1, 3], true);
-        let var = (&x64 - &mean).square().mean(&[1, 3], true);
-        let reference = (((&x64 - &mean) * (var + 1e-6).rsqrt())
-            .reshape(&[1, size, size, channels])
-            * gn.weight.astype(Dtype::F64)
-            + gn.bias.astype(Dtype::F64))
-        .astype(Dtype::F32);
-        println!(
-            "  max difference from float64: mlx::nn {:.1e}, ours {:.1e}",
-            max_diff(&theirs, &reference),
-            max_diff(&ours, &reference)
-        );
-    }
-}
-
 fn element_wise_and_attention() {
     let x = random::normal(&[1, 512, 512, 64], Dtype::F32, &random::key(1));
     println!("element-wise on [1, 512, 512, 64] (16M elements)");
@@ -138,6 +106,5 @@ fn element_wise_and_attention() {
 fn main() {
     println!("{}", mlx::build_info().blas);
     convolutions();
-    group_norms();
     element_wise_and_attention();
 }

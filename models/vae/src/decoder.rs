@@ -6,7 +6,6 @@ use mlx::{Array, Dtype, Module};
 use crate::config::VaeConfig;
 use crate::conv::conv2d;
 use crate::layers::{upsample_nearest2x, MidBlock, ResnetBlock, Shapes};
-use crate::norm::group_norm;
 
 /// `UpDecoderBlock2D`: ResNets, then (except at the last level) nearest 2x upsampling and
 /// a 3x3 convolution.
@@ -81,6 +80,6 @@ impl Decoder {
         for block in &self.up_blocks {
             h = block.forward(&h);
         }
-        conv2d(&self.conv_out, &group_norm(&self.conv_norm_out, &h).silu())
+        conv2d(&self.conv_out, &self.conv_norm_out.forward(&h).silu())
     }
 }

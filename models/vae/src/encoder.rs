@@ -6,7 +6,6 @@ use mlx::{Array, Dtype, Module};
 use crate::config::VaeConfig;
 use crate::conv::conv2d;
 use crate::layers::{downsample, MidBlock, ResnetBlock, Shapes};
-use crate::norm::group_norm;
 
 /// `DownEncoderBlock2D`: ResNets, then (except at the last level) a stride-2 convolution.
 #[derive(Module, Clone)]
@@ -82,6 +81,6 @@ impl Encoder {
             h = block.forward(&h);
         }
         let h = self.mid_block.forward(&h);
-        conv2d(&self.conv_out, &group_norm(&self.conv_norm_out, &h).silu())
+        conv2d(&self.conv_out, &self.conv_norm_out.forward(&h).silu())
     }
 }

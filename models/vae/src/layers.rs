@@ -8,7 +8,6 @@ use mlx::{Array, Dtype, Module};
 
 use crate::config::NORM_EPS;
 use crate::conv::conv2d;
-use crate::norm::group_norm;
 
 /// What the zero-initialized blocks (the templates loading fills in) are built with.
 #[derive(Clone, Copy, Debug)]
@@ -83,8 +82,8 @@ pub struct ResnetBlock {
 impl ResnetBlock {
     #[mlx::graph]
     pub fn forward(&self, x: &Array) -> Array {
-        let h = conv2d(&self.conv1, &group_norm(&self.norm1, x).silu());
-        let h = conv2d(&self.conv2, &group_norm(&self.norm2, &h).silu());
+        let h = conv2d(&self.conv1, &self.norm1.forward(x).silu());
+        let h = conv2d(&self.conv2, &self.norm2.forward(&h).silu());
         match &self.conv_shortcut {
             Some(shortcut) => conv2d(shortcut, x) + h,
             None => x + h,
@@ -110,7 +109,7 @@ impl Attention {
     pub fn forward(&self, x: &Array) -> Array {
         let [n, h, w, c] = x.dims();
         // [n, heads = 1, pixels, c]: the layout attention takes.
-        let tokens = group_norm(&self.group_norm, x).reshape(&[n, 1, h * w, c]);
+        let tokens = self.group_norm.forward(x).reshape(&[n, 1, h * w, c]);
         let attended = fast::scaled_dot_product_attention(
             &self.to_q.forward(&tokens),
             &self.to_k.forward(&tokens),

@@ -4,7 +4,6 @@
 //!
 //! - [`config`]: `config.json` and the built-in sizes.
 //! - [`conv`]: convolutions in the formulations fast on MLX's CPU backend.
-//! - [`norm`]: GroupNorm, computed fast and accurately on MLX's CPU backend.
 //! - [`layers`]: ResNet block, mid-block attention, up- and downsampling.
 //! - [`encoder`], [`decoder`]: the two halves.
 //! - [`gaussian`]: the encoder's posterior.
@@ -36,7 +35,6 @@ pub mod encoder;
 pub mod gaussian;
 pub mod layers;
 pub mod model;
-pub mod norm;
 pub mod tiling;
 pub mod weights;
 
