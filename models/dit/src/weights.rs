@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use mlx::io::{load_checkpoint, save_safetensors, Checkpoint};
+use mlx::io::{load_checkpoint, save_checkpoint, Checkpoint};
 use mlx::module::LoadReport;
 use mlx::{random, Array, Dtype, Module};
 
@@ -411,11 +411,6 @@ pub fn check_new_target(dir: &Path) -> Result<()> {
 /// file, float tensors in `dtype`. A quantized layer's packed weight and E8M0 scales keep
 /// their integer dtypes.
 pub fn save(model: &ZImage, dir: &Path, dtype: Dtype) -> Result<()> {
-    let io = |e| DitError::Io {
-        path: dir.to_path_buf(),
-        source: e,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
     let tensors: Vec<(String, Array)> = model
         .parameters()
         .into_iter()
@@ -428,15 +423,15 @@ pub fn save(model: &ZImage, dir: &Path, dtype: Dtype) -> Result<()> {
             (name, stored)
         })
         .collect();
-    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    save_safetensors(
-        dir.join(WEIGHTS_FILE),
-        tensors.iter().map(|(name, array)| (name, array)),
-        &metadata,
-    )?;
+    // A `Value` always serializes.
     let config = serde_json::to_string_pretty(&model.config.to_json()).unwrap_or_default();
-    let path = dir.join("config.json");
-    std::fs::write(&path, config + "\n").map_err(|e| DitError::Io { path, source: e })
+    save_checkpoint(
+        dir,
+        WEIGHTS_FILE,
+        tensors.iter().map(|(n, a)| (n, a)),
+        &config,
+    )?;
+    Ok(())
 }
 
 /// Deterministic random weights of `config`'s shapes, scaled so activations stay O(1):

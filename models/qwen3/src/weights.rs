@@ -4,10 +4,9 @@
 //! weights; and writing a model back in that layout. [`load`] reads the base model,
 //! [`load_causal_lm`] the base model and its output head.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mlx::io::{load_checkpoint, save_safetensors, Checkpoint};
+use mlx::io::{load_checkpoint, save_checkpoint, Checkpoint};
 use mlx::module::LoadReport;
 use mlx::nn::{Dense, Linear};
 use mlx::{random, Array, Dtype, Module};
@@ -323,21 +322,10 @@ fn write_checkpoint(
             "checkpoints are written in a float dtype, not {dtype}"
         )));
     }
-    let io = |e| Qwen3Error::Io {
-        path: dir.to_path_buf(),
-        source: e,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
     let tensors: Vec<(String, Array)> = tensors
         .into_iter()
         .map(|(name, array)| (name, array.astype(dtype)))
         .collect();
-    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    save_safetensors(
-        dir.join(WEIGHTS_FILE),
-        tensors.iter().map(|(name, array)| (name, array)),
-        &metadata,
-    )?;
     let config = Qwen3Config {
         // MLX's names of float dtypes are PyTorch's.
         dtype: Some(dtype.name().to_string()),
@@ -346,8 +334,13 @@ fn write_checkpoint(
     };
     // A `Value` of plain JSON types always serializes.
     let text = serde_json::to_string_pretty(&config.to_json()).unwrap_or_default();
-    let path = dir.join("config.json");
-    std::fs::write(&path, text + "\n").map_err(|e| Qwen3Error::Io { path, source: e })
+    save_checkpoint(
+        dir,
+        WEIGHTS_FILE,
+        tensors.iter().map(|(n, a)| (n, a)),
+        &text,
+    )?;
+    Ok(())
 }
 
 /// Deterministic random weights of `config`'s shapes (all its layers), scaled so

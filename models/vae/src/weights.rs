@@ -2,10 +2,9 @@
 //! many `*.safetensors`, sharded ones with `*.safetensors.index.json`) or seeded random
 //! weights; and writing a model back in that layout.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use mlx::io::{load_checkpoint, save_safetensors, Checkpoint};
+use mlx::io::{load_checkpoint, save_checkpoint, Checkpoint};
 use mlx::module::LoadReport;
 use mlx::{random, Array, Dtype, Module};
 
@@ -93,31 +92,26 @@ impl AutoencoderKL {
     /// without it. Refuses a directory that already holds a checkpoint: files left from
     /// it (a shard index above all) would shadow or mix with the new one.
     pub fn save(&self, dir: &Path, dtype: Dtype) -> Result<()> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| VaeError::Io { path, source }
-        };
         if mlx::io::holds_checkpoint(dir) {
             return Err(VaeError::Input(format!(
                 "{}: already holds a checkpoint; choose a new directory",
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
         let tensors: Vec<(String, Array)> = self
             .parameters()
             .into_iter()
             .map(|(name, array)| (name, array.astype(dtype)))
             .collect();
-        let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-        save_safetensors(
-            dir.join(WEIGHTS_FILE),
-            tensors.iter().map(|(name, array)| (name, array)),
-            &metadata,
-        )?;
+        // A `Value` always serializes.
         let config = serde_json::to_string_pretty(&self.config.to_json()).unwrap_or_default();
-        let path = dir.join("config.json");
-        std::fs::write(&path, config + "\n").map_err(io(&path))
+        save_checkpoint(
+            dir,
+            WEIGHTS_FILE,
+            tensors.iter().map(|(n, a)| (n, a)),
+            &config,
+        )?;
+        Ok(())
     }
 }
 

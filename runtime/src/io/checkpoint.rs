@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::safetensors::load_safetensors;
+use super::safetensors::{load_safetensors, save_safetensors};
 use crate::{Array, Error, Result};
 
 /// All tensors of a checkpoint, by name, with the file each came from.
@@ -217,4 +217,21 @@ pub fn holds_checkpoint(dir: &Path) -> bool {
             || name.ends_with(".safetensors")
             || name.ends_with(".safetensors.index.json")
     })
+}
+
+/// Writes a checkpoint directory as diffusers and transformers lay one out: the tensors in
+/// one safetensors file named `weights_file` (with PyTorch's `format` metadata) and
+/// `config` (JSON text) as `config.json`, creating `dir`. Arrays are written as they are:
+/// cast them first for another dtype.
+pub fn save_checkpoint<'a, S: AsRef<str>>(
+    dir: &Path,
+    weights_file: &str,
+    tensors: impl IntoIterator<Item = (S, &'a Array)>,
+    config: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, None, e))?;
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    save_safetensors(dir.join(weights_file), tensors, &metadata)?;
+    let path = dir.join("config.json");
+    std::fs::write(&path, format!("{config}\n")).map_err(|e| Error::file(&path, None, e))
 }
