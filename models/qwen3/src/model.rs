@@ -35,9 +35,9 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `x: [batch, tokens, hidden]`.
-    #[mlx::graph]
-    pub fn forward(&self, x: &Array) -> Array {
+    /// Queries, keys and values of `x: [batch, tokens, hidden]` as `[batch, heads, tokens,
+    /// head_dim]`, queries and keys normed per head (before RoPE).
+    fn project(&self, x: &Array) -> [Array; 3] {
         let q = self
             .q_norm
             .forward(&split_heads(&self.q_proj.forward(x), self.heads));
@@ -45,6 +45,13 @@ impl Attention {
             .k_norm
             .forward(&split_heads(&self.k_proj.forward(x), self.kv_heads));
         let v = split_heads(&self.v_proj.forward(x), self.kv_heads);
+        [q, k, v]
+    }
+
+    /// `x: [batch, tokens, hidden]`.
+    #[mlx::graph]
+    pub fn forward(&self, x: &Array) -> Array {
+        let [q, k, v] = self.project(x);
         let [.., head_dim] = q.dims::<4>();
         // MLX's kernel repeats each kv head for its group of query heads itself.
         let attended = fast::scaled_dot_product_attention(
@@ -68,13 +75,7 @@ impl Attention {
         offset: &Array,
         mask: &Array,
     ) -> (Array, Array, Array) {
-        let q = self
-            .q_norm
-            .forward(&split_heads(&self.q_proj.forward(x), self.heads));
-        let k = self
-            .k_norm
-            .forward(&split_heads(&self.k_proj.forward(x), self.kv_heads));
-        let v = split_heads(&self.v_proj.forward(x), self.kv_heads);
+        let [q, k, v] = self.project(x);
         let [.., head_dim] = q.dims::<4>();
         let rope = Rope {
             base: self.rope_theta,
