@@ -36,6 +36,11 @@ pub enum Error {
     Config { path: PathBuf, message: String },
     #[error("{0}")]
     Input(String),
+    /// The caller stopped the run (see [`sampler::generate_until`]).
+    #[error("cancelled")]
+    Cancelled,
+    #[error("encoding a PNG: {0}")]
+    Png(#[from] png::EncodingError),
     #[error(transparent)]
     Transformer(#[from] dit::DitError),
     #[error(transparent)]

@@ -40,29 +40,63 @@ pub fn to_rgb8(image: &Array) -> Result<Vec<Rgb8>> {
         .collect())
 }
 
-/// Writes `picture` as a PNG with `text` as iTXt chunks (UTF-8 keyword/value pairs, as
-/// image generators record their parameters). The file appears whole or not at all: it is
-/// written beside `path` and renamed.
+/// How a picture was made, as image generators record it in their PNGs.
+#[derive(Clone, Debug)]
+pub struct Parameters {
+    pub prompt: Option<String>,
+    pub negative_prompt: String,
+    /// The seed, or where the initial latents came from.
+    pub seed: String,
+    pub steps: usize,
+    pub guidance_scale: f32,
+    pub width: i32,
+    pub height: i32,
+    pub model: String,
+}
+
+impl Parameters {
+    /// The keyword/value pairs of the PNG's text chunks.
+    pub fn text(&self) -> Vec<(&'static str, String)> {
+        let mut text = vec![];
+        if let Some(prompt) = &self.prompt {
+            text.push(("prompt", prompt.clone()));
+        }
+        text.extend([
+            ("negative_prompt", self.negative_prompt.clone()),
+            ("seed", self.seed.clone()),
+            ("steps", self.steps.to_string()),
+            ("guidance_scale", self.guidance_scale.to_string()),
+            ("size", format!("{}x{}", self.width, self.height)),
+            ("model", self.model.clone()),
+            ("software", format!("dit {}", env!("CARGO_PKG_VERSION"))),
+        ]);
+        text
+    }
+}
+
+/// `picture` as PNG bytes with `text` as iTXt chunks (UTF-8 keyword/value pairs).
+pub fn png_bytes(picture: &Rgb8, text: &[(&str, String)]) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, picture.width, picture.height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    for (key, value) in text {
+        encoder.add_itxt_chunk(key.to_string(), value.clone())?;
+    }
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(&picture.pixels)?;
+    writer.finish()?;
+    Ok(bytes)
+}
+
+/// Writes `picture` as a PNG with `text` as iTXt chunks. The file appears whole or not at
+/// all: it is written beside `path` and renamed.
 pub fn write_png(path: &Path, picture: &Rgb8, text: &[(&str, String)]) -> Result<()> {
     let io = |source: std::io::Error| Error::Io {
         path: path.to_path_buf(),
         source,
     };
-    let encode = |e: png::EncodingError| io(std::io::Error::other(e));
-    let mut bytes = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut bytes, picture.width, picture.height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        for (key, value) in text {
-            encoder
-                .add_itxt_chunk(key.to_string(), value.clone())
-                .map_err(encode)?;
-        }
-        let mut writer = encoder.write_header().map_err(encode)?;
-        writer.write_image_data(&picture.pixels).map_err(encode)?;
-        writer.finish().map_err(encode)?;
-    }
+    let bytes = png_bytes(picture, text)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let partial = path.with_file_name(format!(
         ".{}.tmp-{}",

@@ -162,6 +162,15 @@ impl Pipeline {
         Ok(pipeline)
     }
 
+    /// The picture side drawn when none is asked for: Z-Image's 1024 for a model folder,
+    /// 256 for the built-in random pipelines (which draw noise at any size).
+    pub fn default_size(&self) -> i32 {
+        match &self.source {
+            ModelSource::Builtin(_) => 256,
+            ModelSource::Dir(_) => 1024,
+        }
+    }
+
     /// Whether prompts can be encoded (a pipeline, not a lone transformer).
     pub fn has_text_encoder(&self) -> bool {
         self.text.is_some()

@@ -4,7 +4,8 @@
 //! runtime evaluates and keeps exactly what each step carries (the latents, TeaCache's
 //! cache) and nothing here frees or evaluates by hand.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ use crate::{Error, Result};
 
 /// Latent pixels per image pixel side: the VAE's downsampling factor.
 pub const VAE_SCALE: i32 = 8;
+/// Steps drawn when none are asked for: Z-Image-Turbo's 9 (as its model card samples).
+pub const DEFAULT_STEPS: usize = 9;
 /// More steps than any schedule uses; a bound so a mistyped count is an error, not an
 /// allocation failure.
 pub const MAX_STEPS: usize = 10_000;
@@ -280,6 +283,20 @@ pub fn generate(
     request: &Request,
     mut on_step: impl FnMut(usize, &StepReport) + 'static,
 ) -> Result<Generation> {
+    generate_until(model, request, move |i, report| {
+        on_step(i, report);
+        ControlFlow::Continue(())
+    })
+}
+
+/// Runs the sampler until `on_step`, which sees each step's report as its boundary
+/// completes, breaks: the run then ends there with [`Error::Cancelled`] (what a server
+/// does for a client that went away), its arrays dropped.
+pub fn generate_until(
+    model: &ZImage,
+    request: &Request,
+    mut on_step: impl FnMut(usize, &StepReport) -> ControlFlow<()> + 'static,
+) -> Result<Generation> {
     if request.steps == 0 || request.steps > MAX_STEPS {
         return Err(Error::Input(format!(
             "the step count must be between 1 and {MAX_STEPS}, found {}",
@@ -326,17 +343,24 @@ pub fn generate(
 
     let reports = Rc::new(RefCell::new(Vec::with_capacity(request.steps)));
     let sink = Rc::clone(&reports);
+    let stopped = Rc::new(Cell::new(false));
+    let stop = Rc::clone(&stopped);
     let steps = mlx::steps(0..schedule.len()).on_boundary(move |s| {
         let report = StepReport {
             elapsed: s.elapsed,
             active_bytes: s.active_bytes,
             peak_bytes: s.peak_bytes,
         };
-        on_step(s.step, &report);
+        if on_step(s.step, &report).is_break() {
+            stop.set(true);
+        }
         sink.borrow_mut().push(report);
     });
     let mut computed = Vec::with_capacity(schedule.len());
     for i in steps {
+        if stopped.get() {
+            return Err(Error::Cancelled);
+        }
         let t = schedule.model_t(i);
         let branch = if guided_steps[i] {
             &mut guided
@@ -359,6 +383,9 @@ pub fn generate(
         computed.push(denoiser.computed.last().copied().unwrap_or(true));
         // The transformer predicts the negated flow velocity.
         latents = &latents - prediction * f64::from(schedule.dt(i));
+    }
+    if stopped.get() {
+        return Err(Error::Cancelled);
     }
     latents.check()?;
     let changes = guided.or(plain).and_then(|denoiser| denoiser.changes);

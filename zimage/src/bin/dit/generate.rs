@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     cfg_normalization: f32,
     /// Denoising steps.
-    #[arg(long, default_value_t = 9)]
+    #[arg(long, default_value_t = sampler::DEFAULT_STEPS)]
     steps: usize,
     /// Image width in pixels, a multiple of 16 (default: 256 for the built-in pipelines,
     /// 1024 for a folder).
@@ -438,10 +438,7 @@ fn request(
     caption: Caption,
     negative: Caption,
 ) -> CliResultOf<Request> {
-    let default_size = match &args.model {
-        ModelSource::Builtin(_) => 256,
-        ModelSource::Dir(_) => 1024,
-    };
+    let default_size = pipeline.default_size();
     let width = args.width.unwrap_or(default_size);
     let height = args.height.or(args.width).unwrap_or(default_size);
     if let (Noise::Given(latents), true) = (&noise, args.width.is_some() || args.height.is_some()) {
@@ -519,28 +516,22 @@ fn teacache_report(options: &TeaCacheOptions) -> serde_json::Value {
     })
 }
 
-/// The generation parameters a PNG carries, as stable-diffusion tools record them.
+/// The generation parameters a PNG carries.
 fn png_text(args: &Args, width: i32, height: i32) -> Vec<(&'static str, String)> {
-    let mut text = vec![];
-    if let Some(prompt) = &args.prompt {
-        text.push(("prompt", prompt.clone()));
+    picture::Parameters {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        seed: match &args.init_latents {
+            Some(path) => format!("latents from {}", path.display()),
+            None => args.seed.to_string(),
+        },
+        steps: args.steps,
+        guidance_scale: args.cfg,
+        width,
+        height,
+        model: args.model.to_string(),
     }
-    text.extend([
-        ("negative_prompt", args.negative_prompt.clone()),
-        (
-            "seed",
-            match &args.init_latents {
-                Some(path) => format!("latents from {}", path.display()),
-                None => args.seed.to_string(),
-            },
-        ),
-        ("steps", args.steps.to_string()),
-        ("guidance_scale", args.cfg.to_string()),
-        ("size", format!("{width}x{height}")),
-        ("model", args.model.to_string()),
-        ("software", format!("dit {}", env!("CARGO_PKG_VERSION"))),
-    ]);
-    text
+    .text()
 }
 
 /// Tensor `name` of a safetensors file.

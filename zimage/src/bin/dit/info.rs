@@ -33,40 +33,13 @@ pub fn run(args: Args) -> CliResult {
         ..LoadOptions::from(dtype)
     };
     let pipeline = Pipeline::load(&args.model, options)?;
+    if args.json {
+        println!("{}", report_json(&args.model, &pipeline, dtype));
+        return Ok(());
+    }
     let loaded = &pipeline.transformer;
     let model = &loaded.model;
     let c: &DitConfig = &model.config;
-    let report = json!({
-        "model": args.model.to_string(),
-        "architecture": "ZImageTransformer2DModel",
-        "dim": c.dim,
-        "heads": c.n_heads,
-        "head_dim": c.head_dim(),
-        "axes_dims": c.axes_dims,
-        "axes_lens": c.axes_lens,
-        "ffn_hidden": c.ffn_hidden(),
-        "in_channels": c.in_channels,
-        "patch_size": c.patch_size(),
-        "cap_feat_dim": c.cap_feat_dim,
-        "layers": {
-            "main": model.layers.len(),
-            "noise_refiner": model.noise_refiner.len(),
-            "context_refiner": model.context_refiner.len(),
-        },
-        "parameters": loaded.quantization.parameters,
-        "tensors": model.parameters().len(),
-        "stored_dtypes": loaded.stored_dtypes,
-        "stored_bytes": loaded.stored_bytes,
-        "compute_dtype": dtype.to_string(),
-        "device": crate::device_json(),
-        "weights_bytes": model.nbytes(),
-        "quantization": quantization_json(&loaded.quantization, c, model.nbytes()),
-        "components": components_json(&pipeline),
-    });
-    if args.json {
-        println!("{report}");
-        return Ok(());
-    }
     println!("model           {}", args.model);
     let device = crate::device_json();
     println!(
@@ -142,6 +115,41 @@ pub fn run(args: Args) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// What `--json` prints (and `dit serve` answers for its model): the transformer's
+/// architecture, sizes and quantization, and the other components'.
+pub fn report_json(source: &ModelSource, pipeline: &Pipeline, dtype: Dtype) -> Value {
+    let loaded = &pipeline.transformer;
+    let model = &loaded.model;
+    let c: &DitConfig = &model.config;
+    json!({
+        "model": source.to_string(),
+        "architecture": "ZImageTransformer2DModel",
+        "dim": c.dim,
+        "heads": c.n_heads,
+        "head_dim": c.head_dim(),
+        "axes_dims": c.axes_dims,
+        "axes_lens": c.axes_lens,
+        "ffn_hidden": c.ffn_hidden(),
+        "in_channels": c.in_channels,
+        "patch_size": c.patch_size(),
+        "cap_feat_dim": c.cap_feat_dim,
+        "layers": {
+            "main": model.layers.len(),
+            "noise_refiner": model.noise_refiner.len(),
+            "context_refiner": model.context_refiner.len(),
+        },
+        "parameters": loaded.quantization.parameters,
+        "tensors": model.parameters().len(),
+        "stored_dtypes": loaded.stored_dtypes,
+        "stored_bytes": loaded.stored_bytes,
+        "compute_dtype": dtype.to_string(),
+        "device": crate::device_json(),
+        "weights_bytes": model.nbytes(),
+        "quantization": quantization_json(&loaded.quantization, c, model.nbytes()),
+        "components": components_json(pipeline),
+    })
 }
 
 /// The text encoder's and VAE's part of `--json`, for a pipeline (null otherwise).

@@ -9,6 +9,7 @@ mod generate;
 mod info;
 mod init;
 mod quantize;
+mod serve;
 mod teacache_fit;
 
 use std::process::ExitCode;
@@ -54,6 +55,8 @@ enum Command {
     TeacacheFit(teacache_fit::Args),
     /// Write a checkpoint with its linear layers quantized to 8 bits (mxfp8 or affine8).
     Quantize(quantize::Args),
+    /// Serve OpenAI's images API (POST /v1/images/generations) with the model loaded once.
+    Serve(serve::Args),
 }
 
 /// A floating-point dtype for `--dtype`.
@@ -189,6 +192,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(args),
         Command::TeacacheFit(args) => teacache_fit::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
