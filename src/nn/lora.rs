@@ -43,8 +43,8 @@ impl Linear {
             Linear::Dense(dense) => {
                 let dtype = dense.weight.dtype();
                 let update = up.astype(Dtype::F32).matmul(&down.astype(Dtype::F32));
-                dense.weight = (dense.weight.astype(Dtype::F32) + update * f64::from(scale))
-                    .astype(dtype);
+                dense.weight =
+                    (dense.weight.astype(Dtype::F32) + update * f64::from(scale)).astype(dtype);
             }
             Linear::Quantized(quantized) => quantized.add_low_rank(down, up, scale),
         }
@@ -107,7 +107,10 @@ mod tests {
         let mut linear = Linear::Quantized(quantized);
         let x = normal(&[5, 32], 5);
         let plain = linear.forward(&x);
-        let adapters = [(normal(&[2, 32], 3), normal(&[8, 2], 4), 0.5), (normal(&[3, 32], 6), normal(&[8, 3], 7), 2.0)];
+        let adapters = [
+            (normal(&[2, 32], 3), normal(&[8, 2], 4), 0.5),
+            (normal(&[3, 32], 6), normal(&[8, 3], 7), 2.0),
+        ];
         let mut expected = plain;
         for (down, up, scale) in &adapters {
             linear.add_low_rank(down, up, *scale);

@@ -226,7 +226,10 @@ pub fn read(path: &Path) -> Result<Adapter> {
                 if array.size() != 1 {
                     return Err(error(
                         path,
-                        format!("`{key}` must be one number, found shape {:?}", array.shape()),
+                        format!(
+                            "`{key}` must be one number, found shape {:?}",
+                            array.shape()
+                        ),
                     ));
                 }
                 pieces.alpha = Some(array.astype(Dtype::F32).item::<f32>()?);
@@ -248,7 +251,10 @@ pub fn read(path: &Path) -> Result<Adapter> {
         let (Some(down), Some(up)) = (pieces.down, pieces.up) else {
             return Err(error(
                 path,
-                format!("`{}` needs both a down (A) and an up (B) matrix", pieces.key),
+                format!(
+                    "`{}` needs both a down (A) and an up (B) matrix",
+                    pieces.key
+                ),
             ));
         };
         let (down_shape, up_shape) = (down.shape().to_vec(), up.shape().to_vec());
@@ -305,9 +311,13 @@ pub fn read(path: &Path) -> Result<Adapter> {
 pub fn apply(model: &mut ZImage, adapter: &Adapter, scale: f32, lenient: bool) -> Result<Applied> {
     let path = &adapter.path;
     if !scale.is_finite() {
-        return Err(error(path, format!("the scale must be a number, found {scale}")));
+        return Err(error(
+            path,
+            format!("the scale must be a number, found {scale}"),
+        ));
     }
-    let mut linears: BTreeMap<String, &mut mlx::nn::Linear> = model.linears_mut().into_iter().collect();
+    let mut linears: BTreeMap<String, &mut mlx::nn::Linear> =
+        model.linears_mut().into_iter().collect();
     let mut unmatched = Vec::new();
     let mut misfits = Vec::new();
     let mut seen = BTreeSet::new();
@@ -366,13 +376,25 @@ mod tests {
     fn kohya_names_split_back_into_diffusers_modules() {
         for (kohya, module) in [
             ("layers_0_attention_to_q", "layers.0.attention.to_q"),
-            ("layers_12_attention_to_out_0", "layers.12.attention.to_out.0"),
+            (
+                "layers_12_attention_to_out_0",
+                "layers.12.attention.to_out.0",
+            ),
             ("layers_3_feed_forward_w2", "layers.3.feed_forward.w2"),
             ("layers_3_adaLN_modulation_0", "layers.3.adaLN_modulation.0"),
-            ("noise_refiner_1_attention_to_k", "noise_refiner.1.attention.to_k"),
-            ("context_refiner_0_feed_forward_w1", "context_refiner.0.feed_forward.w1"),
+            (
+                "noise_refiner_1_attention_to_k",
+                "noise_refiner.1.attention.to_k",
+            ),
+            (
+                "context_refiner_0_feed_forward_w1",
+                "context_refiner.0.feed_forward.w1",
+            ),
             ("all_final_layer_2-1_linear", "all_final_layer.2-1.linear"),
-            ("all_final_layer_2-1_adaLN_modulation_1", "all_final_layer.2-1.adaLN_modulation.1"),
+            (
+                "all_final_layer_2-1_adaLN_modulation_1",
+                "all_final_layer.2-1.adaLN_modulation.1",
+            ),
             ("all_x_embedder_2-1", "all_x_embedder.2-1"),
             ("cap_embedder_1", "cap_embedder.1"),
             ("t_embedder_mlp_0", "t_embedder.mlp.0"),
@@ -384,11 +406,23 @@ mod tests {
     #[test]
     fn prefixes_adapter_names_and_original_names_are_dropped() {
         for (base, module) in [
-            ("transformer.layers.0.attention.to_q", "layers.0.attention.to_q"),
-            ("diffusion_model.layers.0.attention.to_q", "layers.0.attention.to_q"),
+            (
+                "transformer.layers.0.attention.to_q",
+                "layers.0.attention.to_q",
+            ),
+            (
+                "diffusion_model.layers.0.attention.to_q",
+                "layers.0.attention.to_q",
+            ),
             ("layers.0.attention.to_q", "layers.0.attention.to_q"),
-            ("lora_unet_layers_1_attention_out", "layers.1.attention.to_out.0"),
-            ("diffusion_model.layers.1.attention.out", "layers.1.attention.to_out.0"),
+            (
+                "lora_unet_layers_1_attention_out",
+                "layers.1.attention.to_out.0",
+            ),
+            (
+                "diffusion_model.layers.1.attention.out",
+                "layers.1.attention.to_out.0",
+            ),
         ] {
             assert_eq!(module_path(base), module);
         }
