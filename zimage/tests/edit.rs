@@ -376,6 +376,19 @@ fn bad_pictures_masks_strengths_and_adapters_are_one_line_errors() {
         "{line}"
     );
     assert_eq!(line.trim_end().lines().count(), 1, "{line}");
+    let line = fail(&["info", "--lora", path(&lora), "--model", "tiny"]);
+    assert!(line.contains("35 adapted layers do not fit"), "{line}");
+    let listing = succeed(&[
+        "info",
+        "--lora",
+        path(&edit_dir().join("lora_kohya.safetensors")),
+    ]);
+    assert!(listing.contains("(35 layers)"), "{listing}");
+    assert!(
+        listing.contains("layers.1.attention.to_out.0")
+            && listing.contains("rank   4  alpha     2"),
+        "{listing}"
+    );
     let line = run(&["--lora", path(&picture)]);
     assert!(line.contains("picture.png"), "{line}");
     let line = run(&[

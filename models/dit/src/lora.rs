@@ -78,6 +78,16 @@ pub struct Applied {
     pub skipped: Vec<String>,
 }
 
+/// The first few of `items` and how many more, for one-line messages.
+fn listing(items: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let mut text = items[..items.len().min(SHOWN)].join("; ");
+    if items.len() > SHOWN {
+        text += &format!("; and {} more", items.len() - SHOWN);
+    }
+    text
+}
+
 fn error(path: &Path, message: impl Into<String>) -> DitError {
     DitError::Adapter {
         path: path.to_path_buf(),
@@ -242,7 +252,7 @@ pub fn read(path: &Path) -> Result<Adapter> {
             format!(
                 "{} tensors are not LoRA matrices (lora_A/lora_B, lora_down/lora_up, alpha): {}",
                 unknown.len(),
-                unknown.join(", ")
+                listing(&unknown)
             ),
         ));
     }
@@ -337,7 +347,14 @@ pub fn apply(model: &mut ZImage, adapter: &Adapter, scale: f32, lenient: bool) -
         }
     }
     if !misfits.is_empty() {
-        return Err(error(path, misfits.join("; ")));
+        return Err(error(
+            path,
+            format!(
+                "{} adapted layers do not fit: {}",
+                misfits.len(),
+                listing(&misfits)
+            ),
+        ));
     }
     unmatched.dedup();
     if !unmatched.is_empty() && !lenient {
@@ -346,7 +363,7 @@ pub fn apply(model: &mut ZImage, adapter: &Adapter, scale: f32, lenient: bool) -
             format!(
                 "{} adapted layers match no linear layer of the transformer: {}",
                 unmatched.len(),
-                unmatched.join(", ")
+                listing(&unmatched)
             ),
         ));
     }
