@@ -3,6 +3,7 @@
 use crate::ops::Quantized;
 use crate::{Array, Dtype, Module};
 
+use super::lora::LowRank;
 use super::quant::{MatmulPath, QuantFormat, BITS, GROUP_SIZE};
 
 /// `nn.Linear`: `x wᵀ + b`, its weight dense or quantized to 8 bits (see [`super::quant`]).
@@ -87,6 +88,8 @@ pub struct QuantizedLinear {
     #[weight("weight_qbias")]
     pub qbias: Option<Array>,
     pub bias: Option<Array>,
+    /// LoRA adapters applied beside the quantized product (see [`super::lora`]).
+    pub lora: Option<LowRank>,
     #[weight(skip)]
     pub format: QuantFormat,
     #[weight(skip)]
@@ -111,6 +114,7 @@ impl QuantizedLinear {
             scales: q.scales,
             qbias: q.biases,
             bias: dense.bias.clone(),
+            lora: None,
             format,
             matmul,
             dtype: dense.weight.dtype(),
@@ -134,6 +138,7 @@ impl QuantizedLinear {
                 .has_biases()
                 .then(|| Array::zeros(&groups, scale_dtype)),
             bias: bias.then(|| Array::zeros(&[out], dtype)),
+            lora: None,
             format,
             matmul,
             dtype,
@@ -167,6 +172,10 @@ impl QuantizedLinear {
         let y = match self.matmul {
             MatmulPath::Kernel => self.quantized().matmul(x, true),
             MatmulPath::Dequantize => x.matmul(&self.dequantize().t()),
+        };
+        let y = match &self.lora {
+            Some(lora) => y + lora.apply(x),
+            None => y,
         };
         match &self.bias {
             Some(bias) => y + bias,

@@ -4,7 +4,8 @@
 //! names (`weight`, `bias`), so a model built from them loads diffusers and transformers
 //! checkpoints by name. Layers take channels-last activations, as MLX's kernels do.
 //!
-//! - [`Linear`] (dense or quantized, formats in [`quant`]), [`Embedding`];
+//! - [`Linear`] (dense or quantized, formats in [`quant`]; LoRA adapters in [`lora`]),
+//!   [`Embedding`];
 //! - [`RmsNorm`], [`LayerNorm`], [`GroupNorm`];
 //! - [`Conv2d`];
 //! - [`rope`]: rotary position embeddings; [`attention`]: head layout and key masks.
@@ -17,6 +18,7 @@ pub mod attention;
 mod conv;
 mod embedding;
 mod linear;
+pub mod lora;
 mod norm;
 pub mod quant;
 pub mod rope;

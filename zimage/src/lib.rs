@@ -9,9 +9,11 @@
 //! - [`pipeline`]: the loaded components, built-in pipelines, writing pipeline folders.
 //! - [`prompt`]: prompt to embeddings (`ZImagePipeline._encode_prompt`).
 //! - [`scheduler`], [`sampler`]: the denoising loop, guidance, TeaCache.
+//! - [`edit`]: image to image and inpainting inputs (pictures, masks, VAE encoding).
 //! - [`picture`]: decoded images to 8-bit RGB and PNG files with their parameters;
 //!   [`preview`]: a PNG of latents, for transformer-only checkpoints.
 
+pub mod edit;
 pub mod folder;
 pub mod picture;
 pub mod pipeline;

@@ -159,7 +159,8 @@ mod tests {
             pixels: vec![1, 2, 3, 4, 5, 6],
         };
         write_png(&path, &picture, &[("prompt", "un renard 🦊".into())]).unwrap();
-        let decoder = png::Decoder::new(std::fs::File::open(&path).unwrap());
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
         let reader = decoder.read_info().unwrap();
         let chunk = &reader.info().utf8_text[0];
         assert_eq!(chunk.keyword, "prompt");

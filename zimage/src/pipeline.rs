@@ -8,13 +8,14 @@
 
 use std::path::{Path, PathBuf};
 
+use dit::lora::{self, Applied};
 use dit::weights::{
     self as dit_weights, Builtin, LoadOptions as DitLoadOptions, Loaded, ModelSource,
 };
 use mlx::nn::QuantFormat;
 use mlx::{Array, Dtype, Module};
 use qwen3::{weights as qwen3_weights, Qwen3Config, Qwen3Model, Tokenizer};
-use vae::{AutoencoderKL, Tiling, VaeConfig};
+use vae::{AutoencoderKL, DiagonalGaussian, Tiling, VaeConfig};
 
 use crate::folder::{model_index_json, ModelDir};
 use crate::prompt::{self, PromptEmbeds};
@@ -25,7 +26,7 @@ use crate::{Error, Result};
 const BUILTIN_SEED: u64 = 0x21a6e;
 
 /// How to load a pipeline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LoadOptions {
     /// The dtype every component computes in.
     pub dtype: Dtype,
@@ -34,6 +35,13 @@ pub struct LoadOptions {
     /// Keep the text encoder loaded between prompts (a server's choice); otherwise it is
     /// loaded for each encoding and dropped before denoising.
     pub keep_text_encoder: bool,
+    /// Load the VAE's encoder too, for image to image and inpainting.
+    pub vae_encoder: bool,
+    /// LoRA adapters applied to the transformer at load, in order.
+    pub loras: Vec<LoraSpec>,
+    /// Skip the layers of an adapter that match no layer of the transformer (they are
+    /// counted in [`Pipeline::adapters`]) instead of refusing the adapter.
+    pub lora_lenient: bool,
 }
 
 impl From<Dtype> for LoadOptions {
@@ -42,7 +50,35 @@ impl From<Dtype> for LoadOptions {
             dtype,
             fp8: None,
             keep_text_encoder: false,
+            vae_encoder: false,
+            loras: Vec::new(),
+            lora_lenient: false,
         }
+    }
+}
+
+/// A LoRA adapter file and the scale its update is applied at (1: as trained).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraSpec {
+    pub path: PathBuf,
+    pub scale: f32,
+}
+
+impl LoraSpec {
+    /// `FILE` or `FILE:SCALE` (the command line's spelling, as ComfyUI-style tools write it).
+    pub fn parse(arg: &str) -> std::result::Result<LoraSpec, String> {
+        let split = arg
+            .rsplit_once(':')
+            .filter(|(path, _)| !path.is_empty())
+            .and_then(|(path, scale)| Some((path, scale.parse::<f32>().ok()?)));
+        let (path, scale) = split.unwrap_or((arg, 1.0));
+        if !scale.is_finite() {
+            return Err(format!("{arg}: the scale must be a number"));
+        }
+        Ok(LoraSpec {
+            path: PathBuf::from(path),
+            scale,
+        })
     }
 }
 
@@ -83,6 +119,8 @@ struct TextStack {
 pub struct Pipeline {
     pub source: ModelSource,
     pub transformer: Loaded,
+    /// The LoRA adapters applied to the transformer, with what each did.
+    pub adapters: Vec<(LoraSpec, Applied)>,
     pub vae: Option<AutoencoderKL>,
     pub scheduler: SchedulerConfig,
     text: Option<TextStack>,
@@ -94,11 +132,16 @@ impl Pipeline {
     /// (then without text encoder and VAE).
     pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Pipeline> {
         let options = options.into();
+        let vae_parts = if options.vae_encoder {
+            vae::Parts::Both
+        } else {
+            vae::Parts::Decoder
+        };
         let dit_options = DitLoadOptions {
             fp8: options.fp8,
             ..DitLoadOptions::from(options.dtype)
         };
-        let (transformer, text, vae, scheduler) = match source {
+        let (mut transformer, text, vae, scheduler) = match source {
             ModelSource::Builtin(builtin) => {
                 let transformer = dit_weights::load(source, dit_options)?;
                 let (encoder_config, vae_config) = builtin_configs(*builtin);
@@ -137,14 +180,26 @@ impl Pipeline {
                     )?;
                     let encoder_name = encoder_config.display().to_string();
                     check_caption_width(&encoder_name, hidden, &transformer)?;
-                    let vae = AutoencoderKL::load(&dirs.vae, options.dtype, vae::Parts::Decoder)?;
+                    let vae = AutoencoderKL::load(&dirs.vae, options.dtype, vae_parts)?;
                     (transformer, Some(text), Some(vae), scheduler)
                 }
             },
         };
+        let mut adapters = Vec::with_capacity(options.loras.len());
+        for spec in &options.loras {
+            let adapter = lora::read(&spec.path)?;
+            let applied = lora::apply(
+                &mut transformer.model,
+                &adapter,
+                spec.scale,
+                options.lora_lenient,
+            )?;
+            adapters.push((spec.clone(), applied));
+        }
         let mut pipeline = Pipeline {
             source: source.clone(),
             transformer,
+            adapters,
             vae,
             scheduler,
             text,
@@ -246,6 +301,18 @@ impl Pipeline {
             ))
         })?;
         Ok(vae.decode_latents_with(latents, tiling)?)
+    }
+
+    /// Encodes pictures `[B, 3, H, W]` in `[-1, 1]` to the VAE's posterior over latents
+    /// (the VAE must have been loaded with its encoder: [`LoadOptions::vae_encoder`]).
+    pub fn encode_image(&self, image: &Array, tiling: Tiling) -> Result<DiagonalGaussian> {
+        let vae = self.vae.as_ref().ok_or_else(|| {
+            Error::Input(format!(
+                "{} is a transformer checkpoint without a VAE: it cannot encode pictures",
+                self.source
+            ))
+        })?;
+        Ok(vae.encode_with(&image.astype(vae.dtype()), tiling)?)
     }
 
     /// Bytes of the resident weights (the text encoder's only when kept).

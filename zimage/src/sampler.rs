@@ -15,7 +15,7 @@ use dit::teacache::{Mode, TeaCacheOptions};
 use dit::ZImage;
 use mlx::{random, Array, Dtype};
 
-use crate::scheduler::{Schedule, SchedulerConfig};
+use crate::scheduler::{scale_noise, Schedule, SchedulerConfig};
 use crate::{Error, Result};
 
 /// Latent pixels per image pixel side: the VAE's downsampling factor.
@@ -124,6 +124,22 @@ pub struct Request {
     pub teacache: TeaCacheOptions,
     /// Record what `dit teacache-fit` needs (see [`Generation::changes`]).
     pub record_changes: bool,
+}
+
+/// Where image to image and inpainting start: an encoded picture. The request's noise is
+/// then what the picture is noised with ([`scale_noise`]), to the first noise level of the
+/// schedule [`truncated`](Schedule::truncated) at `strength`.
+#[derive(Clone)]
+pub struct InitImage {
+    /// The picture's latents as the transformer sees them, `(z − shift) · scaling`,
+    /// float32 `[B, C, h, w]` like the noise.
+    pub latents: Array,
+    /// The share of the schedule that runs, in (0, 1]; 1 starts from pure noise.
+    pub strength: f64,
+    /// Inpainting: `[1 or B, 1, h, w]` at latent resolution, 1 where the picture is
+    /// repainted and 0 where it is kept; after each step the kept region is reset to the
+    /// picture noised to the next step's level (`ZImageInpaintPipeline`).
+    pub mask: Option<Array>,
 }
 
 /// What one step cost.
@@ -281,20 +297,75 @@ fn guide(pos: &Array, neg: &Array, guidance: &Guidance) -> Array {
 pub fn generate(
     model: &ZImage,
     request: &Request,
-    mut on_step: impl FnMut(usize, &StepReport) + 'static,
+    on_step: impl FnMut(usize, &StepReport) + 'static,
 ) -> Result<Generation> {
-    generate_until(model, request, move |i, report| {
-        on_step(i, report);
-        ControlFlow::Continue(())
-    })
+    generate_until(model, request, None, always_continue(on_step))
 }
 
-/// Runs the sampler until `on_step`, which sees each step's report as its boundary
-/// completes, breaks: the run then ends there with [`Error::Cancelled`] (what a server
-/// does for a client that went away), its arrays dropped.
+/// Runs the sampler from a picture: image to image, or inpainting with a mask.
+pub fn generate_from(
+    model: &ZImage,
+    request: &Request,
+    init: &InitImage,
+    on_step: impl FnMut(usize, &StepReport) + 'static,
+) -> Result<Generation> {
+    generate_until(model, request, Some(init), always_continue(on_step))
+}
+
+fn always_continue(
+    mut on_step: impl FnMut(usize, &StepReport) + 'static,
+) -> impl FnMut(usize, &StepReport) -> ControlFlow<()> + 'static {
+    move |i, report| {
+        on_step(i, report);
+        ControlFlow::Continue(())
+    }
+}
+
+/// The schedule and starting latents of a picture: its latents noised with `noise` to the
+/// first level of the schedule truncated at the strength.
+fn start_from(init: &InitImage, noise: &Array, schedule: &Schedule) -> Result<(Schedule, Array)> {
+    let strength = init.strength;
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(Error::Input(format!(
+            "the strength must be in (0, 1], found {strength}"
+        )));
+    }
+    if init.latents.shape() != noise.shape() {
+        return Err(Error::Input(format!(
+            "the picture's latents {:?} and the noise {:?} differ in shape",
+            init.latents.shape(),
+            noise.shape()
+        )));
+    }
+    if let Some(mask) = &init.mask {
+        let [_, _, h, w] = noise.dims();
+        let [b, c, mh, mw] = mask.dims();
+        if mask.ndim() != 4 || c != 1 || (mh, mw) != (h, w) || (b != 1 && b != noise.dims::<4>()[0])
+        {
+            return Err(Error::Input(format!(
+                "an inpainting mask must be [1, 1, {h}, {w}] at latent resolution, found {:?}",
+                mask.shape()
+            )));
+        }
+    }
+    let schedule = schedule.truncated(strength).ok_or_else(|| {
+        Error::Input(format!(
+            "strength {strength} leaves none of the {} steps to run",
+            schedule.len()
+        ))
+    })?;
+    let latents = scale_noise(&init.latents.astype(Dtype::F32), noise, schedule.sigmas[0]);
+    Ok((schedule, latents))
+}
+
+/// Runs the sampler, from noise or from a picture, until `on_step`, which sees each
+/// step's report as its boundary completes, breaks: the run then ends there with
+/// [`Error::Cancelled`] (what a server does for a client that went away), its arrays
+/// dropped.
 pub fn generate_until(
     model: &ZImage,
     request: &Request,
+    init: Option<&InitImage>,
     mut on_step: impl FnMut(usize, &StepReport) -> ControlFlow<()> + 'static,
 ) -> Result<Generation> {
     if request.steps == 0 || request.steps > MAX_STEPS {
@@ -306,12 +377,21 @@ pub fn generate_until(
     let guidance = &request.guidance;
     guidance.check()?;
     let config = &model.config;
-    let mut latents = request.initial_latents(config.in_channels)?;
-    let [batch, _, h, w] = latents.dims();
+    let noise = request.initial_latents(config.in_channels)?;
+    let [batch, _, h, w] = noise.dims();
     let latent_hw = (h, w);
     let schedule = request
         .scheduler
         .schedule(request.steps, ((h / 2) * (w / 2)) as u32);
+    let (schedule, mut latents) = match init {
+        Some(init) => start_from(init, &noise, &schedule)?,
+        None => (schedule, noise.clone()),
+    };
+    // Inpainting: the mask, and the picture's latents it keeps.
+    let inpaint = init.and_then(|init| {
+        let mask = init.mask.as_ref()?.astype(Dtype::F32);
+        Some((mask, init.latents.astype(Dtype::F32)))
+    });
     let guided_steps: Vec<bool> = (0..schedule.len())
         .map(|i| guidance.at_step(&schedule, i))
         .collect();
@@ -383,6 +463,14 @@ pub fn generate_until(
         computed.push(denoiser.computed.last().copied().unwrap_or(true));
         // The transformer predicts the negated flow velocity.
         latents = &latents - prediction * f64::from(schedule.dt(i));
+        if let Some((mask, picture)) = &inpaint {
+            let kept = if i + 1 < schedule.len() {
+                scale_noise(picture, &noise, schedule.sigmas[i + 1])
+            } else {
+                picture.clone()
+            };
+            latents = (1.0 - mask) * kept + mask * &latents;
+        }
     }
     if stopped.get() {
         return Err(Error::Cancelled);

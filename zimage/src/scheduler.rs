@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use mlx::Array;
 use serde::Deserialize;
 
 use crate::{Error, Result};
@@ -189,6 +190,24 @@ impl Schedule {
     pub fn dt(&self, i: usize) -> f32 {
         self.sigmas[i + 1] - self.sigmas[i]
     }
+
+    /// The steps image to image runs at `strength` (in (0, 1]): the last
+    /// `min(n·strength, n)` of the `n`, rounded as diffusers' `get_timesteps` rounds them
+    /// (it skips `int(n − n·strength)`); `None` when that leaves no step.
+    pub fn truncated(&self, strength: f64) -> Option<Schedule> {
+        let n = self.len() as f64;
+        let start = (n - (n * strength).min(n)).max(0.0) as usize;
+        (start < self.len()).then(|| Schedule {
+            timesteps: self.timesteps[start..].to_vec(),
+            sigmas: self.sigmas[start..].to_vec(),
+        })
+    }
+}
+
+/// The flow-matching forward process at noise level `sigma`: `σ·noise + (1 − σ)·sample`
+/// (the scheduler's `scale_noise`), in float32.
+pub fn scale_noise(sample: &Array, noise: &Array, sigma: f32) -> Array {
+    noise * f64::from(sigma) + sample * f64::from(1.0 - sigma)
 }
 
 /// `torch.linspace` in float32: the first half counts up from `start`, the second half
@@ -240,6 +259,21 @@ mod tests {
         ] {
             assert!(SchedulerConfig::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn strength_keeps_the_last_steps_as_diffusers_rounds_them() {
+        let s = SchedulerConfig::default().schedule(4, 1024);
+        let kept = |strength| s.truncated(strength).map(|t| t.timesteps);
+        assert_eq!(kept(1.0), Some(vec![1000.0, 900.0, 750.0, 500.0]));
+        // 4 − 4·0.7 = 1.2 steps skipped: int() drops the fraction.
+        assert_eq!(kept(0.7), Some(vec![900.0, 750.0, 500.0]));
+        assert_eq!(kept(0.5), Some(vec![750.0, 500.0]));
+        assert_eq!(kept(0.1), Some(vec![500.0]));
+        // Too small to move 4 − 4·s off 4 in float64.
+        assert_eq!(kept(1e-17), None);
+        let t = s.truncated(0.5).unwrap();
+        assert_eq!(t.sigmas, [0.75, 0.5, 0.0]);
     }
 
     #[test]

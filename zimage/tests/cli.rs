@@ -95,7 +95,7 @@ fn init_info_and_generate_on_the_written_directory() {
     assert_eq!(report["step_ms"].as_array().unwrap().len(), 3);
     assert_eq!(report["compute_dtype"], "float32");
 
-    let decoder = png::Decoder::new(std::fs::File::open(&png).unwrap());
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
     let reader = decoder.read_info().unwrap();
     assert_eq!((reader.info().width, reader.info().height), (128, 96));
     let file = load_safetensors(&latents).unwrap();

@@ -164,9 +164,10 @@ fn dit_generate_draws_the_reference_image() {
 
         // The PNG is the reference picture as diffusers' processor makes it, within one
         // level where rounding sits on a boundary.
-        let decoder = png::Decoder::new(std::fs::File::open(&out).unwrap());
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
         let mut reader = decoder.read_info().unwrap();
-        let mut pixels = vec![0; reader.output_buffer_size()];
+        let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
         reader.next_frame(&mut pixels).unwrap();
         let info = reader.info();
         assert_eq!(

@@ -137,7 +137,7 @@ fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>, Vec<(String, String)>) {
     let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
         .read_info()
         .unwrap();
-    let mut pixels = vec![0; reader.output_buffer_size()];
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
     let frame = reader.next_frame(&mut pixels).unwrap();
     assert_eq!(frame.color_type, png::ColorType::Rgb);
     let text = reader

@@ -8,12 +8,14 @@
 //!   `mlx::nn`'s linear layers, dense or quantized).
 //! - [`sequence`]: patchify, pad tokens, RoPE positions and attention masks.
 //! - [`model`]: the transformer.
-//! - [`weights`]: loading and writing checkpoints, built-in random weights.
+//! - [`weights`]: loading and writing checkpoints, built-in random weights; [`lora`]:
+//!   LoRA adapter files (diffusers/PEFT and Kohya layouts) applied to the linear layers.
 //! - [`teacache`]: step skipping; [`denoiser`]: one step's transformer work under it.
 
 pub mod config;
 pub mod denoiser;
 pub mod layers;
+pub mod lora;
 pub mod model;
 pub mod sequence;
 pub mod teacache;
@@ -43,6 +45,9 @@ pub enum DitError {
         model: String,
         report: Box<mlx::module::LoadReport>,
     },
+    /// A LoRA adapter file (`path`) that cannot be read or does not fit the model.
+    #[error("{path}: {message}")]
+    Adapter { path: PathBuf, message: String },
     #[error(transparent)]
     Mlx(#[from] mlx::Error),
 }

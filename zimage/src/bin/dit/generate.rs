@@ -11,11 +11,12 @@ use mlx::io::{load_safetensors, save_safetensors};
 use mlx::nn::QuantFormat;
 use mlx::{memory, Array, Module};
 use serde_json::json;
-use zimage::picture::{self, batch_paths};
-use zimage::pipeline::{LoadOptions, Pipeline};
+use zimage::edit::{self, LatentDraw};
+use zimage::picture::{self, batch_paths, Rgb8};
+use zimage::pipeline::{LoadOptions, LoraSpec, Pipeline};
 use zimage::preview;
 use zimage::prompt::{PromptEmbeds, MAX_SEQUENCE_LENGTH};
-use zimage::sampler::{self, Caption, Guidance, Noise, Request};
+use zimage::sampler::{self, Caption, Guidance, InitImage, Noise, Request};
 
 use crate::{compute_dtype, info, mib, model_source, CliResult, FloatDtype, TilingArg};
 
@@ -59,6 +60,26 @@ pub struct Args {
     /// noise; the picture is then 8h x 8w.
     #[arg(long)]
     init_latents: Option<PathBuf>,
+    /// Image to image: start from this PNG or JPEG picture, resized down to multiples of 16
+    /// (its size is the output's). With --init-latents, tensor `latents` is the noise it is
+    /// mixed with and tensor `encode_noise`, if present, the draw from the VAE's posterior.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// With --image: the share of the steps that run, in (0, 1]; more repaints more
+    /// (default 0.6, and 1 with --mask, as diffusers).
+    #[arg(long, allow_negative_numbers = true)]
+    strength: Option<f64>,
+    /// Inpainting, with --image: a picture of the same size, white where to repaint.
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// A LoRA adapter for the transformer, FILE or FILE:SCALE (default scale 1);
+    /// repeatable.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]", value_parser = LoraSpec::parse)]
+    loras: Vec<LoraSpec>,
+    /// Skip (and count) adapter layers that match no layer of the transformer instead of
+    /// refusing the adapter.
+    #[arg(long)]
+    lora_lenient: bool,
     /// Caption features instead of a prompt: tensor `cap_feats` [L, cap_feat_dim] or
     /// [1, L, cap_feat_dim] and, for --cfg, optionally `negative_cap_feats`.
     #[arg(long)]
@@ -155,13 +176,29 @@ pub fn run(args: Args) -> CliResult {
     check_flags(&args)?;
     check_outputs(&args)?;
     let dtype = compute_dtype(args.dtype)?;
+    let pictures = read_pictures(&args)?;
     let started = Instant::now();
     let options = LoadOptions {
         fp8: args.fp8,
         keep_text_encoder: args.keep_text_encoder,
+        vae_encoder: pictures.is_some(),
+        loras: args.loras.clone(),
+        lora_lenient: args.lora_lenient,
         ..LoadOptions::from(dtype)
     };
     let (pipeline, load) = phase(|| Ok(Pipeline::load(&args.model, options)?))?;
+    for (spec, applied) in &pipeline.adapters {
+        let skipped = match applied.skipped.len() {
+            0 => String::new(),
+            n => format!(", {n} unmatched layers skipped"),
+        };
+        eprintln!(
+            "lora {} at {}: {} layers{skipped}",
+            spec.path.display(),
+            spec.scale,
+            applied.layers
+        );
+    }
     let noise = match &args.init_latents {
         Some(path) => Noise::Given(read_latents(
             path,
@@ -170,21 +207,30 @@ pub fn run(args: Args) -> CliResult {
         None => Noise::Seeded(args.seed),
     };
     let ((caption, negative, prompt_tokens), encode) = phase(|| captions(&args, &pipeline))?;
-    let request = request(&args, &pipeline, noise, caption, negative)?;
+    let mut request = request(&args, &pipeline, noise, caption, negative)?;
+    let (init, image_encode) = match &pictures {
+        Some((picture, mask)) => {
+            request.width = picture.width as i32;
+            request.height = picture.height as i32;
+            let (init, encode) = phase(|| init_image(&args, &pipeline, picture, mask.as_ref()))?;
+            (Some(init), Some(encode))
+        }
+        None => (None, None),
+    };
     request.latent_hw()?;
 
     crate::note_kernel_compilation();
     let bar = progress_bar(args.steps);
     let step_bar = bar.clone();
     let (generation, denoise) = phase(|| {
-        Ok(sampler::generate(
-            pipeline.transformer(),
-            &request,
-            move |_, report| {
-                step_bar.set_message(format!("{:.0} ms/step", report.elapsed.as_secs_f64() * 1e3));
-                step_bar.inc(1);
-            },
-        )?)
+        let on_step = move |_, report: &sampler::StepReport| {
+            step_bar.set_message(format!("{:.0} ms/step", report.elapsed.as_secs_f64() * 1e3));
+            step_bar.inc(1);
+        };
+        Ok(match &init {
+            Some(init) => sampler::generate_from(pipeline.transformer(), &request, init, on_step)?,
+            None => sampler::generate(pipeline.transformer(), &request, on_step)?,
+        })
     })?;
     bar.finish_and_clear();
     let latents = &generation.latents;
@@ -241,12 +287,14 @@ pub fn run(args: Args) -> CliResult {
     let active: Vec<usize> = generation.steps.iter().map(|s| s.active_bytes).collect();
     let mean_ms = step_ms.iter().sum::<f64>() / step_ms.len().max(1) as f64;
     let decode = decoded.as_ref().map(|(_, phase)| phase);
+    let image_encode_ms = image_encode.as_ref().map(|p| p.ms);
     println!(
-        "{} steps of {width}x{height} on {}: encode {:.0} ms, {:.0} ms/step, decode {:.0} ms; \
+        "{} steps of {width}x{height} on {}: encode {:.0} ms{}, {:.0} ms/step, decode {:.0} ms; \
          weights {:.1} MiB, peak {:.1} MiB",
-        args.steps,
+        generation.schedule.len(),
         args.model,
         encode.ms,
+        image_encode_ms.map_or(String::new(), |ms| format!(", picture encode {ms:.0} ms")),
         mean_ms,
         decode.map_or(0.0, |d| d.ms),
         mib(pipeline.weights_bytes()),
@@ -282,6 +330,10 @@ pub fn run(args: Args) -> CliResult {
             "transformer_bytes": model.nbytes(),
             "load_ms": load.ms,
             "load_peak_bytes": load.peak_bytes,
+            "strength": init.as_ref().map(|i| i.strength),
+            "inpaint": init.as_ref().is_some_and(|i| i.mask.is_some()),
+            "loras": info::loras_json(&pipeline),
+            "image_encode_ms": image_encode_ms,
             "encode_ms": encode.ms,
             "encode_peak_bytes": encode.peak_bytes,
             "denoise_ms": denoise.ms,
@@ -322,6 +374,21 @@ fn check_flags(args: &Args) -> CliResult {
         )
         .into());
     }
+    if args.image.is_none() {
+        for (flag, given) in [
+            ("--strength", args.strength.is_some()),
+            ("--mask", args.mask.is_some()),
+        ] {
+            if given {
+                return Err(format!("{flag} needs --image (the picture to start from)").into());
+            }
+        }
+    } else if args.width.is_some() || args.height.is_some() {
+        return Err("--width/--height: with --image the picture's size is the output's".into());
+    }
+    if let Some(strength) = args.strength.filter(|s| !(*s > 0.0 && *s <= 1.0)) {
+        return Err(format!("--strength must be in (0, 1], found {strength}").into());
+    }
     for (flag, size) in [("--width", args.width), ("--height", args.height)] {
         if let Some(size) = size.filter(|&s| s <= 0 || s % (2 * sampler::VAE_SCALE) != 0) {
             return Err(format!(
@@ -332,6 +399,63 @@ fn check_flags(args: &Args) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// The strength of image to image: the flag's, else diffusers' defaults.
+fn strength(args: &Args) -> f64 {
+    args.strength
+        .unwrap_or(if args.mask.is_some() { 1.0 } else { 0.6 })
+}
+
+/// `--image` and `--mask`, read, checked and cut down to multiples of 16 before a model is
+/// loaded.
+fn read_pictures(args: &Args) -> CliResultOf<Option<(Rgb8, Option<Rgb8>)>> {
+    let Some(path) = &args.image else {
+        return Ok(None);
+    };
+    let picture = edit::read_picture(path)?;
+    let mask = args.mask.as_deref().map(edit::read_picture).transpose()?;
+    if let (Some(mask), Some(mask_path)) = (&mask, &args.mask) {
+        if (mask.width, mask.height) != (picture.width, picture.height) {
+            return Err(format!(
+                "--mask {}: {}x{} pixels, but --image {} is {}x{}",
+                mask_path.display(),
+                mask.width,
+                mask.height,
+                path.display(),
+                picture.width,
+                picture.height
+            )
+            .into());
+        }
+    }
+    let fitted =
+        edit::fit_sides(&picture).map_err(|e| format!("--image {}: {e}", path.display()))?;
+    let mask = mask.as_ref().map(edit::fit_sides).transpose()?;
+    Ok(Some((fitted, mask)))
+}
+
+/// The encoded picture: its posterior drawn from `encode_noise` of --init-latents when
+/// that file has one, else from the seed.
+fn init_image(
+    args: &Args,
+    pipeline: &Pipeline,
+    picture: &Rgb8,
+    mask: Option<&Rgb8>,
+) -> CliResultOf<InitImage> {
+    let recorded = match &args.init_latents {
+        Some(path) => load_safetensors(path)?.tensors.remove("encode_noise"),
+        None => None,
+    };
+    let draw = recorded.map_or(LatentDraw::Seeded(args.seed), LatentDraw::Given);
+    Ok(edit::init_image(
+        pipeline,
+        picture,
+        mask,
+        strength(args),
+        draw,
+        args.vae_tiling.tiling(),
+    )?)
 }
 
 /// Output paths must be writable places: checked before minutes of sampling.

@@ -1,19 +1,26 @@
 //! `dit info`: what a model is and what it weighs.
 
+use std::path::PathBuf;
+
 use dit::config::DitConfig;
+use dit::lora::{self, Adapter};
 use dit::weights::{ModelSource, QuantReport};
 use mlx::nn::{MatmulPath, QuantFormat};
 use mlx::{Dtype, Module};
 use serde_json::{json, Value};
-use zimage::pipeline::{LoadOptions, Pipeline};
+use zimage::pipeline::{LoadOptions, LoraSpec, Pipeline};
 
 use crate::{compute_dtype, mib, model_source, CliResult, FloatDtype};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// tiny, small, or a checkpoint directory.
-    #[arg(long, value_parser = model_source)]
-    model: ModelSource,
+    #[arg(long, value_parser = model_source, required_unless_present = "lora")]
+    model: Option<ModelSource>,
+    /// List what a LoRA adapter file touches (layers, rank, alpha); with --model, also
+    /// check that it applies to that transformer.
+    #[arg(long)]
+    lora: Option<PathBuf>,
     /// Compute dtype the in-memory figures are for (default: f32 on the CPU, bf16 on a GPU).
     #[arg(long, value_enum)]
     dtype: Option<FloatDtype>,
@@ -26,21 +33,35 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult {
+    if let Some(path) = &args.lora {
+        describe_adapter(&lora::read(path)?, args.json);
+    }
+    let Some(source) = &args.model else {
+        return Ok(());
+    };
     let dtype = compute_dtype(args.dtype)?;
     let options = LoadOptions {
         fp8: args.fp8,
         keep_text_encoder: true,
+        loras: args
+            .lora
+            .iter()
+            .map(|path| LoraSpec {
+                path: path.clone(),
+                scale: 1.0,
+            })
+            .collect(),
         ..LoadOptions::from(dtype)
     };
-    let pipeline = Pipeline::load(&args.model, options)?;
+    let pipeline = Pipeline::load(source, options)?;
     if args.json {
-        println!("{}", report_json(&args.model, &pipeline, dtype));
+        println!("{}", report_json(source, &pipeline, dtype));
         return Ok(());
     }
     let loaded = &pipeline.transformer;
     let model = &loaded.model;
     let c: &DitConfig = &model.config;
-    println!("model           {}", args.model);
+    println!("model           {source}");
     let device = crate::device_json();
     println!(
         "runs on         {} ({}, MLX built for {})",
@@ -149,7 +170,21 @@ pub fn report_json(source: &ModelSource, pipeline: &Pipeline, dtype: Dtype) -> V
         "weights_bytes": model.nbytes(),
         "quantization": quantization_json(&loaded.quantization, c, model.nbytes()),
         "components": components_json(pipeline),
+        "loras": loras_json(pipeline),
     })
+}
+
+/// The adapters applied at load: file, scale, layers changed and skipped.
+pub fn loras_json(pipeline: &Pipeline) -> Value {
+    let adapters = pipeline.adapters.iter().map(|(spec, applied)| {
+        json!({
+            "path": spec.path.display().to_string(),
+            "scale": spec.scale,
+            "layers": applied.layers,
+            "skipped": applied.skipped.len(),
+        })
+    });
+    Value::Array(adapters.collect())
 }
 
 /// The text encoder's and VAE's part of `--json`, for a pipeline (null otherwise).
@@ -218,4 +253,46 @@ fn quantization_text(q: &QuantReport, c: &DitConfig, dtype: Dtype) -> String {
         q.matmul.map_or("", MatmulPath::name),
         mib(q.dense_bytes),
     )
+}
+
+/// One line per adapted layer: its module, rank, alpha and the scale `alpha / rank`.
+fn describe_adapter(adapter: &Adapter, json: bool) {
+    if json {
+        let layers: Vec<Value> = adapter
+            .layers
+            .iter()
+            .map(|l| {
+                json!({
+                    "module": l.module,
+                    "key": l.key,
+                    "rank": l.rank(),
+                    "alpha": l.alpha,
+                    "in": l.down.dim(1).unwrap_or(0),
+                    "out": l.up.dim(0).unwrap_or(0),
+                    "scale": l.scale(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "lora": adapter.path.display().to_string(), "layers": layers })
+        );
+        return;
+    }
+    println!(
+        "lora            {} ({} layers)",
+        adapter.path.display(),
+        adapter.layers.len()
+    );
+    for l in &adapter.layers {
+        let alpha = l.alpha.map_or("-".to_string(), |a| a.to_string());
+        println!(
+            "  {:<44} rank {:>3}  alpha {alpha:>5}  [{}, {}]  scale {}",
+            l.module,
+            l.rank(),
+            l.up.dim(0).unwrap_or(0),
+            l.down.dim(1).unwrap_or(0),
+            l.scale()
+        );
+    }
 }

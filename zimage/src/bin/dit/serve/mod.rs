@@ -19,7 +19,7 @@ use dit::weights::ModelSource;
 use mlx::nn::QuantFormat;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use zimage::pipeline::LoadOptions;
+use zimage::pipeline::{LoadOptions, LoraSpec};
 use zimage::sampler;
 
 use crate::{compute_dtype, model_source, CliResult, FloatDtype};
@@ -53,6 +53,14 @@ pub struct Args {
     /// Quantize the transformer's linear layers at load: mxfp8 or affine8.
     #[arg(long)]
     fp8: Option<QuantFormat>,
+    /// A LoRA adapter for the transformer, FILE or FILE:SCALE (default scale 1);
+    /// repeatable. Applied at load to every request.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]", value_parser = LoraSpec::parse)]
+    loras: Vec<LoraSpec>,
+    /// Skip (and count) adapter layers that match no layer of the transformer instead of
+    /// refusing the adapter.
+    #[arg(long)]
+    lora_lenient: bool,
 }
 
 pub fn run(args: Args) -> CliResult {
@@ -68,6 +76,8 @@ pub fn run(args: Args) -> CliResult {
         fp8: args.fp8,
         // Prompts are encoded for every request: the encoder stays loaded.
         keep_text_encoder: true,
+        loras: args.loras.clone(),
+        lora_lenient: args.lora_lenient,
         ..LoadOptions::from(dtype)
     };
     let (queue, jobs) = mpsc::channel(args.queue);

@@ -138,7 +138,17 @@ impl Worker {
 }
 
 fn load(source: &ModelSource, options: LoadOptions) -> Result<(Pipeline, ModelInfo), String> {
+    let dtype = options.dtype;
     let pipeline = Pipeline::load(source, options).map_err(|e| e.to_string())?;
+    for (spec, applied) in &pipeline.adapters {
+        tracing::info!(
+            lora = %spec.path.display(),
+            scale = spec.scale,
+            layers = applied.layers,
+            skipped = applied.skipped.len(),
+            "adapter applied"
+        );
+    }
     if !pipeline.has_text_encoder() || pipeline.vae.is_none() {
         return Err(format!(
             "{source} is a transformer checkpoint: serving needs a pipeline with a text \
@@ -156,7 +166,7 @@ fn load(source: &ModelSource, options: LoadOptions) -> Result<(Pipeline, ModelIn
     let info = ModelInfo {
         id,
         created: unix_now(),
-        report: crate::info::report_json(source, &pipeline, options.dtype),
+        report: crate::info::report_json(source, &pipeline, dtype),
         default_size: pipeline.default_size(),
     };
     Ok((pipeline, info))
@@ -286,7 +296,7 @@ fn draw(pipeline: &Pipeline, job: &Job, stats: &Stats) -> Result<Images, Failure
         let peak = Arc::clone(&stats.peak_bytes);
         let done_before = k * g.steps;
         let generation =
-            sampler::generate_until(pipeline.transformer(), &request, move |i, report| {
+            sampler::generate_until(pipeline.transformer(), &request, None, move |i, report| {
                 peak.fetch_max(report.peak_bytes, Ordering::Relaxed);
                 let progress = Event::Progress {
                     step: done_before + i + 1,

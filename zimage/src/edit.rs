@@ -1,0 +1,216 @@
+//! Image to image and inpainting inputs, as diffusers' `ZImageImg2ImgPipeline` and
+//! `ZImageInpaintPipeline` prepare them: the picture resized down to a multiple of 16
+//! (`VaeImageProcessor`, Lanczos) and scaled to `[-1, 1]`, encoded by the VAE and drawn
+//! from its posterior; the mask converted to grayscale as PIL does, binarized at 0.5 and
+//! resized to the latents by nearest neighbour.
+//!
+//! diffusers' inpainting pipeline also encodes the masked picture, but its transformer has
+//! no input for it: that encoding changes nothing and is not done here.
+
+use std::path::Path;
+
+use image::imageops::FilterType;
+use image::{ImageFormat, RgbImage};
+use mlx::{random, Array, Dtype};
+use vae::Tiling;
+
+use crate::picture::Rgb8;
+use crate::sampler::{InitImage, VAE_SCALE};
+use crate::{Error, Pipeline, Result};
+
+/// Picture sides are cut down to multiples of this: the VAE's 8x times the transformer's
+/// 2x2 patches.
+pub const SIDE_MULTIPLE: u32 = 2 * VAE_SCALE as u32;
+
+/// How the picture's latents are drawn from the VAE's posterior.
+#[derive(Clone)]
+pub enum LatentDraw {
+    /// `mean + std · ε`, `ε` seeded (what the pipelines do with a generator).
+    Seeded(u64),
+    /// `mean + std · ε` with this `ε` `[1, C, h, w]` (a recorded draw).
+    Given(Array),
+    /// The posterior's mode, its mean.
+    Mode,
+}
+
+/// Reads a PNG or JPEG picture as 8-bit RGB (grayscale is replicated, alpha dropped).
+pub fn read_picture(path: &Path) -> Result<Rgb8> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(io)?;
+    let not_a_picture = || Error::Input(format!("{}: not a PNG or JPEG picture", path.display()));
+    let format = image::guess_format(&bytes).map_err(|_| not_a_picture())?;
+    if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg) {
+        return Err(not_a_picture());
+    }
+    let decoded = image::load_from_memory_with_format(&bytes, format)
+        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?
+        .to_rgb8();
+    Ok(Rgb8 {
+        width: decoded.width(),
+        height: decoded.height(),
+        pixels: decoded.into_raw(),
+    })
+}
+
+/// The picture cut down to multiples of [`SIDE_MULTIPLE`] on both sides, resized with a
+/// Lanczos filter (diffusers' default resampling); unchanged when it already fits.
+pub fn fit_sides(picture: &Rgb8) -> Result<Rgb8> {
+    let (width, height) = (
+        picture.width - picture.width % SIDE_MULTIPLE,
+        picture.height - picture.height % SIDE_MULTIPLE,
+    );
+    if width == 0 || height == 0 {
+        return Err(Error::Input(format!(
+            "a {}x{} picture is smaller than {SIDE_MULTIPLE} pixels on a side",
+            picture.width, picture.height
+        )));
+    }
+    if (width, height) == (picture.width, picture.height) {
+        return Ok(picture.clone());
+    }
+    // The pixels are width · height · 3 bytes by construction.
+    let image = RgbImage::from_raw(picture.width, picture.height, picture.pixels.clone())
+        .expect("an Rgb8 holds width x height RGB pixels");
+    let resized = image::imageops::resize(&image, width, height, FilterType::Lanczos3);
+    Ok(Rgb8 {
+        width,
+        height,
+        pixels: resized.into_raw(),
+    })
+}
+
+/// The picture as the VAE takes it: `[1, 3, H, W]` float32, `2·(v / 255) − 1`.
+pub fn image_tensor(picture: &Rgb8) -> Array {
+    let values: Vec<f32> = picture
+        .pixels
+        .iter()
+        .map(|&v| 2.0 * (f32::from(v) / 255.0) - 1.0)
+        .collect();
+    let (h, w) = (picture.height as i32, picture.width as i32);
+    Array::from_slice(&values, &[1, h, w, 3]).transpose(&[0, 3, 1, 2])
+}
+
+/// A mask picture as `[1, 1, H, W]` float32 of 0 and 1: PIL's grayscale
+/// (`(19595 R + 38470 G + 7471 B + 2¹⁵) >> 16`), 1 from 128 up (`v / 255 ≥ 0.5`).
+pub fn mask_tensor(mask: &Rgb8) -> Array {
+    let values: Vec<f32> = mask
+        .pixels
+        .chunks_exact(3)
+        .map(|rgb| {
+            let [r, g, b] = [rgb[0], rgb[1], rgb[2]].map(u32::from);
+            let luma = (19595 * r + 38470 * g + 7471 * b + 0x8000) >> 16;
+            if luma as f32 / 255.0 >= 0.5 {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Array::from_slice(&values, &[1, 1, mask.height as i32, mask.width as i32])
+}
+
+/// A pixel mask `[1, 1, H, W]` at latent resolution `[1, 1, H/8, W/8]`, as
+/// `interpolate(mode="nearest")` makes it: the top-left pixel of each 8x8 cell.
+pub fn latent_mask(mask: &Array) -> Array {
+    let [_, _, h, w] = mask.dims();
+    let scale = VAE_SCALE;
+    mask.reshape(&[1, 1, h / scale, scale, w / scale, scale])
+        .slice_axis(3, 0, 1)
+        .slice_axis(5, 0, 1)
+        .reshape(&[1, 1, h / scale, w / scale])
+}
+
+/// The start of image to image (`mask: None`) or inpainting: `picture` (sides multiples of
+/// [`SIDE_MULTIPLE`], see [`fit_sides`]) encoded by the pipeline's VAE, its latents drawn
+/// as `draw` says and scaled for the transformer; `mask` must be the picture's size.
+pub fn init_image(
+    pipeline: &Pipeline,
+    picture: &Rgb8,
+    mask: Option<&Rgb8>,
+    strength: f64,
+    draw: LatentDraw,
+    tiling: Tiling,
+) -> Result<InitImage> {
+    if let Some(mask) = mask {
+        if (mask.width, mask.height) != (picture.width, picture.height) {
+            return Err(Error::Input(format!(
+                "the mask is {}x{} pixels, the picture {}x{}: they must be the same size",
+                mask.width, mask.height, picture.width, picture.height
+            )));
+        }
+    }
+    let posterior = pipeline.encode_image(&image_tensor(picture), tiling)?;
+    let z = match draw {
+        LatentDraw::Mode => posterior.mode(),
+        LatentDraw::Seeded(seed) => {
+            // Not the noise's key (`random::key(seed)`): the two draws are independent.
+            let keys = random::split(&random::key(seed), 2);
+            posterior.sample(&keys[1])
+        }
+        LatentDraw::Given(eps) => {
+            if eps.shape() != posterior.mean.shape() {
+                return Err(Error::Input(format!(
+                    "the posterior's draw must be {:?}, found {:?}",
+                    posterior.mean.shape(),
+                    eps.shape()
+                )));
+            }
+            &posterior.mean + posterior.std() * eps.astype(posterior.mean.dtype())
+        }
+    };
+    let vae = pipeline.vae.as_ref().ok_or_else(|| {
+        Error::Input(format!(
+            "{} has no VAE to encode a picture",
+            pipeline.source
+        ))
+    })?;
+    let latents = vae.scale_latents(&z).astype(Dtype::F32);
+    Ok(InitImage {
+        latents,
+        strength,
+        mask: mask.map(|mask| latent_mask(&mask_tensor(mask))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_take_pils_grayscale_and_the_top_left_pixel_of_each_cell() {
+        // 16x8 pixels: one cell of 8x8 white (PIL luma 128), one black (127 and 113).
+        let mut pixels = vec![0u8; 16 * 8 * 3];
+        pixels[..3].copy_from_slice(&[127, 128, 128]);
+        pixels[8 * 3..8 * 3 + 3].copy_from_slice(&[30, 170, 40]);
+        let mask = Rgb8 {
+            width: 16,
+            height: 8,
+            pixels,
+        };
+        let latent = latent_mask(&mask_tensor(&mask));
+        assert_eq!(latent.shape(), &[1, 1, 1, 2]);
+        assert_eq!(latent.to_vec::<f32>().unwrap(), [1.0, 0.0]);
+    }
+
+    #[test]
+    fn pictures_are_cut_down_to_multiples_of_16() {
+        let picture = Rgb8 {
+            width: 37,
+            height: 20,
+            pixels: vec![200; 37 * 20 * 3],
+        };
+        let fitted = fit_sides(&picture).unwrap();
+        assert_eq!((fitted.width, fitted.height), (32, 16));
+        // A flat picture stays flat through the filter.
+        assert!(fitted.pixels.iter().all(|&v| v == 200));
+        let tiny = Rgb8 {
+            width: 15,
+            height: 40,
+            pixels: vec![0; 15 * 40 * 3],
+        };
+        assert!(fit_sides(&tiny).is_err());
+    }
+}
