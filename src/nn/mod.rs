@@ -4,7 +4,8 @@
 //! names (`weight`, `bias`), so a model built from them loads diffusers and transformers
 //! checkpoints by name. Layers take channels-last activations, as MLX's kernels do.
 //!
-//! - [`Linear`] (dense or quantized, formats in [`quant`]), [`Embedding`];
+//! - [`Linear`] (dense or quantized, formats in [`quant`], whole models in [`quantize`]),
+//!   [`Embedding`];
 //! - [`RmsNorm`], [`LayerNorm`], [`GroupNorm`];
 //! - [`Conv2d`];
 //! - [`rope`]: rotary position embeddings; [`attention`]: head layout and key masks.
@@ -19,6 +20,7 @@ mod embedding;
 mod linear;
 mod norm;
 pub mod quant;
+pub mod quantize;
 pub mod rope;
 
 pub use conv::Conv2d;
@@ -26,3 +28,4 @@ pub use embedding::Embedding;
 pub use linear::{Dense, Linear, QuantizedLinear};
 pub use norm::{GroupNorm, LayerNorm, RmsNorm};
 pub use quant::{MatmulPath, ProbeShape, QuantConfig, QuantFormat};
+pub use quantize::QuantReport;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use dit::weights::{
     self as dit_weights, Builtin, LoadOptions as DitLoadOptions, Loaded, ModelSource,
 };
-use mlx::nn::QuantFormat;
+use mlx::nn::QuantConfig;
 use mlx::{Array, Dtype, Module};
 use qwen3::{weights as qwen3_weights, Qwen3Config, Qwen3Model, Tokenizer};
 use vae::{AutoencoderKL, Tiling, VaeConfig};
@@ -29,8 +29,8 @@ const BUILTIN_SEED: u64 = 0x21a6e;
 pub struct LoadOptions {
     /// The dtype every component computes in.
     pub dtype: Dtype,
-    /// Quantize the transformer's linear layers at load.
-    pub fp8: Option<QuantFormat>,
+    /// Quantize the linear layers of a dense transformer and text encoder at load.
+    pub quantize: Option<QuantConfig>,
     /// Keep the text encoder loaded between prompts (a server's choice); otherwise it is
     /// loaded for each encoding and dropped before denoising.
     pub keep_text_encoder: bool,
@@ -40,7 +40,7 @@ impl From<Dtype> for LoadOptions {
     fn from(dtype: Dtype) -> LoadOptions {
         LoadOptions {
             dtype,
-            fp8: None,
+            quantize: None,
             keep_text_encoder: false,
         }
     }
@@ -54,9 +54,13 @@ enum EncoderSource {
 }
 
 impl EncoderSource {
-    /// The encoder with only the layers prompt embeddings run.
-    fn load(&self, dtype: Dtype) -> Result<Qwen3Model> {
-        let options = qwen3::LoadOptions::text_encoder(dtype);
+    /// The encoder with only the layers prompt embeddings run, quantized at load if
+    /// `quantize` says so.
+    fn load(&self, dtype: Dtype, quantize: Option<QuantConfig>) -> Result<Qwen3Model> {
+        let options = qwen3::LoadOptions {
+            quantize,
+            ..qwen3::LoadOptions::text_encoder(dtype)
+        };
         Ok(match self {
             EncoderSource::Builtin(config) => qwen3_weights::builtin(config, options)?,
             EncoderSource::Dir(dir) => qwen3_weights::load(dir, options)?,
@@ -87,6 +91,7 @@ pub struct Pipeline {
     pub scheduler: SchedulerConfig,
     text: Option<TextStack>,
     dtype: Dtype,
+    quantize: Option<QuantConfig>,
 }
 
 impl Pipeline {
@@ -95,7 +100,7 @@ impl Pipeline {
     pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Pipeline> {
         let options = options.into();
         let dit_options = DitLoadOptions {
-            fp8: options.fp8,
+            quantize: options.quantize,
             ..DitLoadOptions::from(options.dtype)
         };
         let (transformer, text, vae, scheduler) = match source {
@@ -149,6 +154,7 @@ impl Pipeline {
             scheduler,
             text,
             dtype: options.dtype,
+            quantize: options.quantize,
         };
         if options.keep_text_encoder {
             let encoder = pipeline
@@ -218,7 +224,7 @@ impl Pipeline {
     /// The text encoder with the layers prompt embeddings need, checked against the
     /// transformer's caption width.
     fn load_encoder(&self, source: &EncoderSource) -> Result<Qwen3Model> {
-        let encoder = source.load(self.dtype)?;
+        let encoder = source.load(self.dtype, self.quantize)?;
         check_caption_width(
             &source.name(),
             encoder.config.hidden_size,
@@ -301,7 +307,7 @@ pub fn load_text_encoder(source: &ModelSource, dtype: Dtype) -> Result<(Tokenize
             )
         }
     };
-    Ok((tokenizer, encoder.load(dtype)?))
+    Ok((tokenizer, encoder.load(dtype, None)?))
 }
 
 /// The text encoder and VAE that go with a built-in transformer: the encoder's width is

@@ -8,7 +8,6 @@ use dit::teacache::{Coefficients, Mode, TeaCacheOptions};
 use dit::weights::{self, ModelSource};
 use indicatif::{ProgressBar, ProgressStyle};
 use mlx::io::{load_safetensors, save_safetensors};
-use mlx::nn::QuantFormat;
 use mlx::{memory, Array, Module};
 use serde_json::json;
 use zimage::picture::{self, batch_paths};
@@ -17,6 +16,7 @@ use zimage::preview;
 use zimage::prompt::{PromptEmbeds, MAX_SEQUENCE_LENGTH};
 use zimage::sampler::{self, Caption, Guidance, Noise, Request};
 
+use crate::quantize_arg::QuantizeArg;
 use crate::{compute_dtype, info, mib, model_source, CliResult, FloatDtype, TilingArg};
 
 /// Tokens of the seeded random caption of transformer-only checkpoints.
@@ -78,9 +78,8 @@ pub struct Args {
     /// Compute dtype (default: f32 on the CPU, bf16 on a GPU).
     #[arg(long, value_enum)]
     dtype: Option<FloatDtype>,
-    /// Quantize the transformer's linear layers at load: mxfp8 or affine8.
-    #[arg(long)]
-    fp8: Option<QuantFormat>,
+    #[command(flatten)]
+    quantize: QuantizeArg,
     /// Write the picture (a batch: NAME-0.png, NAME-1.png, ...). Without a VAE, a preview
     /// of the latents.
     #[arg(long)]
@@ -157,7 +156,7 @@ pub fn run(args: Args) -> CliResult {
     let dtype = compute_dtype(args.dtype)?;
     let started = Instant::now();
     let options = LoadOptions {
-        fp8: args.fp8,
+        quantize: args.quantize.config()?,
         keep_text_encoder: args.keep_text_encoder,
         ..LoadOptions::from(dtype)
     };
@@ -273,7 +272,7 @@ pub fn run(args: Args) -> CliResult {
             "cache_hits": generation.cache_hits(),
             "computed_steps": generation.computed,
             "teacache": teacache_report(&request.teacache),
-            "quantization": info::quantization_json(&pipeline.transformer.quantization, &model.config, model.nbytes()),
+            "quantization": info::quantization_json(&pipeline.transformer.quantization, model.nbytes()),
             "timesteps": generation.schedule.timesteps,
             "step_ms": step_ms,
             "active_bytes": active,
