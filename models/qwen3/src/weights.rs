@@ -351,11 +351,12 @@ fn dequantize_embeddings(
     dtype: Dtype,
 ) -> Checkpoint {
     let name = |suffix: &str| format!("embed_tokens{suffix}");
-    let (Some(weights), Some(scales)) = (
-        checkpoint.take(&name(".weight")),
-        checkpoint.take(&name(SCALE_SUFFIX)),
-    ) else {
+    let Some(scales) = checkpoint.take(&name(SCALE_SUFFIX)) else {
         return checkpoint;
+    };
+    let Some(weights) = checkpoint.take(&name(".weight")) else {
+        // Without its table the scales are reported as unexpected.
+        return restored(checkpoint, (name(SCALE_SUFFIX), scales));
     };
     let table = Quantized {
         weights,
@@ -366,10 +367,15 @@ fn dequantize_embeddings(
         mode: format.mode.mode(),
     }
     .dequantize(Some(dtype));
+    restored(checkpoint, (name(".weight"), table))
+}
+
+/// `checkpoint` with `tensor` added.
+fn restored(checkpoint: Checkpoint, tensor: (String, Array)) -> Checkpoint {
     let tensors: Vec<(String, Array)> = checkpoint
         .iter()
         .map(|(name, array)| (name.to_string(), array.clone()))
-        .chain([(name(".weight"), table)])
+        .chain([tensor])
         .collect();
     Checkpoint::from_arrays(tensors)
 }

@@ -49,6 +49,7 @@ pub struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 enum Component {
     Transformer,
+    #[value(name = "text_encoder")]
     TextEncoder,
 }
 
@@ -153,7 +154,7 @@ impl QuantizedTransformer {
     fn write(self, out: &Path) -> CliResult {
         weights::save(&self.loaded.model, out, self.dtype)?;
         copy_sampling_files(&self.source, self.coefficients, out)?;
-        let name = format!("the {} transformer", self.source);
+        let name = format!("the transformer {}", self.source);
         let bytes = self.loaded.model.nbytes();
         print_report(&name, out, &self.loaded.quantization, self.dtype, bytes);
         Ok(())
