@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use dit::teacache::{Coefficients, COEFFICIENTS_FILE};
 use dit::weights::{self, LoadOptions, ModelSource};
 use mlx::io::load_checkpoint;
-use mlx::nn::{QuantConfig, QuantFormat, QuantReport};
+use mlx::nn::{MatmulPath, QuantConfig, QuantFormat, QuantReport};
 use mlx::{Dtype, Module};
 use zimage::folder::{ModelDir, PipelineDirs, MODEL_INDEX};
 
@@ -140,6 +140,8 @@ fn load_transformer(source: &ModelSource, config: QuantConfig) -> Result<Quantiz
     let dtype = stored_dtype(source)?;
     let options = LoadOptions {
         quantize: Some(config),
+        // Nothing runs the model here and the path is not written: no probe.
+        matmul: Some(MatmulPath::Dequantize),
         ..LoadOptions::from(dtype)
     };
     Ok(QuantizedTransformer {
@@ -167,6 +169,7 @@ fn load_text_encoder(dir: &Path, config: QuantConfig) -> Result<(qwen3::Qwen3Mod
     let dtype = stored_dtype(&ModelSource::Dir(dir.to_path_buf()))?;
     let options = qwen3::LoadOptions {
         quantize: Some(config),
+        matmul: Some(MatmulPath::Dequantize),
         ..qwen3::LoadOptions::from(dtype)
     };
     Ok((qwen3::weights::load(dir, options)?, dtype))
