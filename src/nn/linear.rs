@@ -4,9 +4,9 @@ use crate::ops::Quantized;
 use crate::{Array, Dtype, Module};
 
 use super::lora::LowRank;
-use super::quant::{MatmulPath, QuantFormat, BITS, GROUP_SIZE};
+use super::quant::{MatmulPath, QuantConfig};
 
-/// `nn.Linear`: `x wᵀ + b`, its weight dense or quantized to 8 bits (see [`super::quant`]).
+/// `nn.Linear`: `x wᵀ + b`, its weight dense or quantized (see [`super::quant`]).
 /// Either way it sits at the same checkpoint path; the variant is part of the structure
 /// compiled graphs are keyed on.
 #[derive(Module, Clone)]
@@ -76,9 +76,9 @@ impl Dense {
     }
 }
 
-/// A linear layer with an 8-bit weight in MLX's packed layout, stored as `weight` (packed
-/// `uint32`, `[out, in / 4]`), `weight_scale` (`[out, in / 32]`), `weight_qbias` (affine8
-/// only) and the layer's own float `bias`.
+/// A linear layer with a quantized weight in MLX's packed layout, stored as `weight`
+/// (packed `uint32`, `[out, in · bits / 32]`), `weight_scale` (`[out, in / group size]`),
+/// `weight_qbias` (affine only) and the layer's own float `bias`.
 #[derive(Module, Clone)]
 pub struct QuantizedLinear {
     #[weight("weight")]
@@ -91,7 +91,7 @@ pub struct QuantizedLinear {
     /// LoRA adapters applied beside the quantized product (see [`super::lora`]).
     pub lora: Option<LowRank>,
     #[weight(skip)]
-    pub format: QuantFormat,
+    pub format: QuantConfig,
     #[weight(skip)]
     pub matmul: MatmulPath,
     /// The compute dtype: of the activations, the output and the dequantized weight.
@@ -100,12 +100,12 @@ pub struct QuantizedLinear {
 }
 
 impl QuantizedLinear {
-    /// Quantizes a dense layer (lazily); its input features must be a multiple of
-    /// [`GROUP_SIZE`].
+    /// Quantizes a dense layer (lazily); its input features must be a multiple of the
+    /// group size.
     #[track_caller]
     pub fn from_dense(
         dense: &Dense,
-        format: QuantFormat,
+        format: QuantConfig,
         matmul: MatmulPath,
     ) -> crate::Result<QuantizedLinear> {
         let q = format.quantize(&dense.weight)?;
@@ -125,16 +125,17 @@ impl QuantizedLinear {
     pub fn zeros(
         (out, inp): (i32, i32),
         bias: bool,
-        format: QuantFormat,
+        format: QuantConfig,
         matmul: MatmulPath,
         dtype: Dtype,
     ) -> QuantizedLinear {
-        let groups = [out, inp / GROUP_SIZE];
-        let scale_dtype = format.scale_dtype(dtype);
+        let groups = [out, inp / format.group_size];
+        let scale_dtype = format.mode.scale_dtype(dtype);
         QuantizedLinear {
-            packed: Array::zeros(&[out, inp * BITS / 32], Dtype::U32),
+            packed: Array::zeros(&[out, inp * format.bits / 32], Dtype::U32),
             scales: Array::zeros(&groups, scale_dtype),
             qbias: format
+                .mode
                 .has_biases()
                 .then(|| Array::zeros(&groups, scale_dtype)),
             bias: bias.then(|| Array::zeros(&[out], dtype)),
@@ -148,7 +149,7 @@ impl QuantizedLinear {
     /// `(out, in)` features, from the packed shape.
     pub fn features(&self) -> (i32, i32) {
         let (out, packed) = matrix_dims(&self.packed);
-        (out, packed * 32 / BITS)
+        (out, packed * 32 / self.format.bits)
     }
 
     /// MLX's view of the packed weight (clones share the arrays).
@@ -157,9 +158,9 @@ impl QuantizedLinear {
             weights: self.packed.clone(),
             scales: self.scales.clone(),
             biases: self.qbias.clone(),
-            group_size: GROUP_SIZE,
-            bits: BITS,
-            mode: self.format.mode(),
+            group_size: self.format.group_size,
+            bits: self.format.bits,
+            mode: self.format.mode.mode(),
         }
     }
 

@@ -68,7 +68,7 @@ impl QuantizedLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::{Dense, MatmulPath, QuantFormat};
+    use crate::nn::{Dense, MatmulPath, QuantConfig, QuantFormat};
     use crate::random;
 
     fn normal(shape: &[i32], seed: u64) -> Array {
@@ -100,9 +100,12 @@ mod tests {
             weight: normal(&[8, 32], 1),
             bias: None,
         };
-        let quantized =
-            QuantizedLinear::from_dense(&dense, QuantFormat::Mxfp8, MatmulPath::Dequantize)
-                .unwrap();
+        let quantized = QuantizedLinear::from_dense(
+            &dense,
+            QuantConfig::new(QuantFormat::Mxfp8),
+            MatmulPath::Dequantize,
+        )
+        .unwrap();
         let packed = quantized.packed.to_vec::<u32>().unwrap();
         let mut linear = Linear::Quantized(quantized);
         let x = normal(&[5, 32], 5);

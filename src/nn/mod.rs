@@ -4,7 +4,8 @@
 //! names (`weight`, `bias`), so a model built from them loads diffusers and transformers
 //! checkpoints by name. Layers take channels-last activations, as MLX's kernels do.
 //!
-//! - [`Linear`] (dense or quantized, formats in [`quant`]; LoRA adapters in [`lora`]),
+//! - [`Linear`] (dense or quantized, formats in [`quant`], whole models in [`quantize`];
+//!   LoRA adapters in [`lora`]),
 //!   [`Embedding`];
 //! - [`RmsNorm`], [`LayerNorm`], [`GroupNorm`];
 //! - [`Conv2d`];
@@ -21,6 +22,7 @@ mod linear;
 pub mod lora;
 mod norm;
 pub mod quant;
+pub mod quantize;
 pub mod rope;
 
 pub use conv::Conv2d;
@@ -28,3 +30,4 @@ pub use embedding::Embedding;
 pub use linear::{Dense, Linear, QuantizedLinear};
 pub use norm::{GroupNorm, LayerNorm, RmsNorm};
 pub use quant::{MatmulPath, ProbeShape, QuantConfig, QuantFormat};
+pub use quantize::QuantReport;

@@ -1,13 +1,16 @@
-//! Quantized linear weights: the two formats, their record in `config.json`, and which
-//! matrix product runs them on the device at hand.
+//! Quantized linear weights: the formats, their record in `config.json`, and which matrix
+//! product runs them on the device at hand.
 //!
-//! Both formats quantize a linear layer's `[out, in]` weight along `in` in groups of
-//! [`GROUP_SIZE`], 8 bits per element, packed four to a `uint32` (MLX's layout):
+//! Every format quantizes a linear layer's `[out, in]` weight along `in` in groups, packed
+//! into `uint32` words (MLX's layout; `32 / bits` elements to a word):
 //!
-//! - `mxfp8`: each element an FP8 E4M3 number, each group sharing a power-of-two (E8M0,
-//!   `uint8`) scale. No biases.
-//! - `affine8`: each element an integer `q` in `0..=255`, each group with a float scale and
-//!   bias: `w ≈ scale · q + bias` (the seed's affine 8-bit mode).
+//! - `affine4`, `affine8`: each element an integer `q` in `0..2^bits`, each group (of 32,
+//!   64 or 128) with a float scale and bias: `w ≈ scale · q + bias` (MLX's `affine`).
+//! - `mxfp8`: each element an FP8 E4M3 number, each group of 32 sharing a power-of-two
+//!   (E8M0, `uint8`) scale. No biases.
+//! - `mxfp4`: each element an FP4 E2M1 number, each group of 32 sharing an E8M0 scale.
+//! - `nvfp4`: each element an FP4 E2M1 number, each group of 16 sharing an FP8 E4M3 scale
+//!   (stored as `uint8`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,54 +20,89 @@ use crate::ops::{QuantMode, Quantized};
 use crate::{Array, Dtype};
 use serde::{Deserialize, Serialize};
 
-/// Elements per quantization group (MXFP8 fixes it at 32; affine8 uses the same).
-pub const GROUP_SIZE: i32 = 32;
-/// Bits per quantized element.
-pub const BITS: i32 = 8;
-
-/// The 8-bit formats a linear layer can be stored in, named as `config.json`'s
+/// The formats a linear layer can be stored in, named as `config.json`'s
 /// `quantization.mode` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum QuantFormat {
-    /// FP8 E4M3 elements with a shared power-of-two scale per group.
-    Mxfp8,
+    /// 4-bit integers with a float scale and bias per group.
+    Affine4,
     /// 8-bit integers with a float scale and bias per group.
     Affine8,
+    /// FP4 E2M1 elements with a shared power-of-two scale per 32.
+    Mxfp4,
+    /// FP4 E2M1 elements with a shared FP8 E4M3 scale per 16.
+    Nvfp4,
+    /// FP8 E4M3 elements with a shared power-of-two scale per 32.
+    Mxfp8,
 }
 
 impl QuantFormat {
-    pub const ALL: [QuantFormat; 2] = [QuantFormat::Mxfp8, QuantFormat::Affine8];
+    pub const ALL: [QuantFormat; 5] = [
+        QuantFormat::Affine4,
+        QuantFormat::Affine8,
+        QuantFormat::Mxfp4,
+        QuantFormat::Nvfp4,
+        QuantFormat::Mxfp8,
+    ];
 
     /// The name on the command line and in `config.json`.
     pub fn name(self) -> &'static str {
         match self {
-            QuantFormat::Mxfp8 => "mxfp8",
+            QuantFormat::Affine4 => "affine4",
             QuantFormat::Affine8 => "affine8",
+            QuantFormat::Mxfp4 => "mxfp4",
+            QuantFormat::Nvfp4 => "nvfp4",
+            QuantFormat::Mxfp8 => "mxfp8",
         }
     }
 
     /// MLX's mode.
     pub fn mode(self) -> QuantMode {
         match self {
+            QuantFormat::Affine4 | QuantFormat::Affine8 => QuantMode::Affine,
+            QuantFormat::Mxfp4 => QuantMode::Mxfp4,
+            QuantFormat::Nvfp4 => QuantMode::Nvfp4,
             QuantFormat::Mxfp8 => QuantMode::Mxfp8,
-            QuantFormat::Affine8 => QuantMode::Affine,
         }
     }
 
-    /// Quantizes `w` (`[out, in]`, `in` a multiple of [`GROUP_SIZE`]) along its last axis.
-    /// Lazy: the packed arrays are computed when evaluated.
-    #[track_caller]
-    pub fn quantize(self, w: &Array) -> crate::Result<Quantized> {
-        Quantized::new(w, GROUP_SIZE, BITS, self.mode())
+    /// Bits per quantized element.
+    pub fn bits(self) -> i32 {
+        match self {
+            QuantFormat::Affine4 | QuantFormat::Mxfp4 | QuantFormat::Nvfp4 => 4,
+            QuantFormat::Affine8 | QuantFormat::Mxfp8 => 8,
+        }
     }
 
-    /// The dtype of the per-group scales: E8M0 bytes for mxfp8, the weights' float dtype
-    /// (`dtype`) for affine8.
-    pub fn scale_dtype(self, dtype: Dtype) -> Dtype {
+    /// The group sizes MLX quantizes the format with: affine's are a choice, the
+    /// microscaling formats fix theirs.
+    pub fn group_sizes(self) -> &'static [i32] {
         match self {
-            QuantFormat::Mxfp8 => Dtype::U8,
-            QuantFormat::Affine8 => dtype,
+            QuantFormat::Affine4 | QuantFormat::Affine8 => &[32, 64, 128],
+            QuantFormat::Mxfp4 | QuantFormat::Mxfp8 => &[32],
+            QuantFormat::Nvfp4 => &[16],
+        }
+    }
+
+    /// The group size used unless another is asked for: mlx-lm's 64 for 4-bit affine
+    /// (where the per-group scale and bias are a fifth of the bytes at 32), 32 for 8-bit
+    /// affine (the size this project's 8-bit checkpoints were first written with), and the
+    /// fixed size of the others.
+    pub fn default_group_size(self) -> i32 {
+        match self {
+            QuantFormat::Affine4 => 64,
+            other => other.group_sizes()[0],
+        }
+    }
+
+    /// The dtype of the per-group scales: bytes (E8M0 or E4M3) for the microscaling
+    /// formats, the weights' float dtype (`dtype`) for affine.
+    pub fn scale_dtype(self, dtype: Dtype) -> Dtype {
+        if self.has_biases() {
+            dtype
+        } else {
+            Dtype::U8
         }
     }
 
@@ -87,7 +125,11 @@ impl FromStr for QuantFormat {
         QuantFormat::ALL
             .into_iter()
             .find(|format| format.name() == s)
-            .ok_or_else(|| format!("unknown quantization mode `{s}` (expected mxfp8 or affine8)"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown quantization mode `{s}` (expected affine4, affine8, mxfp4, nvfp4 or mxfp8)"
+                )
+            })
     }
 }
 
@@ -105,34 +147,105 @@ impl From<QuantFormat> for String {
     }
 }
 
-/// `config.json`'s `"quantization"`: how the quantized linear layers are stored. Which
-/// layers are quantized is told by the tensors (`<layer>.weight_scale`), not here.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `config.json`'s `"quantization"`: how the quantized linear layers are stored, and what
+/// quantizing a model asks for. Which layers are quantized is told by the tensors
+/// (`<layer>.weight_scale`), not here.
+///
+/// Read from this project's record (`{"mode": "affine4", "group_size": 64, "bits": 4}`)
+/// or from MLX's and mlx-lm's (`{"group_size": 64, "bits": 4}`, optionally with `"mode":
+/// "affine"`, `"mxfp4"`, ...); written as this project's. Only combinations MLX quantizes
+/// are accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RecordedQuantization")]
 pub struct QuantConfig {
     pub mode: QuantFormat,
     pub group_size: i32,
     pub bits: i32,
 }
 
+/// `"quantization"` as either layout writes it.
+#[derive(Deserialize)]
+struct RecordedQuantization {
+    mode: Option<String>,
+    group_size: i32,
+    bits: i32,
+}
+
+impl TryFrom<RecordedQuantization> for QuantConfig {
+    type Error = String;
+
+    fn try_from(r: RecordedQuantization) -> Result<QuantConfig, String> {
+        let mode = match (r.mode.as_deref(), r.bits) {
+            // MLX names the mode, not the width.
+            (None | Some("affine"), 4) => QuantFormat::Affine4,
+            (None | Some("affine"), 8) => QuantFormat::Affine8,
+            (None | Some("affine"), bits) => {
+                return Err(format!(
+                    "quantization: affine with {bits} bits is not supported (4 or 8)"
+                ))
+            }
+            (Some(name), _) => name.parse()?,
+        };
+        let config = QuantConfig {
+            mode,
+            group_size: r.group_size,
+            bits: r.bits,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 impl QuantConfig {
+    /// `mode` with its default group size.
     pub fn new(mode: QuantFormat) -> QuantConfig {
         QuantConfig {
             mode,
-            group_size: GROUP_SIZE,
-            bits: BITS,
+            group_size: mode.default_group_size(),
+            bits: mode.bits(),
         }
     }
 
-    /// Only the group size and width this implementation writes are read back.
+    /// `mode` with groups of `group_size`, which must be one MLX quantizes the mode with.
+    pub fn with_group_size(mode: QuantFormat, group_size: i32) -> Result<QuantConfig, String> {
+        let config = QuantConfig {
+            group_size,
+            ..QuantConfig::new(mode)
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Only combinations MLX quantizes are accepted: the mode's own width and one of its
+    /// group sizes.
     pub fn validate(&self) -> Result<(), String> {
-        if (self.group_size, self.bits) != (GROUP_SIZE, BITS) {
+        let sizes = self.mode.group_sizes();
+        if self.bits != self.mode.bits() || !sizes.contains(&self.group_size) {
+            let sizes: Vec<String> = sizes.iter().map(i32::to_string).collect();
             return Err(format!(
                 "quantization: {} with group size {} and {} bits is not supported \
-                 (group size {GROUP_SIZE}, {BITS} bits)",
-                self.mode, self.group_size, self.bits
+                 (group size {}, {} bits)",
+                self.mode,
+                self.group_size,
+                self.bits,
+                sizes.join("/"),
+                self.mode.bits()
             ));
         }
         Ok(())
+    }
+
+    /// Quantizes `w` (`[out, in]`, `in` a multiple of the group size) along its last
+    /// axis. Lazy: the packed arrays are computed when evaluated.
+    #[track_caller]
+    pub fn quantize(&self, w: &Array) -> crate::Result<Quantized> {
+        Quantized::new(w, self.group_size, self.bits, self.mode.mode())
+    }
+}
+
+impl fmt::Display for QuantConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (group size {})", self.mode, self.group_size)
     }
 }
 
@@ -179,7 +292,7 @@ pub struct ProbeShape {
 /// are timed on that product and the faster one wins. MLX's CPU kernels are plain loops,
 /// 30 to 100 times slower than dequantizing and handing the product to BLAS. Costs a few
 /// products' time, once per load.
-pub fn probe(format: QuantFormat, dtype: Dtype, shape: ProbeShape) -> MatmulPath {
+pub fn probe(format: QuantConfig, dtype: Dtype, shape: ProbeShape) -> MatmulPath {
     if !kernel_available(format, dtype) {
         return MatmulPath::Dequantize;
     }
@@ -208,9 +321,10 @@ pub fn probe(format: QuantFormat, dtype: Dtype, shape: ProbeShape) -> MatmulPath
 /// default device: runs a tiny one and checks that it evaluates. A kernel MLX lacks (an
 /// FP8 mode on a GPU backend built without it, say) fails at evaluation, not when the graph
 /// is built, so running one is the only reliable test.
-pub fn kernel_available(format: QuantFormat, dtype: Dtype) -> bool {
-    let w = Array::ones(&[GROUP_SIZE, 2 * GROUP_SIZE], dtype);
-    let x = Array::ones(&[2, 2 * GROUP_SIZE], dtype);
+pub fn kernel_available(format: QuantConfig, dtype: Dtype) -> bool {
+    let group = format.group_size;
+    let w = Array::ones(&[group, 2 * group], dtype);
+    let x = Array::ones(&[2, 2 * group], dtype);
     match format
         .quantize(&w)
         .and_then(|q| crate::eval([&q.matmul(&x, true)]))
@@ -226,7 +340,7 @@ pub fn kernel_available(format: QuantFormat, dtype: Dtype) -> bool {
 /// The best of three timings of the `shape` product through `path` (after a warm-up run),
 /// or `None` if it fails. Random operands: constant ones can run faster than real data.
 fn time_product(
-    format: QuantFormat,
+    format: QuantConfig,
     dtype: Dtype,
     shape: ProbeShape,
     path: MatmulPath,
@@ -266,11 +380,23 @@ mod tests {
         }
         let err = "fp4".parse::<QuantFormat>().unwrap_err();
         assert!(err.contains("unknown quantization mode `fp4`"), "{err}");
-        let err = serde_json::from_str::<QuantConfig>(
-            r#"{"mode": "affine", "group_size": 32, "bits": 8}"#,
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("`affine`"), "{err}");
+        let err =
+            serde_json::from_str::<QuantConfig>(r#"{"mode": "int4", "group_size": 32, "bits": 4}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("`int4`"), "{err}");
+    }
+
+    #[test]
+    fn mlx_records_read_as_the_formats_they_name() {
+        let read = |json: &str| serde_json::from_str::<QuantConfig>(json);
+        let affine4 = QuantConfig::new(QuantFormat::Affine4);
+        assert_eq!(read(r#"{"group_size": 64, "bits": 4}"#).unwrap(), affine4);
+        let config = read(r#"{"mode": "affine", "group_size": 32, "bits": 8}"#).unwrap();
+        assert_eq!(config, QuantConfig::new(QuantFormat::Affine8));
+        let config = read(r#"{"mode": "mxfp4", "group_size": 32, "bits": 4}"#).unwrap();
+        assert_eq!(config, QuantConfig::new(QuantFormat::Mxfp4));
+        let err = read(r#"{"group_size": 64, "bits": 3}"#).unwrap_err();
+        assert!(err.to_string().contains("affine with 3 bits"), "{err}");
     }
 
     #[test]
@@ -280,19 +406,29 @@ mod tests {
             ..QuantConfig::new(QuantFormat::Affine8)
         };
         assert!(config.validate().unwrap_err().contains("not supported"));
-        QuantConfig::new(QuantFormat::Mxfp8).validate().unwrap();
+        for format in QuantFormat::ALL {
+            QuantConfig::new(format).validate().unwrap();
+        }
+        QuantConfig::with_group_size(QuantFormat::Affine4, 32).unwrap();
+        let err = QuantConfig::with_group_size(QuantFormat::Nvfp4, 32).unwrap_err();
+        assert!(err.contains("group size 16, 4 bits"), "{err}");
+        let err = QuantConfig::with_group_size(QuantFormat::Affine8, 48).unwrap_err();
+        assert!(err.contains("group size 32/64/128, 8 bits"), "{err}");
     }
 
     #[test]
     fn the_probe_finds_the_cpu_kernels() {
-        // MLX 0.32 has CPU kernels for both modes (mlx/backend/cpu/quantized.cpp); on a GPU
+        // MLX 0.32 has CPU kernels for every mode (mlx/backend/cpu/quantized.cpp); on a GPU
         // the answer depends on the backend, so only the CPU is pinned down here.
         if !matches!(crate::default_device(), Ok(crate::Device::Cpu)) {
             return;
         }
         for format in QuantFormat::ALL {
             for dtype in [Dtype::F32, Dtype::Bf16] {
-                assert!(kernel_available(format, dtype), "{format} {dtype}");
+                assert!(
+                    kernel_available(QuantConfig::new(format), dtype),
+                    "{format} {dtype}"
+                );
             }
         }
     }
@@ -302,12 +438,12 @@ mod tests {
         let shape = ProbeShape {
             tokens: 8,
             out: 64,
-            inp: 64,
+            inp: 128,
         };
         for format in QuantFormat::ALL {
             for path in [MatmulPath::Kernel, MatmulPath::Dequantize] {
                 assert!(
-                    time_product(format, Dtype::F32, shape, path).is_some(),
+                    time_product(QuantConfig::new(format), Dtype::F32, shape, path).is_some(),
                     "{format} {path}"
                 );
             }

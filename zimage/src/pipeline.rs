@@ -12,7 +12,7 @@ use dit::lora::{self, Applied};
 use dit::weights::{
     self as dit_weights, Builtin, LoadOptions as DitLoadOptions, Loaded, ModelSource,
 };
-use mlx::nn::QuantFormat;
+use mlx::nn::QuantConfig;
 use mlx::{Array, Dtype, Module};
 use qwen3::{weights as qwen3_weights, Qwen3Config, Qwen3Model, Tokenizer};
 use vae::{AutoencoderKL, DiagonalGaussian, Tiling, VaeConfig};
@@ -30,8 +30,8 @@ const BUILTIN_SEED: u64 = 0x21a6e;
 pub struct LoadOptions {
     /// The dtype every component computes in.
     pub dtype: Dtype,
-    /// Quantize the transformer's linear layers at load.
-    pub fp8: Option<QuantFormat>,
+    /// Quantize the linear layers of a dense transformer and text encoder at load.
+    pub quantize: Option<QuantConfig>,
     /// Keep the text encoder loaded between prompts (a server's choice); otherwise it is
     /// loaded for each encoding and dropped before denoising.
     pub keep_text_encoder: bool,
@@ -48,7 +48,7 @@ impl From<Dtype> for LoadOptions {
     fn from(dtype: Dtype) -> LoadOptions {
         LoadOptions {
             dtype,
-            fp8: None,
+            quantize: None,
             keep_text_encoder: false,
             vae_encoder: false,
             loras: Vec::new(),
@@ -90,9 +90,13 @@ enum EncoderSource {
 }
 
 impl EncoderSource {
-    /// The encoder with only the layers prompt embeddings run.
-    fn load(&self, dtype: Dtype) -> Result<Qwen3Model> {
-        let options = qwen3::LoadOptions::text_encoder(dtype);
+    /// The encoder with only the layers prompt embeddings run, quantized at load if
+    /// `quantize` says so.
+    fn load(&self, dtype: Dtype, quantize: Option<QuantConfig>) -> Result<Qwen3Model> {
+        let options = qwen3::LoadOptions {
+            quantize,
+            ..qwen3::LoadOptions::text_encoder(dtype)
+        };
         Ok(match self {
             EncoderSource::Builtin(config) => qwen3_weights::builtin(config, options)?,
             EncoderSource::Dir(dir) => qwen3_weights::load(dir, options)?,
@@ -125,6 +129,7 @@ pub struct Pipeline {
     pub scheduler: SchedulerConfig,
     text: Option<TextStack>,
     dtype: Dtype,
+    quantize: Option<QuantConfig>,
 }
 
 impl Pipeline {
@@ -138,7 +143,7 @@ impl Pipeline {
             vae::Parts::Decoder
         };
         let dit_options = DitLoadOptions {
-            fp8: options.fp8,
+            quantize: options.quantize,
             ..DitLoadOptions::from(options.dtype)
         };
         let (mut transformer, text, vae, scheduler) = match source {
@@ -204,6 +209,7 @@ impl Pipeline {
             scheduler,
             text,
             dtype: options.dtype,
+            quantize: options.quantize,
         };
         if options.keep_text_encoder {
             let encoder = pipeline
@@ -282,7 +288,7 @@ impl Pipeline {
     /// The text encoder with the layers prompt embeddings need, checked against the
     /// transformer's caption width.
     fn load_encoder(&self, source: &EncoderSource) -> Result<Qwen3Model> {
-        let encoder = source.load(self.dtype)?;
+        let encoder = source.load(self.dtype, self.quantize)?;
         check_caption_width(
             &source.name(),
             encoder.config.hidden_size,
@@ -377,7 +383,7 @@ pub fn load_text_encoder(source: &ModelSource, dtype: Dtype) -> Result<(Tokenize
             )
         }
     };
-    Ok((tokenizer, encoder.load(dtype)?))
+    Ok((tokenizer, encoder.load(dtype, None)?))
 }
 
 /// The text encoder and VAE that go with a built-in transformer: the encoder's width is

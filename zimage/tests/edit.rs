@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use dit::teacache::TeaCacheOptions;
 use dit::weights::ModelSource;
 use mlx::io::load_safetensors;
-use mlx::nn::QuantFormat;
+use mlx::nn::{QuantConfig, QuantFormat};
 use mlx::{Array, Dtype};
 use serde::Deserialize;
 use vae::Tiling;
@@ -180,13 +180,13 @@ fn lora_run(options: LoadOptions) -> (Array, Array) {
     (generation.latents, image)
 }
 
-fn with_lora(file: &str, fp8: Option<QuantFormat>) -> LoadOptions {
+fn with_lora(file: &str, quantize: Option<QuantConfig>) -> LoadOptions {
     LoadOptions {
         loras: vec![LoraSpec {
             path: edit_dir().join(file),
             scale: cases().lora_scale,
         }],
-        fp8,
+        quantize,
         ..LoadOptions::from(Dtype::F32)
     }
 }
@@ -210,10 +210,10 @@ fn lora_adapters_match_diffusers_in_both_layouts() {
 #[test]
 fn lora_beside_quantized_layers_applies_the_adapter() {
     let reference = reference("lora");
-    let fp8 = Some(QuantFormat::Mxfp8);
-    let (adapted, _) = lora_run(with_lora("lora_peft.safetensors", fp8));
+    let quantize = Some(QuantConfig::new(QuantFormat::Mxfp8));
+    let (adapted, _) = lora_run(with_lora("lora_peft.safetensors", quantize));
     let (plain, _) = lora_run(LoadOptions {
-        fp8,
+        quantize,
         ..LoadOptions::from(Dtype::F32)
     });
     let target = floats(&reference["final_latents"]);

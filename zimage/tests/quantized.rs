@@ -1,5 +1,5 @@
-//! 8-bit quantized linear layers: the error of each format against a bound derived from
-//! the format, the two matmul paths against each other, checkpoints written by
+//! Quantized linear layers: the error of each format against a bound derived from the
+//! format, the two matmul paths against each other, checkpoints and pipelines written by
 //! `dit quantize` against quantizing in memory, and the command's reports and errors.
 
 use std::collections::BTreeMap;
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use dit::weights::{self, LoadOptions, ModelSource, WEIGHTS_FILE};
 use dit::{DitConfig, ZImage};
 use mlx::io::{load_safetensors, save_safetensors};
-use mlx::nn::quant::{self, MatmulPath, QuantFormat, BITS, GROUP_SIZE};
+use mlx::nn::quant::{self, MatmulPath, QuantConfig, QuantFormat};
 use mlx::nn::{Dense, Linear, QuantizedLinear};
 use mlx::{random, Array, Dtype};
 use serde_json::Value;
@@ -84,103 +84,195 @@ fn quantize(model: &str, out: &Path, mode: &str) -> String {
 
 // === the formats' error bounds ================================================================
 
-/// affine8 as MLX quantizes it (`quantize` in mlx/backend/cpu/quantized.cpp): per group of
-/// 32, `delta = (max − min) / 255`; the endpoint of larger magnitude, `edge`, is the bias
-/// and is hit exactly: `scale = edge / rint(edge / ±delta)`, signed so that
-/// `q = clamp(rint((w − bias) / scale), 0, 255)`.
+/// affine as MLX quantizes it (`quantize` in mlx/backend/cpu/quantized.cpp), with `n =
+/// 2^bits − 1` steps: per group, `delta = (max − min) / n`; the endpoint of larger
+/// magnitude, `edge`, is the bias and is hit exactly: `scale = edge / rint(edge / ±delta)`,
+/// signed so that `q = clamp(rint((w − bias) / scale), 0, n)`.
 ///
-/// An element that rounds inside `0..=255` errs by at most `|scale| / 2`. Because `scale`
-/// is `edge / rint(edge / delta)` rather than `delta`, it can be slightly smaller than
-/// `delta` (by up to a factor `1 − 1/256`: `|edge| ≥ range / 2` makes `rint(edge / delta)`
-/// at least 128), and then `255 · |scale|` falls short of the range: the far endpoint is
-/// clamped to `q = 255` and errs by `range − 255 · |scale|`, up to ~0.8 `|scale|` in nearly
-/// symmetric groups. So the per-group bound is `max(|scale| / 2, range − 255 · |scale|)`
-/// (at most `delta`), plus float32 rounding of `(w − bias) / scale` and `scale · q + bias`:
-/// a few ulps of the group's magnitude.
+/// An element that rounds inside `0..=n` errs by at most `|scale| / 2`. Because `scale` is
+/// `edge / rint(edge / delta)` rather than `delta`, it can be slightly smaller than `delta`
+/// (`|edge| ≥ range / 2` makes `rint(edge / delta)` at least `n / 2`), and then
+/// `n · |scale|` falls short of the range: the far endpoint is clamped to `q = n` and errs
+/// by `range − n · |scale|`. So the per-group bound is `max(|scale| / 2, range − n ·
+/// |scale|)` (at most `delta`), plus float32 rounding of `(w − bias) / scale` and `scale ·
+/// q + bias`: a few ulps of the group's magnitude. Checked for both widths and every group
+/// size.
 #[test]
-fn affine8_round_trip_error_is_within_half_a_step_or_the_clamped_range() {
+fn affine_round_trip_error_is_within_half_a_step_or_the_clamped_range() {
+    for format in [QuantFormat::Affine4, QuantFormat::Affine8] {
+        for &group_size in format.group_sizes() {
+            let config = QuantConfig::with_group_size(format, group_size).unwrap();
+            affine_round_trip(config);
+        }
+    }
+}
+
+fn affine_round_trip(config: QuantConfig) {
+    let steps = ((1 << config.bits) - 1) as f32;
+    let group = config.group_size as usize;
     for (i, &(rows, cols)) in SHAPES.iter().enumerate() {
+        if cols % config.group_size != 0 {
+            continue;
+        }
         let w = weights(rows, cols, 100 + i as u64);
-        let q = QuantFormat::Affine8.quantize(&w).unwrap();
-        assert_eq!(q.weights.shape(), [rows, cols * BITS / 32]);
+        let q = config.quantize(&w).unwrap();
+        assert_eq!(q.weights.shape(), [rows, cols * config.bits / 32]);
         let back = floats(&q.dequantize(Some(Dtype::F32)));
         let scales = floats(&q.scales);
         let w = floats(&w);
         let mut clamped_groups = 0;
-        for (g, group) in w.chunks(GROUP_SIZE as usize).enumerate() {
-            let (lo, hi) = group
+        for (g, values) in w.chunks(group).enumerate() {
+            let (lo, hi) = values
                 .iter()
                 .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             let range = hi - lo;
             let step = scales[g].abs();
             let rounding = 4.0 * f32::EPSILON * (range + lo.abs().max(hi.abs()));
-            let bound = (step / 2.0).max(range - 255.0 * step) + rounding;
-            if range - 255.0 * step > step / 2.0 {
+            let bound = (step / 2.0).max(range - steps * step) + rounding;
+            if range - steps * step > step / 2.0 {
                 clamped_groups += 1;
             }
-            assert!(bound <= range / 255.0 + rounding, "bound beyond delta");
-            let start = g * GROUP_SIZE as usize;
-            for (j, &v) in group.iter().enumerate() {
+            assert!(bound <= range / steps + rounding, "bound beyond delta");
+            let start = g * group;
+            for (j, &v) in values.iter().enumerate() {
                 let err = (v - back[start + j]).abs();
                 assert!(
                     err <= bound,
-                    "[{rows}, {cols}] group {g}: |{v} - {}| = {err:e} > {bound:e} (scale {step:e}, range {range:e})",
+                    "{config} [{rows}, {cols}] group {g}: |{v} - {}| = {err:e} > {bound:e} (scale {step:e}, range {range:e})",
                     back[start + j]
                 );
             }
         }
         eprintln!(
-            "affine8 [{rows}, {cols}]: {clamped_groups} of {} groups clamp their far end",
-            w.len() / GROUP_SIZE as usize
+            "{config} [{rows}, {cols}]: {clamped_groups} of {} groups clamp their far end",
+            w.len() / group
         );
     }
 }
 
-/// mxfp8: each group of 32 shares a scale `s = 2^(e − 127)` (E8M0 byte `e`) and each element
-/// is `s` times an FP8 E4M3 number (4 exponent bits, bias 7, 3 mantissa bits, largest finite
-/// value 448, smallest normal 2^-6, subnormal spacing 2^-9).
+/// A small float format: `mantissa` bits, the largest finite value, and the spacing of
+/// its subnormals.
+struct Minifloat {
+    mantissa: i32,
+    max: f32,
+    subnormal_spacing: f32,
+}
+
+/// FP8 E4M3 (4 exponent bits, bias 7): largest 448, smallest normal 2^-6.
+const E4M3: Minifloat = Minifloat {
+    mantissa: 3,
+    max: 448.0,
+    subnormal_spacing: 1.0 / 512.0,
+};
+/// FP4 E2M1 (2 exponent bits, bias 1): 0, 0.5, 1, 1.5, 2, 3, 4, 6.
+const E2M1: Minifloat = Minifloat {
+    mantissa: 1,
+    max: 6.0,
+    subnormal_spacing: 0.5,
+};
+
+/// An E4M3 byte's value (nvfp4's scales).
+fn e4m3(byte: u8) -> f32 {
+    let sign = if byte & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exponent = i32::from((byte >> 3) & 0xf);
+    let mantissa = f32::from(byte & 0x7);
+    sign * match exponent {
+        0 => mantissa / 8.0 * 2f32.powi(-6),
+        e => (1.0 + mantissa / 8.0) * 2f32.powi(e - 7),
+    }
+}
+
+/// The microscaling formats: each group shares a scale `s` (a power of two `2^(e − 127)`
+/// from an E8M0 byte for mxfp4 and mxfp8, an E4M3 number for nvfp4), and each element is
+/// `s` times an element-format number.
 ///
-/// - MLX picks `s` so the group's largest magnitude fits: `max|w| / s ≤ 448` (nothing
-///   saturates).
-/// - Rounding `y = w / s` to nearest E4M3: a normal `|y|` in `[2^k, 2^(k+1))` has spacing
-///   `2^(k−3)`, so errs by at most `2^(k−4) ≤ 2^-4 · |y|`; a subnormal errs by at most half
-///   the subnormal spacing, `2^-10`.
-/// - `w / s` and `s · fp8` are exact in float32 (`s` is a power of two), so, per element,
-///   `|w − ŵ| ≤ max(2^-4 · |w|, 2^-10 · s)` with no further slack.
+/// - Rounding `y = w / s` to the nearest element-format number: a normal `|y|` in `[2^k,
+///   2^(k+1))` has spacing `2^(k − m)` (`m` mantissa bits), so errs by at most `2^-(m+1) ·
+///   |y|`; a subnormal errs by at most half the subnormal spacing.
+/// - A `|y|` past the format's largest value saturates to it, erring by the excess. MLX
+///   picks E8M0 scales so nothing saturates; an E4M3 scale is `max|w| / 6` rounded to
+///   nearest, so saturation is at most its rounding: `2^-4` relative, or half the E4M3
+///   subnormal spacing (2^-10) for groups whose `max|w| / 6` is below 2^-6. Without the
+///   per-tensor global scale MLX's nvfp4 can take (not used here), a group with `max|w|
+///   < 6 · 2^-10` gets a zero scale: it is flushed to zero, which the bound covers as
+///   saturation.
+/// - With a power-of-two `s`, `w / s` and `s · y` are exact in float32; an E4M3 `s` adds
+///   two float32 roundings.
 #[test]
-fn mxfp8_round_trip_error_is_within_e4m3_rounding_of_the_group_scale() {
-    for (i, &(rows, cols)) in SHAPES.iter().enumerate() {
-        let w = weights(rows, cols, 200 + i as u64);
-        let q = QuantFormat::Mxfp8.quantize(&w).unwrap();
-        assert_eq!(q.weights.shape(), [rows, cols * BITS / 32]);
-        assert_eq!(q.scales.dtype(), Dtype::U8);
-        assert!(q.biases.is_none());
-        let back = floats(&q.dequantize(Some(Dtype::F32)));
-        let exponents = q.scales.to_vec::<u8>().unwrap();
-        let w = floats(&w);
-        let mut worst_relative = 0f32;
-        for (g, group) in w.chunks(GROUP_SIZE as usize).enumerate() {
-            let s = 2f32.powi(i32::from(exponents[g]) - 127);
-            let amax = group.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert!(
-                amax <= 448.0 * s,
-                "group {g}: max {amax} saturates scale {s}"
-            );
-            let start = g * GROUP_SIZE as usize;
-            for (j, &v) in group.iter().enumerate() {
-                let err = (v - back[start + j]).abs();
-                let bound = (v.abs() / 16.0).max(s / 1024.0);
+fn microscaled_round_trip_error_is_within_rounding_of_the_group_scale() {
+    for format in [QuantFormat::Mxfp8, QuantFormat::Mxfp4, QuantFormat::Nvfp4] {
+        let config = QuantConfig::new(format);
+        let (element, power_of_two) = match format {
+            QuantFormat::Mxfp8 => (E4M3, true),
+            QuantFormat::Mxfp4 => (E2M1, true),
+            _ => (E2M1, false),
+        };
+        let group = config.group_size as usize;
+        for (i, &(rows, cols)) in SHAPES.iter().enumerate() {
+            let w = weights(rows, cols, 200 + i as u64);
+            let q = config.quantize(&w).unwrap();
+            assert_eq!(q.weights.shape(), [rows, cols * config.bits / 32]);
+            assert_eq!(q.scales.dtype(), Dtype::U8);
+            assert!(q.biases.is_none());
+            let back = floats(&q.dequantize(Some(Dtype::F32)));
+            let scales: Vec<f32> = q
+                .scales
+                .to_vec::<u8>()
+                .unwrap()
+                .into_iter()
+                .map(|b| {
+                    if power_of_two {
+                        2f32.powi(i32::from(b) - 127)
+                    } else {
+                        e4m3(b)
+                    }
+                })
+                .collect();
+            let w = floats(&w);
+            let relative = 2f32.powi(-(element.mantissa + 1));
+            let (mut worst, mut saturated) = (0f32, 0);
+            for (g, values) in w.chunks(group).enumerate() {
+                let s = scales[g];
+                let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+                // E4M3 rounds `amax / 6` to within 2^-4 of it, or within half its
+                // subnormal spacing below 2^-6 (to zero below 2^-10: the group is
+                // flushed).
+                let reach = if power_of_two {
+                    s
+                } else {
+                    (s * (1.0 + 1.0 / 16.0)).max(s + E4M3.subnormal_spacing / 2.0)
+                };
                 assert!(
-                    err <= bound,
-                    "[{rows}, {cols}] group {g}: |{v} - {}| = {err:e} > {bound:e} (scale {s:e})",
-                    back[start + j]
+                    amax <= element.max * reach * (1.0 + f32::EPSILON),
+                    "{format} group {g}: max {amax} saturates scale {s}"
                 );
-                if v.abs() >= s / 64.0 {
-                    worst_relative = worst_relative.max(err / v.abs());
+                let start = g * group;
+                for (j, &v) in values.iter().enumerate() {
+                    let err = (v - back[start + j]).abs();
+                    let excess = (v.abs() - element.max * s).max(0.0);
+                    saturated += usize::from(excess > 0.0);
+                    let float32 = if power_of_two {
+                        0.0
+                    } else {
+                        2.0 * f32::EPSILON * v.abs()
+                    };
+                    let bound = (relative * v.abs()).max(element.subnormal_spacing / 2.0 * s)
+                        + excess
+                        + float32;
+                    assert!(
+                        err <= bound,
+                        "{format} [{rows}, {cols}] group {g}: |{v} - {}| = {err:e} > {bound:e} (scale {s:e})",
+                        back[start + j]
+                    );
+                    if v.abs() >= s {
+                        worst = worst.max(err / v.abs());
+                    }
                 }
             }
+            eprintln!(
+                "{format} [{rows}, {cols}]: worst relative error of elements ≥ the scale {worst:.4}, {saturated} saturated"
+            );
         }
-        eprintln!("mxfp8 [{rows}, {cols}]: worst relative error of normals {worst_relative:.4}");
     }
 }
 
@@ -193,12 +285,15 @@ fn mxfp8_round_trip_error_is_within_e4m3_rounding_of_the_group_scale() {
 /// bias), so they agree within twice that, per output.
 #[test]
 fn quantized_matmul_and_dequantize_paths_agree_per_layer() {
-    for format in QuantFormat::ALL {
+    for format in QuantFormat::ALL.map(QuantConfig::new) {
         if !quant::kernel_available(format, Dtype::F32) {
             eprintln!("no {format} kernel on this device: nothing to compare");
             continue;
         }
         for (i, &(out, inp)) in SHAPES.iter().enumerate() {
+            if inp % format.group_size != 0 {
+                continue;
+            }
             let dense = Dense {
                 weight: weights(out, inp, 300 + i as u64),
                 bias: Some(random::normal(&[out], Dtype::F32, &random::key(7))),
@@ -231,13 +326,13 @@ fn quantized_matmul_and_dequantize_paths_agree_per_layer() {
 /// per-layer differences above compound, but stay at float32 noise.
 #[test]
 fn quantized_matmul_and_dequantize_paths_agree_through_the_model() {
-    for format in QuantFormat::ALL {
+    for format in QuantFormat::ALL.map(QuantConfig::new) {
         if !quant::kernel_available(format, Dtype::F32) {
             continue;
         }
         let run = |matmul| {
             tiny_forward(LoadOptions {
-                fp8: Some(format),
+                quantize: Some(format),
                 matmul: Some(matmul),
                 ..LoadOptions::from(Dtype::F32)
             })
@@ -248,26 +343,34 @@ fn quantized_matmul_and_dequantize_paths_agree_through_the_model() {
     }
 }
 
-/// Quantization changes the output by what 8-bit weights should: clearly more than float
-/// noise, far less than the output itself. And affine8 errs less than mxfp8 on these
-/// normal weights: its step is a group's range / 255 (~amax / 100 for 32 normal samples),
-/// while E4M3 rounds a typical element (~amax / 2.5) to 3 mantissa bits, up to 2^-4 of it
-/// (~amax / 40).
+/// Quantization changes the output by what its width should: clearly more than float
+/// noise, far less than the output itself, and the 4-bit formats clearly more than the
+/// 8-bit ones (a step 16 times coarser). affine8 errs less than mxfp8 on these normal
+/// weights: its step is a group's range / 255 (~amax / 100 for 32 normal samples), while
+/// E4M3 rounds a typical element (~amax / 2.5) to 3 mantissa bits, up to 2^-4 of it
+/// (~amax / 40); likewise affine4 (range / 15) errs less than mxfp4 (1 mantissa bit, and
+/// a power-of-two scale that leaves up to half the range unused).
 #[test]
 fn quantized_models_stay_close_to_the_dense_one() {
     let dense = tiny_forward(LoadOptions::from(Dtype::F32));
     let error = |format| {
         let quantized = tiny_forward(LoadOptions {
-            fp8: Some(format),
+            quantize: Some(QuantConfig::new(format)),
             ..LoadOptions::from(Dtype::F32)
         });
         let err = relative_error(&quantized, &dense);
         eprintln!("{format}: relative error against float32 {err:.2e}");
-        assert!(err > 1e-4 && err < 0.25, "{format}: relative error {err}");
+        assert!(err > 1e-4 && err < 0.5, "{format}: relative error {err}");
         err
     };
     let (mxfp8, affine8) = (error(QuantFormat::Mxfp8), error(QuantFormat::Affine8));
     assert!(affine8 < mxfp8, "affine8 {affine8} vs mxfp8 {mxfp8}");
+    let (mxfp4, affine4) = (error(QuantFormat::Mxfp4), error(QuantFormat::Affine4));
+    assert!(affine4 < mxfp4, "affine4 {affine4} vs mxfp4 {mxfp4}");
+    let nvfp4 = error(QuantFormat::Nvfp4);
+    for four in [mxfp4, affine4, nvfp4] {
+        assert!(four > 2.0 * mxfp8.max(affine8), "4-bit {four} vs 8-bit");
+    }
 }
 
 // === checkpoints ==============================================================================
@@ -297,7 +400,13 @@ fn a_quantized_checkpoint_runs_exactly_like_in_memory_quantization() {
             forward_out(out)
         };
         let a = forward(path(&model), &from_file, &[]);
-        let b = forward("tiny", &in_memory, &["--fp8", mode]);
+        // `--fp8` is `--quantize`'s older name.
+        let flag = if format == QuantFormat::Mxfp8 {
+            "--fp8"
+        } else {
+            "--quantize"
+        };
+        let b = forward("tiny", &in_memory, &[flag, mode]);
         assert!(
             a == b,
             "{mode}: relative difference {:e}",
@@ -331,28 +440,31 @@ fn quantize_writes_the_documented_layout() {
         let config: Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
                 .unwrap();
+        let expected = QuantConfig::new(format);
         assert_eq!(
             config["quantization"],
-            serde_json::json!({"mode": format.name(), "group_size": 32, "bits": 8})
+            serde_json::json!({
+                "mode": format.name(),
+                "group_size": expected.group_size,
+                "bits": format.bits()
+            })
         );
         let tensors = load_safetensors(out.join(WEIGHTS_FILE)).unwrap().tensors;
         let get = |name: &str| tensors.get(name).unwrap_or_else(|| panic!("no {name}"));
+        // to_q is [64, 64]: 64 · bits / 32 words and 64 / group size scales per row.
         let q = "layers.1.attention.to_q";
         assert_eq!(get(&format!("{q}.weight")).dtype(), Dtype::U32);
-        assert_eq!(get(&format!("{q}.weight")).shape(), [64, 16]);
+        assert_eq!(get(&format!("{q}.weight")).shape(), [64, 2 * format.bits()]);
         let scale = get(&format!("{q}.weight_scale"));
-        assert_eq!(scale.shape(), [64, 2]);
+        assert_eq!(scale.shape(), [64, 64 / expected.group_size]);
         let modulation = "layers.0.adaLN_modulation.0";
         assert_eq!(get(&format!("{modulation}.bias")).dtype(), Dtype::Bf16);
-        match format {
-            QuantFormat::Mxfp8 => {
-                assert_eq!(scale.dtype(), Dtype::U8);
-                assert!(!tensors.keys().any(|k| k.ends_with(".weight_qbias")));
-            }
-            QuantFormat::Affine8 => {
-                assert_eq!(scale.dtype(), Dtype::Bf16);
-                assert_eq!(get(&format!("{q}.weight_qbias")).dtype(), Dtype::Bf16);
-            }
+        if format.has_biases() {
+            assert_eq!(scale.dtype(), Dtype::Bf16);
+            assert_eq!(get(&format!("{q}.weight_qbias")).dtype(), Dtype::Bf16);
+        } else {
+            assert_eq!(scale.dtype(), Dtype::U8);
+            assert!(!tensors.keys().any(|k| k.ends_with(".weight_qbias")));
         }
         for dense in [
             "all_final_layer.2-1.linear.weight",
@@ -371,14 +483,14 @@ fn quantize_writes_the_documented_layout() {
     }
 }
 
-/// The linear layers of the tiny model quantization takes: every one but the final
-/// projection and the feed-forwards' `w2` (170 input features).
-fn tiny_quantized_shapes() -> Vec<(usize, usize)> {
+/// The linear layers of the tiny model quantization with `config` takes: every one but
+/// the final projection and the feed-forwards' `w2` (170 input features).
+fn tiny_quantized_shapes(config: &QuantConfig) -> Vec<(usize, usize)> {
     let mut model = ZImage::zeros(&DitConfig::tiny(), Dtype::F32);
     model
         .linears_mut()
         .into_iter()
-        .filter(|(path, linear)| ZImage::keeps_dense(path, linear).is_none())
+        .filter(|(path, linear)| ZImage::keeps_dense(path, linear, config).is_none())
         .map(|(_, linear)| {
             let (out, inp) = linear.features();
             (out as usize, inp as usize)
@@ -398,9 +510,10 @@ fn info_reports_the_mode_counts_and_bytes() {
     let dense_bytes = dense["weights_bytes"].as_u64().unwrap();
     assert_eq!(dense["quantization"]["dense_bytes"], dense_bytes);
 
-    let shapes = tiny_quantized_shapes();
-    assert_eq!(shapes.len(), 32);
     for format in QuantFormat::ALL {
+        let config = QuantConfig::new(format);
+        let shapes = tiny_quantized_shapes(&config);
+        assert_eq!(shapes.len(), 32);
         let model = dir.path().join(format.name());
         quantize("tiny", &model, format.name());
         let info: Value =
@@ -408,14 +521,17 @@ fn info_reports_the_mode_counts_and_bytes() {
                 .unwrap();
         let q = &info["quantization"];
         assert_eq!(q["mode"], format.name());
-        assert_eq!((&q["group_size"], &q["bits"]), (&32.into(), &8.into()));
+        assert_eq!(
+            (&q["group_size"], &q["bits"]),
+            (&config.group_size.into(), &config.bits.into())
+        );
         assert_eq!(
             (&q["quantized_layers"], &q["dense_layers"]),
             (&32.into(), &5.into())
         );
         assert_eq!(
             q["matmul"],
-            quant::probe(format, Dtype::F32, weights::probe_shape(&DitConfig::tiny())).name()
+            quant::probe(config, Dtype::F32, weights::probe_shape(&DitConfig::tiny())).name()
         );
         assert_eq!(
             q["dense_bytes"], dense_bytes,
@@ -423,15 +539,18 @@ fn info_reports_the_mode_counts_and_bytes() {
         );
         assert_eq!(info["parameters"], dense["parameters"]);
 
-        // Per quantized float32 element: 4 bytes dense; 1 byte packed plus, per group of
-        // 32, one E8M0 byte (mxfp8) or a float32 scale and bias (affine8).
-        let per_group_extra = match format {
-            QuantFormat::Mxfp8 => 1,
-            QuantFormat::Affine8 => 8,
-        };
+        // Per quantized float32 element: 4 bytes dense; bits / 8 bytes packed plus, per
+        // group, one byte scale (the microscaling formats) or a float32 scale and bias
+        // (affine).
+        let per_group_extra = if format.has_biases() { 8 } else { 1 };
+        let group = config.group_size as usize;
         let saved: usize = shapes
             .iter()
-            .map(|&(out, inp)| out * inp * 3 - out * inp / 32 * per_group_extra)
+            .map(|&(out, inp)| {
+                out * inp * 4
+                    - out * inp * config.bits as usize / 8
+                    - out * inp / group * per_group_extra
+            })
             .sum();
         let weights_bytes = q["weights_bytes"].as_u64().unwrap();
         assert_eq!(weights_bytes, dense_bytes - saved as u64, "{format}");
@@ -596,4 +715,129 @@ fn quantized_layers_load_whatever_the_matmul_path() {
         assert_eq!(q.matmul, matmul);
         assert!(matches!(loaded.model.final_layer.linear, Linear::Dense(_)));
     }
+}
+
+// === pipelines ================================================================================
+
+/// `dit generate --model <model> ...`'s final latents, with `extra` flags.
+fn generated_latents(model: &Path, out: &Path, extra: &[&str]) -> Vec<f32> {
+    let mut args = vec!["generate", "--model", path(model), "--prompt", "a red fox"];
+    args.extend(["--steps", "2", "--width", "128", "--height", "128"]);
+    args.extend(["--save-latents", path(out)]);
+    args.extend(extra);
+    succeed(&args);
+    floats(&load_safetensors(out).unwrap().tensors["latents"])
+}
+
+fn read_json(file: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
+}
+
+/// `dit quantize` on a pipeline folder quantizes the transformer and the text encoder,
+/// copies the rest, and the written pipeline samples exactly what quantizing the dense one
+/// at load samples (the same op on the same float32 weights, stored losslessly). Written
+/// in MLX's layout instead (`scales`, `biases`, `{"group_size", "bits"}`), it loads and
+/// samples the same again.
+#[test]
+fn a_quantized_pipeline_samples_exactly_like_in_memory_quantization() {
+    let dir = tempfile::tempdir().unwrap();
+    let dense = dir.path().join("dense");
+    succeed(&["init", "--model", "tiny", "--out", path(&dense)]);
+    let quantized = dir.path().join("affine4");
+    let stdout = quantize(path(&dense), &quantized, "affine4");
+    assert!(stdout.contains("text encoder"), "{stdout}");
+    for component in ["vae", "tokenizer", "scheduler"] {
+        assert!(quantized.join(component).is_dir(), "no {component}/");
+    }
+    let vae = |root: &Path| std::fs::read(root.join("vae").join(WEIGHTS_FILE)).unwrap();
+    assert!(vae(&quantized) == vae(&dense), "the VAE is copied as it is");
+    let encoder = read_json(&quantized.join("text_encoder/config.json"));
+    assert_eq!(
+        encoder["quantization"],
+        serde_json::json!({"mode": "affine4", "group_size": 64, "bits": 4})
+    );
+
+    let from_file = generated_latents(&quantized, &dir.path().join("a.safetensors"), &[]);
+    let in_memory = generated_latents(
+        &dense,
+        &dir.path().join("b.safetensors"),
+        &["--quantize", "affine4"],
+    );
+    assert!(
+        from_file == in_memory,
+        "{:e}",
+        relative_error(&from_file, &in_memory)
+    );
+    let dense_latents = generated_latents(&dense, &dir.path().join("c.safetensors"), &[]);
+    assert!(from_file != dense_latents, "quantization changed nothing");
+
+    let info = succeed(&["info", "--model", path(&quantized), "--json"]);
+    let info: Value = serde_json::from_str(info.trim()).unwrap();
+    let encoder = &info["components"]["text_encoder"]["quantization"];
+    // The text encoder runs one of its two layers: seven linear layers, all quantized.
+    assert_eq!(encoder["mode"], "affine4");
+    assert_eq!(
+        (&encoder["quantized_layers"], &encoder["dense_layers"]),
+        (&7.into(), &0.into())
+    );
+    assert_eq!(info["components"]["vae"]["quantization"]["mode"], "none");
+
+    to_mlx_layout(&quantized.join("transformer"), WEIGHTS_FILE);
+    to_mlx_layout(&quantized.join("text_encoder"), "model.safetensors");
+    let mlx_layout = generated_latents(&quantized, &dir.path().join("d.safetensors"), &[]);
+    assert!(
+        mlx_layout == from_file,
+        "{:e}",
+        relative_error(&mlx_layout, &from_file)
+    );
+}
+
+/// Rewrites a quantized checkpoint in MLX's layout: `<layer>.scales` and `<layer>.biases`,
+/// and mlx-lm's `"quantization": {"group_size", "bits"}` without a mode.
+fn to_mlx_layout(dir: &Path, file: &str) {
+    let tensors = load_safetensors(dir.join(file)).unwrap().tensors;
+    let renamed: Vec<(String, Array)> = tensors
+        .into_iter()
+        .map(|(name, array)| {
+            let name = name
+                .replace(".weight_scale", ".scales")
+                .replace(".weight_qbias", ".biases");
+            (name, array)
+        })
+        .collect();
+    let renamed_names = renamed.iter().map(|(n, a)| (n, a));
+    save_safetensors(dir.join(file), renamed_names, &BTreeMap::new()).unwrap();
+    let mut config = read_json(&dir.join("config.json"));
+    let q = config["quantization"].clone();
+    config["quantization"] = serde_json::json!({"group_size": q["group_size"], "bits": q["bits"]});
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+/// mlx-lm quantizes the embedding table with the linear layers: the text encoder
+/// dequantizes it at load, to exactly the table MLX's dequantization gives.
+#[test]
+fn a_quantized_embedding_table_is_dequantized_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let dense = dir.path().join("dense");
+    succeed(&["init", "--model", "tiny", "--out", path(&dense)]);
+    let quantized = dir.path().join("q");
+    quantize(path(&dense), &quantized, "affine4");
+    let encoder = quantized.join("text_encoder");
+    to_mlx_layout(&encoder, "model.safetensors");
+    let file = encoder.join("model.safetensors");
+    let mut tensors = load_safetensors(&file).unwrap().tensors;
+    let table = tensors.remove("embed_tokens.weight").unwrap();
+    let q = QuantConfig::new(QuantFormat::Affine4)
+        .quantize(&table)
+        .unwrap();
+    let expected = floats(&q.dequantize(Some(Dtype::F32)));
+    tensors.insert("embed_tokens.weight".into(), q.weights);
+    tensors.insert("embed_tokens.scales".into(), q.scales);
+    tensors.insert("embed_tokens.biases".into(), q.biases.unwrap());
+    let owned: Vec<(String, Array)> = tensors.into_iter().collect();
+    save_safetensors(&file, owned.iter().map(|(n, a)| (n, a)), &BTreeMap::new()).unwrap();
+
+    let model = qwen3::weights::load(&encoder, Dtype::F32).unwrap();
+    assert_eq!(floats(&model.embed_tokens.weight), expected);
+    assert!(matches!(model.layers[0].mlp.up_proj, Linear::Quantized(_)));
 }

@@ -20,8 +20,12 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
+        Server::start_model("tiny", extra)
+    }
+
+    fn start_model(model: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dit"))
-            .args(["serve", "--model", "tiny", "--port", "0"])
+            .args(["serve", "--model", model, "--port", "0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -201,24 +205,67 @@ async fn a_generation_is_a_png_of_the_asked_size_and_a_seed_repeats_it() {
     assert_ne!(decode_png(&batch[0].0).2, pixels);
 
     // The picture is the one `dit generate` draws with the same parameters.
+    let size = ["--width", "64", "--height", "48"];
+    let rest = ["--prompt", "a red fox", "--steps", "2", "--seed", "5"];
+    assert_eq!(generated_pixels(&[&size[..], &rest].concat()), pixels);
+}
+
+/// `dit generate`'s picture (RGB pixels) for the same parameters as `serve` was given.
+fn generated_pixels(args: &[&str]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("fox.png");
-    let status = Command::new(env!("CARGO_BIN_EXE_dit"))
-        .args([
-            "generate",
-            "--prompt",
-            "a red fox",
-            "--width",
-            "64",
-            "--height",
-            "48",
-        ])
-        .args(["--steps", "2", "--seed", "5", "--out"])
+    let out = dir.path().join("picture.png");
+    let output = Command::new(env!("CARGO_BIN_EXE_dit"))
+        .arg("generate")
+        .args(args)
+        .arg("--out")
         .arg(&out)
         .output()
         .unwrap();
-    assert!(status.status.success(), "{status:?}");
-    assert_eq!(decode_png(&std::fs::read(&out).unwrap()).2, pixels);
+    assert!(output.status.success(), "{output:?}");
+    decode_png(&std::fs::read(&out).unwrap()).2
+}
+
+#[tokio::test]
+async fn a_folder_with_a_lora_serves_what_generate_draws() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let folder = fixtures.join("pipeline");
+    let adapter = format!(
+        "{}:0.7",
+        fixtures.join("edit/lora_peft.safetensors").display()
+    );
+    let folder = folder.to_str().unwrap();
+    let server = Server::start_model(folder, &["--lora", &adapter]);
+    let client = reqwest::Client::new();
+    let body = json!({"prompt": "a red fox", "size": "32x32", "steps": 2, "seed": 3});
+    let answer: Value = server.generate(&client, body).await.json().await.unwrap();
+    let served = decode_png(&pictures(&answer)[0].0).2;
+    let args = [
+        "--model",
+        folder,
+        "--prompt",
+        "a red fox",
+        "--width",
+        "32",
+        "--height",
+        "32",
+    ];
+    let seed = ["--steps", "2", "--seed", "3"];
+    let with_lora = generated_pixels(&[&args[..], &seed, &["--lora", &adapter]].concat());
+    assert_eq!(served, with_lora);
+    assert_ne!(served, generated_pixels(&[&args[..], &seed].concat()));
+
+    // The folder's name is the model's id; its description lists the adapter.
+    let model: Value = client
+        .get(server.url("/v1/models/pipeline"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(model["id"], "pipeline");
+    assert_eq!(model["loras"][0]["scale"], 0.7f32 as f64);
+    assert!(model["loras"][0]["layers"].as_u64().unwrap() > 0);
 }
 
 #[tokio::test]

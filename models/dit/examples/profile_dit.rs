@@ -17,7 +17,7 @@ use dit::model::ZImage;
 use dit::sequence::fit_captions;
 use dit::DitConfig;
 use mlx::fast::{self, Mask};
-use mlx::nn::{Dense, Linear, MatmulPath, QuantFormat, QuantizedLinear};
+use mlx::nn::{Dense, Linear, MatmulPath, QuantConfig, QuantFormat, QuantizedLinear};
 use mlx::{memory, random, Array, Device, Dtype, Module};
 
 /// Median milliseconds of `runs` evaluations of `f` after two warm-ups, and the peak
@@ -250,7 +250,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     for format in QuantFormat::ALL {
         for path in [MatmulPath::Kernel, MatmulPath::Dequantize] {
-            let layer = Linear::Quantized(QuantizedLinear::from_dense(&source, format, path)?);
+            let layer = Linear::Quantized(QuantizedLinear::from_dense(
+                &source,
+                QuantConfig::new(format),
+                path,
+            )?);
             mlx::eval(layer.parameters().into_iter().map(|(_, a)| a))?;
             match time(runs, &|| vec![layer.forward(&attn_in)]) {
                 Ok(timing) => row(&format!("  the same, {format} by {path}"), timing),

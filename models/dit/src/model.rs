@@ -7,8 +7,8 @@
 use mlx::{Array, Dtype, Module};
 
 use crate::config::{DitConfig, T_EMBED_MID, T_FREQ_DIM};
-use mlx::nn::quant::GROUP_SIZE;
-use mlx::nn::Linear;
+use mlx::nn::quantize::unquantizable;
+use mlx::nn::{Linear, QuantConfig};
 
 use crate::layers::{Block, CaptionEmbedder, FinalLayer, Shapes, TimestepEmbedder};
 use crate::sequence::{fit_captions, patchify, unpatchify, Layout, Sequence};
@@ -117,18 +117,13 @@ impl ZImage {
     /// seed did: its error lands unfiltered in the predicted velocity, and it is tiny.
     pub const OUTPUT_PROJECTION: &'static str = "all_final_layer.2-1.linear";
 
-    /// Why quantization leaves the linear layer at `path` dense, or `None` if it
-    /// quantizes it.
-    pub fn keeps_dense(path: &str, linear: &Linear) -> Option<String> {
-        let (_, inp) = linear.features();
+    /// Why quantization with `config` leaves the linear layer at `path` dense, or `None`
+    /// if it quantizes it.
+    pub fn keeps_dense(path: &str, linear: &Linear, config: &QuantConfig) -> Option<String> {
         if path == Self::OUTPUT_PROJECTION {
             Some("the final projection to patch pixels".into())
-        } else if inp % GROUP_SIZE != 0 {
-            Some(format!(
-                "{inp} input features are not a multiple of the group size {GROUP_SIZE}"
-            ))
         } else {
-            None
+            unquantizable(linear, config)
         }
     }
 

@@ -1,9 +1,10 @@
 //! Where a model's weights come from: a diffusers-layout directory (`config.json` and one
 //! or many `*.safetensors`, sharded ones with `*.safetensors.index.json`) or a built-in
 //! model with deterministic random weights; and writing a model back in that layout. Linear
-//! layers may be stored quantized (`dit quantize`) or quantized at load (`--fp8`).
+//! layers may be stored quantized (by `dit quantize`, or in MLX's own layout: see
+//! [`mlx::nn::quantize::from_mlx_names`]) or quantized at load.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -16,8 +17,10 @@ use crate::layers::timestep_frequencies;
 use crate::model::ZImage;
 use crate::teacache::{Coefficients, COEFFICIENTS_FILE};
 use crate::{DitError, Result};
-use mlx::nn::quant::{self, MatmulPath, ProbeShape, QuantConfig, QuantFormat, GROUP_SIZE};
-use mlx::nn::{Linear, QuantizedLinear};
+use mlx::nn::quant::{self, MatmulPath, ProbeShape, QuantConfig};
+use mlx::nn::quantize::{self, quantized_templates, stored_scales, SCALE_SUFFIX};
+use mlx::nn::Linear;
+pub use mlx::nn::QuantReport;
 
 /// The file diffusers writes an unsharded transformer to.
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
@@ -100,8 +103,8 @@ pub fn teacache_coefficients(source: &ModelSource) -> Result<Option<Coefficients
 pub struct LoadOptions {
     /// The dtype the model computes in.
     pub dtype: Dtype,
-    /// Quantize a dense checkpoint's linear layers in memory (`--fp8`).
-    pub fp8: Option<QuantFormat>,
+    /// Quantize a dense checkpoint's linear layers in memory.
+    pub quantize: Option<QuantConfig>,
     /// The matmul of quantized layers; `None` probes the device once (see
     /// [`quant::probe`]). Tests force one path or the other.
     pub matmul: Option<MatmulPath>,
@@ -111,7 +114,7 @@ impl From<Dtype> for LoadOptions {
     fn from(dtype: Dtype) -> LoadOptions {
         LoadOptions {
             dtype,
-            fp8: None,
+            quantize: None,
             matmul: None,
         }
     }
@@ -128,54 +131,9 @@ pub struct Loaded {
     pub quantization: QuantReport,
 }
 
-/// What a loaded model's linear layers are (their format is `config.quantization`):
-/// `dit info` and `dit quantize` report it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QuantReport {
-    /// How the quantized layers multiply; `None` for a dense model.
-    pub matmul: Option<MatmulPath>,
-    /// Quantized linear layers.
-    pub quantized: usize,
-    /// The linear layers left dense (all of them in a dense model), each with the reason.
-    pub dense: Vec<(String, String)>,
-    /// Bytes of the weights were every linear layer dense in the compute dtype.
-    pub dense_bytes: usize,
-    /// The model's parameters (a quantized weight counts its float elements, not the
-    /// packed words).
-    pub parameters: usize,
-}
-
-impl QuantReport {
-    fn of(model: &mut ZImage, matmul: Option<MatmulPath>) -> QuantReport {
-        let mut report = QuantReport {
-            matmul,
-            quantized: 0,
-            dense: Vec::new(),
-            dense_bytes: model.nbytes(),
-            parameters: model.num_parameters(),
-        };
-        for (path, linear) in model.linears_mut() {
-            match &*linear {
-                Linear::Quantized(q) => {
-                    let dense = linear.dense_parameters();
-                    report.quantized += 1;
-                    report.parameters = report.parameters + dense - q.num_parameters();
-                    report.dense_bytes = report.dense_bytes + dense * q.dtype.size() - q.nbytes();
-                }
-                Linear::Dense(_) => {
-                    let reason =
-                        ZImage::keeps_dense(&path, linear).unwrap_or_else(|| "stored dense".into());
-                    report.dense.push((path, reason));
-                }
-            }
-        }
-        report
-    }
-}
-
 /// Loads a model, its weights evaluated (a checkpoint in the compute dtype stays
-/// memory-mapped, others are converted once). A checkpoint written by `dit quantize` is
-/// recognized by its `config.json`; `options.fp8` quantizes a dense one in memory.
+/// memory-mapped, others are converted once). A quantized checkpoint is recognized by
+/// its `config.json`; `options.quantize` quantizes a dense one in memory.
 pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Loaded> {
     let options = options.into();
     let (config, checkpoint) = match source {
@@ -186,6 +144,7 @@ pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Loa
         }
         ModelSource::Dir(dir) => read_dir(dir)?,
     };
+    let checkpoint = quantize::from_mlx_names(checkpoint);
     let mut stored_dtypes = BTreeMap::new();
     let mut stored_bytes = 0;
     for (_, array) in checkpoint.iter() {
@@ -193,12 +152,13 @@ pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Loa
         stored_bytes += array.nbytes();
     }
     let stored = stored_format(source, &config, &checkpoint)?;
-    if let (Some(stored), Some(_)) = (stored, options.fp8) {
+    if let (Some(stored), Some(_)) = (stored, options.quantize) {
         return Err(DitError::Input(format!(
-            "{source} is already quantized ({stored}): quantization applies to dense checkpoints"
+            "{source} is already quantized ({}): quantization applies to dense checkpoints",
+            stored.mode
         )));
     }
-    let matmul = stored.or(options.fp8).map(|format| {
+    let matmul = stored.or(options.quantize).map(|format| {
         options
             .matmul
             .unwrap_or_else(|| quant::probe(format, options.dtype, probe_shape(&config)))
@@ -212,12 +172,13 @@ pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Loa
         model: source.to_string(),
         report: Box::new(report),
     })?;
-    if let (Some(format), Some(matmul)) = (options.fp8, matmul) {
-        quantize_linears(&mut model, format, matmul)?;
-        model.config.quantization = Some(QuantConfig::new(format));
+    if let (Some(format), Some(matmul)) = (options.quantize, matmul) {
+        let keeps_dense = |path: &str, linear: &Linear| ZImage::keeps_dense(path, linear, &format);
+        quantize::quantize_linears(model.linears_mut(), format, matmul, keeps_dense)?;
+        model.config.quantization = Some(format);
     }
     mlx::eval(model.parameters().into_iter().map(|(_, a)| a))?;
-    let quantization = QuantReport::of(&mut model, matmul);
+    let quantization = report(&mut model, matmul);
     Ok(Loaded {
         model,
         stored_dtypes,
@@ -258,27 +219,40 @@ fn fill(
     }
 }
 
+/// What a loaded model's linear layers are.
+fn report(model: &mut ZImage, matmul: Option<MatmulPath>) -> QuantReport {
+    let (bytes, parameters) = (model.nbytes(), model.num_parameters());
+    let config = model.config.quantization;
+    let keeps_dense = |path: &str, linear: &Linear| {
+        config.and_then(|config| ZImage::keeps_dense(path, linear, &config))
+    };
+    QuantReport::of(
+        bytes,
+        parameters,
+        model.linears_mut(),
+        config,
+        matmul,
+        keeps_dense,
+    )
+}
+
 /// The format a checkpoint is quantized in, from `config.json`, checked against the
 /// tensors: quantized layers are those with a `<layer>.weight_scale`.
 fn stored_format(
     source: &ModelSource,
     config: &DitConfig,
     checkpoint: &Checkpoint,
-) -> Result<Option<QuantFormat>> {
-    let mut scales = checkpoint
-        .names()
-        .filter(|name| name.ends_with(QUANT_SCALE_SUFFIX));
-    let first = scales.next();
-    let message = match (&config.quantization, first) {
+) -> Result<Option<QuantConfig>> {
+    let message = match (config.quantization, stored_scales(checkpoint)) {
         (Some(q), None) => format!(
-            "config.json records {} quantization, but no tensor is quantized (no *{QUANT_SCALE_SUFFIX})",
+            "config.json records {} quantization, but no tensor is quantized (no *{SCALE_SUFFIX})",
             q.mode
         ),
-        (None, Some(name)) => format!(
+        (None, Some((name, count))) => format!(
             "{name} and {} more quantized tensors, but config.json records no quantization",
-            scales.count()
+            count - 1
         ),
-        (quantization, _) => return Ok(quantization.as_ref().map(|q| q.mode)),
+        (quantization, _) => return Ok(quantization),
     };
     let path = match source {
         ModelSource::Dir(dir) => dir.join("config.json"),
@@ -287,80 +261,18 @@ fn stored_format(
     Err(DitError::Config { path, message })
 }
 
-/// The suffix that marks a quantized layer's tensors in a checkpoint.
-const QUANT_SCALE_SUFFIX: &str = ".weight_scale";
-
-/// [`fill`]s `model` from a quantized checkpoint: first turns its dense layers into
-/// quantized ones wherever `checkpoint` holds `<layer>.weight_scale`, noting what cannot
-/// fit: a quantized layer whose input features are not whole groups, and tensors of the
-/// wrong dtype (loading would convert them silently).
+/// [`fill`]s `model` from a quantized checkpoint, its dense layers first made quantized
+/// wherever `checkpoint` holds `<layer>.weight_scale` (see
+/// [`quantize::quantized_templates`]).
 fn fill_quantized(
     model: &mut ZImage,
     checkpoint: Checkpoint,
-    format: QuantFormat,
+    format: QuantConfig,
     matmul: MatmulPath,
 ) -> std::result::Result<(), LoadReport> {
     let dtype = model.dtype();
-    let mut problems = Vec::new();
-    for (path, linear) in model.linears_mut() {
-        let Linear::Dense(dense) = &*linear else {
-            continue;
-        };
-        if checkpoint
-            .get(&format!("{path}{QUANT_SCALE_SUFFIX}"))
-            .is_none()
-        {
-            continue;
-        }
-        let (out, inp) = linear.features();
-        if inp % GROUP_SIZE != 0 {
-            problems.push((
-                path,
-                format!(
-                    "quantized, but its {inp} input features are not whole groups of {GROUP_SIZE}"
-                ),
-            ));
-            continue;
-        }
-        let template =
-            QuantizedLinear::zeros((out, inp), dense.bias.is_some(), format, matmul, dtype);
-        problems.extend(wrong_dtypes(&path, &template, &checkpoint));
-        *linear = Linear::Quantized(template);
-    }
+    let problems = quantized_templates(model.linears_mut(), &checkpoint, format, matmul, dtype);
     fill(model, checkpoint, problems)
-}
-
-/// The tensors of the quantized layer at `path` whose stored dtype `template` cannot take:
-/// packed words and E8M0 scales must be stored as such; floats may be any float dtype.
-fn wrong_dtypes(
-    path: &str,
-    template: &QuantizedLinear,
-    checkpoint: &Checkpoint,
-) -> Vec<(String, String)> {
-    let mut problems = Vec::new();
-    for (name, array) in template.parameters() {
-        let name = format!("{path}.{name}");
-        let expected = array.dtype();
-        if let Some(found) = checkpoint.get(&name).map(Array::dtype) {
-            if found != expected && !(found.is_float() && expected.is_float()) {
-                problems.push((name, format!("expected {expected}, found {found}")));
-            }
-        }
-    }
-    problems
-}
-
-/// Quantizes every linear layer of `model` that [`ZImage::keeps_dense`] allows (lazily).
-fn quantize_linears(model: &mut ZImage, format: QuantFormat, matmul: MatmulPath) -> Result<()> {
-    for (path, linear) in model.linears_mut() {
-        if ZImage::keeps_dense(&path, linear).is_some() {
-            continue;
-        }
-        if let Linear::Dense(dense) = &*linear {
-            *linear = Linear::Quantized(QuantizedLinear::from_dense(dense, format, matmul)?);
-        }
-    }
-    Ok(())
 }
 
 /// Reads `config.json` and the safetensors of a checkpoint directory.
@@ -376,25 +288,6 @@ fn read_dir(dir: &Path) -> Result<(DitConfig, Checkpoint)> {
     Ok((config, checkpoint))
 }
 
-/// The float dtype a model's tensors are stored in: the checkpoint's own when all its float
-/// tensors share one, else float32 (which holds float16 and bfloat16 exactly), and float32
-/// for the built-in models.
-pub fn stored_dtype(source: &ModelSource) -> Result<Dtype> {
-    let ModelSource::Dir(dir) = source else {
-        return Ok(Dtype::F32);
-    };
-    let (_, checkpoint) = read_dir(dir)?;
-    let floats: BTreeSet<Dtype> = checkpoint
-        .iter()
-        .map(|(_, array)| array.dtype())
-        .filter(|dtype| dtype.is_float())
-        .collect();
-    Ok(match floats.into_iter().collect::<Vec<_>>()[..] {
-        [single] => single,
-        _ => Dtype::F32,
-    })
-}
-
 /// Refuses to write a checkpoint into a directory that already holds one (see
 /// [`mlx::io::holds_checkpoint`]).
 pub fn check_new_target(dir: &Path) -> Result<()> {
@@ -408,7 +301,7 @@ pub fn check_new_target(dir: &Path) -> Result<()> {
 }
 
 /// Writes `model` as a diffusers-layout checkpoint: `config.json` and one safetensors
-/// file, float tensors in `dtype`. A quantized layer's packed weight and E8M0 scales keep
+/// file, float tensors in `dtype`. A quantized layer's packed weight and byte scales keep
 /// their integer dtypes.
 pub fn save(model: &ZImage, dir: &Path, dtype: Dtype) -> Result<()> {
     let tensors: Vec<(String, Array)> = model

@@ -43,6 +43,7 @@ fn qwen3_0_6b() -> Qwen3Config {
         max_position_embeddings: 40_960,
         dtype: None,
         architectures: vec!["Qwen3ForCausalLM".into()],
+        quantization: None,
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use mlx::nn::QuantConfig;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -31,6 +32,9 @@ pub struct Qwen3Config {
     /// `torch_dtype`), as written: `"bfloat16"`.
     pub dtype: Option<String>,
     pub architectures: Vec<String>,
+    /// How the quantized linear layers are stored (this project's record or mlx-lm's; see
+    /// [`QuantConfig`]). Not a transformers key.
+    pub quantization: Option<QuantConfig>,
 }
 
 /// `config.json` as written, before the checks: what transformers 4 and 5 write, with
@@ -62,6 +66,7 @@ struct RawConfig {
     use_sliding_window: bool,
     layer_types: Option<Vec<String>>,
     architectures: Option<Vec<String>>,
+    quantization: Option<QuantConfig>,
 }
 
 impl Default for RawConfig {
@@ -89,6 +94,7 @@ impl Default for RawConfig {
             use_sliding_window: false,
             layer_types: None,
             architectures: None,
+            quantization: None,
         }
     }
 }
@@ -137,6 +143,7 @@ impl RawConfig {
             max_position_embeddings: self.max_position_embeddings,
             dtype: self.dtype.or(self.torch_dtype),
             architectures: self.architectures.unwrap_or_default(),
+            quantization: self.quantization,
         })
     }
 
@@ -202,6 +209,7 @@ impl Qwen3Config {
             max_position_embeddings: 40960,
             dtype: None,
             architectures: vec!["Qwen3Model".into()],
+            quantization: None,
         }
     }
 
@@ -345,6 +353,11 @@ impl Qwen3Config {
         });
         if let (Some(dtype), Some(map)) = (&self.dtype, value.as_object_mut()) {
             map.insert("dtype".into(), dtype.clone().into());
+        }
+        if let (Some(quantization), Some(map)) = (&self.quantization, value.as_object_mut()) {
+            // A struct of plain fields always serializes.
+            let record = serde_json::to_value(quantization).unwrap_or_default();
+            map.insert("quantization".into(), record);
         }
         value
     }

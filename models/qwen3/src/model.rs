@@ -132,6 +132,20 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// The linear layers with their checkpoint paths under the layer.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        let (attn, mlp) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("self_attn.q_proj", &mut attn.q_proj),
+            ("self_attn.k_proj", &mut attn.k_proj),
+            ("self_attn.v_proj", &mut attn.v_proj),
+            ("self_attn.o_proj", &mut attn.o_proj),
+            ("mlp.gate_proj", &mut mlp.gate_proj),
+            ("mlp.up_proj", &mut mlp.up_proj),
+            ("mlp.down_proj", &mut mlp.down_proj),
+        ]
+    }
+
     #[mlx::graph]
     pub fn forward(&self, x: &Array) -> Array {
         let h = x + self.self_attn.forward(&self.input_layernorm.forward(x));
@@ -188,6 +202,20 @@ impl std::fmt::Debug for Qwen3Model {
 const SEQ_MULTIPLE: i64 = 32;
 
 impl Qwen3Model {
+    /// Every linear layer with its checkpoint path: the ones quantization takes (the
+    /// embeddings and norms are not linear layers).
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        self.layers
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, layer)| {
+                layer
+                    .linears_mut()
+                    .map(|(path, linear)| (format!("layers.{i}.{path}"), linear))
+            })
+            .collect()
+    }
+
     /// A model of `config`'s shapes with the first `layers` decoder layers, zero weights
     /// (ones for norms) in `dtype`, ready to be loaded.
     pub fn zeros(config: &Qwen3Config, layers: usize, dtype: Dtype) -> Qwen3Model {

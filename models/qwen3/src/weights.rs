@@ -3,12 +3,20 @@
 //! `Qwen3Model`'s names or a `Qwen3ForCausalLM`'s under `model.`), or the built-in random
 //! weights; and writing a model back in that layout. [`load`] reads the base model,
 //! [`load_causal_lm`] the base model and its output head.
+//!
+//! The decoder layers' linear layers may be stored quantized (this project's layout, see
+//! [`mlx::nn::quantize`], or mlx-lm's: `scales` and `biases` beside the packed `weight`,
+//! `quantization` in `config.json`; a quantized embedding table, which mlx-lm writes, is
+//! dequantized at load) or quantized at load ([`LoadOptions::quantize`]).
 
 use std::path::{Path, PathBuf};
 
 use mlx::io::{load_checkpoint, save_checkpoint, Checkpoint};
 use mlx::module::LoadReport;
-use mlx::nn::{Dense, Linear};
+use mlx::nn::quant::{self, MatmulPath, ProbeShape, QuantConfig};
+use mlx::nn::quantize::{self, quantized_templates, stored_scales, unquantizable, SCALE_SUFFIX};
+use mlx::nn::{Dense, Linear, QuantReport};
+use mlx::ops::Quantized;
 use mlx::{random, Array, Dtype, Module};
 
 use crate::causal_lm::Qwen3ForCausalLM;
@@ -32,6 +40,11 @@ pub struct LoadOptions {
     pub dtype: Dtype,
     /// Which decoder layers to load; the others are never read from the file.
     pub layers: Layers,
+    /// Quantize a dense checkpoint's linear layers in memory.
+    pub quantize: Option<QuantConfig>,
+    /// The matmul of quantized layers; `None` probes the device once (see
+    /// [`quant::probe`]).
+    pub matmul: Option<MatmulPath>,
 }
 
 /// The decoder layers a model is loaded with: the first ones of the checkpoint.
@@ -48,8 +61,8 @@ impl LoadOptions {
     /// Only the layers Z-Image's text encoder runs, computing in `dtype`.
     pub fn text_encoder(dtype: Dtype) -> LoadOptions {
         LoadOptions {
-            dtype,
             layers: Layers::TextEncoder,
+            ..LoadOptions::from(dtype)
         }
     }
 
@@ -72,6 +85,8 @@ impl From<Dtype> for LoadOptions {
         LoadOptions {
             dtype,
             layers: Layers::All,
+            quantize: None,
+            matmul: None,
         }
     }
 }
@@ -182,7 +197,20 @@ fn fill_parts(
         )));
     }
     let depth = options.depth(&config)?;
-    let (mut checkpoint, mut unexpected, head) = base_model_tensors(checkpoint);
+    let (checkpoint, mut unexpected, head) =
+        base_model_tensors(quantize::from_mlx_names(checkpoint));
+    let stored = stored_quantization(&config, &checkpoint, origin)?;
+    if let (Some(stored), Some(_)) = (stored, options.quantize) {
+        return Err(Qwen3Error::Input(format!(
+            "{} is already quantized ({}): quantization applies to dense checkpoints",
+            origin.display(),
+            stored.mode
+        )));
+    }
+    let mut checkpoint = match stored {
+        Some(format) => dequantize_embeddings(checkpoint, format, options.dtype),
+        None => checkpoint,
+    };
     // Layers past the depth asked for are dropped unread; past the config's count they
     // are unexpected.
     let skipped: Vec<String> = checkpoint
@@ -195,15 +223,40 @@ fn fill_parts(
     for name in &skipped {
         checkpoint.take(name);
     }
-    // Loading would convert integer tensors silently.
-    let head_entry = head.as_ref().map(|w| (LM_HEAD, w)).filter(|_| with_head);
-    let other: Vec<(String, String)> = checkpoint
-        .iter()
-        .chain(head_entry)
-        .filter(|(_, array)| !array.dtype().is_float())
-        .map(|(name, array)| (name.to_string(), format!("stored as {}", array.dtype())))
-        .collect();
+    let matmul = stored.or(options.quantize).map(|format| {
+        options
+            .matmul
+            .unwrap_or_else(|| quant::probe(format, options.dtype, probe_shape(&config)))
+    });
     let mut model = Qwen3Model::zeros(&config, depth, options.dtype);
+    let mut other = match (stored, matmul) {
+        (Some(format), Some(matmul)) => quantized_templates(
+            model.linears_mut(),
+            &checkpoint,
+            format,
+            matmul,
+            options.dtype,
+        ),
+        _ => Vec::new(),
+    };
+    // Loading would convert integer tensors silently; a quantized layer's are checked
+    // above.
+    let integer_params: Vec<String> = model
+        .parameters()
+        .into_iter()
+        .filter(|(_, array)| !array.dtype().is_float())
+        .map(|(name, _)| name)
+        .collect();
+    let head_entry = head.as_ref().map(|w| (LM_HEAD, w)).filter(|_| with_head);
+    other.extend(
+        checkpoint
+            .iter()
+            .chain(head_entry)
+            .filter(|(name, array)| {
+                !array.dtype().is_float() && !integer_params.iter().any(|p| p == name)
+            })
+            .map(|(name, array)| (name.to_string(), format!("stored as {}", array.dtype()))),
+    );
     let mut report = LoadReport::default();
     model.load_from("", &mut checkpoint, &mut report);
     // transformers ties the head to the embeddings whatever the file holds.
@@ -227,6 +280,11 @@ fn fill_parts(
             report: Box::new(report),
         });
     }
+    if let (Some(format), Some(matmul)) = (options.quantize, matmul) {
+        let keeps_dense = |_: &str, linear: &Linear| unquantizable(linear, &format);
+        quantize::quantize_linears(model.linears_mut(), format, matmul, keeps_dense)?;
+        model.config.quantization = Some(format);
+    }
     mlx::eval(
         model
             .parameters()
@@ -235,6 +293,91 @@ fn fill_parts(
             .map(|(_, a)| a),
     )?;
     Ok((model, lm_head))
+}
+
+/// The product the matmul probe times: the MLP's up projection (the largest layer) over
+/// 512 tokens, the longest prompt Z-Image encodes by default.
+pub fn probe_shape(config: &Qwen3Config) -> ProbeShape {
+    ProbeShape {
+        tokens: 512,
+        out: config.intermediate_size,
+        inp: config.hidden_size,
+    }
+}
+
+/// What a loaded model's linear layers are; the matmul path is the quantized layers' own.
+pub fn quant_report(model: &mut Qwen3Model) -> QuantReport {
+    let (bytes, parameters) = (model.nbytes(), model.num_parameters());
+    let config = model.config.quantization;
+    let linears = model.linears_mut();
+    let matmul = linears.iter().find_map(|(_, linear)| match &**linear {
+        Linear::Quantized(q) => Some(q.matmul),
+        Linear::Dense(_) => None,
+    });
+    let keeps_dense =
+        |_: &str, linear: &Linear| config.and_then(|config| unquantizable(linear, &config));
+    QuantReport::of(bytes, parameters, linears, config, matmul, keeps_dense)
+}
+
+/// The format the checkpoint is quantized in, from `config.json`, checked against the
+/// tensors: quantized layers are those with a `<layer>.weight_scale`.
+fn stored_quantization(
+    config: &Qwen3Config,
+    checkpoint: &Checkpoint,
+    origin: &Path,
+) -> Result<Option<QuantConfig>> {
+    let message = match (config.quantization, stored_scales(checkpoint)) {
+        (Some(q), None) => format!(
+            "config.json records {} quantization, but no tensor is quantized (no *{SCALE_SUFFIX})",
+            q.mode
+        ),
+        (None, Some((name, count))) => format!(
+            "{name} and {} more quantized tensors, but config.json records no quantization",
+            count - 1
+        ),
+        (quantization, _) => return Ok(quantization),
+    };
+    Err(Qwen3Error::Config {
+        path: origin.join("config.json"),
+        message,
+    })
+}
+
+/// The embedding table as a float one when it is stored quantized (mlx-lm quantizes it
+/// with the linear layers): an embedding is a lookup, kept dense here.
+fn dequantize_embeddings(
+    mut checkpoint: Checkpoint,
+    format: QuantConfig,
+    dtype: Dtype,
+) -> Checkpoint {
+    let name = |suffix: &str| format!("embed_tokens{suffix}");
+    let Some(scales) = checkpoint.take(&name(SCALE_SUFFIX)) else {
+        return checkpoint;
+    };
+    let Some(weights) = checkpoint.take(&name(".weight")) else {
+        // Without its table the scales are reported as unexpected.
+        return restored(checkpoint, (name(SCALE_SUFFIX), scales));
+    };
+    let table = Quantized {
+        weights,
+        scales,
+        biases: checkpoint.take(&name(".weight_qbias")),
+        group_size: format.group_size,
+        bits: format.bits,
+        mode: format.mode.mode(),
+    }
+    .dequantize(Some(dtype));
+    restored(checkpoint, (name(".weight"), table))
+}
+
+/// `checkpoint` with `tensor` added.
+fn restored(checkpoint: Checkpoint, tensor: (String, Array)) -> Checkpoint {
+    let tensors: Vec<(String, Array)> = checkpoint
+        .iter()
+        .map(|(name, array)| (name.to_string(), array.clone()))
+        .chain([tensor])
+        .collect();
+    Checkpoint::from_arrays(tensors)
 }
 
 /// The base model's tensors under their `Qwen3Model` names: a checkpoint that stores
@@ -287,8 +430,9 @@ pub fn check_new_target(dir: &Path) -> Result<()> {
 }
 
 /// Writes `model` as transformers writes a `Qwen3Model`: `config.json` and
-/// `model.safetensors`, names without a prefix, tensors in `dtype` (a float dtype). Only
-/// a model loaded whole can be written.
+/// `model.safetensors`, names without a prefix, float tensors in `dtype` (a float dtype;
+/// a quantized layer's integer tensors keep theirs). Only a model loaded whole can be
+/// written.
 pub fn save(model: &Qwen3Model, dir: &Path, dtype: Dtype) -> Result<()> {
     let tensors = model.parameters();
     write_checkpoint(model, tensors, dir, dtype, "Qwen3Model")
@@ -322,9 +466,17 @@ fn write_checkpoint(
             "checkpoints are written in a float dtype, not {dtype}"
         )));
     }
+    // A quantized layer's packed words and byte scales keep their integer dtypes.
     let tensors: Vec<(String, Array)> = tensors
         .into_iter()
-        .map(|(name, array)| (name, array.astype(dtype)))
+        .map(|(name, array)| {
+            let stored = if array.dtype().is_float() {
+                array.astype(dtype)
+            } else {
+                array.clone()
+            };
+            (name, stored)
+        })
         .collect();
     let config = Qwen3Config {
         // MLX's names of float dtypes are PyTorch's.

@@ -62,8 +62,8 @@ fn a_missing_tensor_is_one_line_naming_the_directory_and_tensor() {
     );
     // A layer the encoder does not load may be missing.
     let options = LoadOptions {
-        dtype: Dtype::F32,
         layers: Layers::First(1),
+        ..LoadOptions::from(Dtype::F32)
     };
     weights::load(dir.path(), options).unwrap();
 }

@@ -24,8 +24,8 @@ const PROMPTS: [usize; 3] = [0, 4, 6];
 
 fn load(name: &str, layers: Layers) -> Qwen3Model {
     let options = LoadOptions {
-        dtype: Dtype::F32,
         layers,
+        ..LoadOptions::from(Dtype::F32)
     };
     weights::load(&fixtures().join(name), options).unwrap()
 }

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use dit::weights::{self, LoadOptions, ModelSource};
 use mlx::io::{load_safetensors, save_safetensors};
-use mlx::nn::QuantFormat;
 use mlx::Dtype;
 
+use crate::quantize_arg::QuantizeArg;
 use crate::{compute_dtype, model_source, transformer_source, CliResult, FloatDtype};
 
 #[derive(clap::Args)]
@@ -28,9 +28,8 @@ pub struct Args {
     /// Run the graph functions eagerly instead of compiled.
     #[arg(long)]
     no_compile: bool,
-    /// Quantize the linear layers at load: mxfp8 or affine8 (a dense checkpoint only).
-    #[arg(long)]
-    fp8: Option<QuantFormat>,
+    #[command(flatten)]
+    quantize: QuantizeArg,
 }
 
 pub fn run(args: Args) -> CliResult {
@@ -68,7 +67,7 @@ pub fn run(args: Args) -> CliResult {
         None => vec![cap_feats.dim(1).unwrap_or(0); batch.max(0) as usize],
     };
     let options = LoadOptions {
-        fp8: args.fp8,
+        quantize: args.quantize.config()?,
         ..LoadOptions::from(compute_dtype(args.dtype)?)
     };
     let loaded = weights::load(&transformer_source(&args.model)?, options)?;

@@ -8,7 +8,6 @@ use dit::teacache::{Coefficients, Mode, TeaCacheOptions};
 use dit::weights::{self, ModelSource};
 use indicatif::{ProgressBar, ProgressStyle};
 use mlx::io::{load_safetensors, save_safetensors};
-use mlx::nn::QuantFormat;
 use mlx::{memory, Array, Module};
 use serde_json::json;
 use zimage::edit::{self, LatentDraw};
@@ -18,6 +17,7 @@ use zimage::preview;
 use zimage::prompt::{PromptEmbeds, MAX_SEQUENCE_LENGTH};
 use zimage::sampler::{self, Caption, Guidance, InitImage, Noise, Request};
 
+use crate::quantize_arg::QuantizeArg;
 use crate::{compute_dtype, info, mib, model_source, CliResult, FloatDtype, TilingArg};
 
 /// Tokens of the seeded random caption of transformer-only checkpoints.
@@ -99,9 +99,8 @@ pub struct Args {
     /// Compute dtype (default: f32 on the CPU, bf16 on a GPU).
     #[arg(long, value_enum)]
     dtype: Option<FloatDtype>,
-    /// Quantize the transformer's linear layers at load: mxfp8 or affine8.
-    #[arg(long)]
-    fp8: Option<QuantFormat>,
+    #[command(flatten)]
+    quantize: QuantizeArg,
     /// Write the picture (a batch: NAME-0.png, NAME-1.png, ...). Without a VAE, a preview
     /// of the latents.
     #[arg(long)]
@@ -179,7 +178,7 @@ pub fn run(args: Args) -> CliResult {
     let pictures = read_pictures(&args)?;
     let started = Instant::now();
     let options = LoadOptions {
-        fp8: args.fp8,
+        quantize: args.quantize.config()?,
         keep_text_encoder: args.keep_text_encoder,
         vae_encoder: pictures.is_some(),
         loras: args.loras.clone(),
@@ -321,7 +320,7 @@ pub fn run(args: Args) -> CliResult {
             "cache_hits": generation.cache_hits(),
             "computed_steps": generation.computed,
             "teacache": teacache_report(&request.teacache),
-            "quantization": info::quantization_json(&pipeline.transformer.quantization, &model.config, model.nbytes()),
+            "quantization": info::quantization_json(&pipeline.transformer.quantization, model.nbytes()),
             "timesteps": generation.schedule.timesteps,
             "step_ms": step_ms,
             "active_bytes": active,

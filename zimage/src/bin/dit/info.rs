@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use dit::config::DitConfig;
 use dit::lora::{self, Adapter};
 use dit::weights::{ModelSource, QuantReport};
-use mlx::nn::{MatmulPath, QuantFormat};
+use mlx::nn::MatmulPath;
 use mlx::{Dtype, Module};
 use serde_json::{json, Value};
 use zimage::pipeline::{LoadOptions, LoraSpec, Pipeline};
 
+use crate::quantize_arg::QuantizeArg;
 use crate::{compute_dtype, mib, model_source, CliResult, FloatDtype};
 
 #[derive(clap::Args)]
@@ -27,9 +28,9 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// Describe the model as `--fp8` would load it: linear layers quantized in memory.
-    #[arg(long)]
-    fp8: Option<QuantFormat>,
+    /// Describe the model as `--quantize` would load it: linear layers quantized in memory.
+    #[command(flatten)]
+    quantize: QuantizeArg,
 }
 
 pub fn run(args: Args) -> CliResult {
@@ -41,7 +42,7 @@ pub fn run(args: Args) -> CliResult {
     };
     let dtype = compute_dtype(args.dtype)?;
     let options = LoadOptions {
-        fp8: args.fp8,
+        quantize: args.quantize.config()?,
         keep_text_encoder: true,
         loras: args
             .lora
@@ -108,7 +109,7 @@ pub fn run(args: Args) -> CliResult {
     println!("in memory       {} ({:.1} MiB)", dtype, mib(model.nbytes()));
     println!(
         "quantization    {}",
-        quantization_text(&loaded.quantization, c, dtype)
+        quantization_text(&loaded.quantization, dtype)
     );
     if let (Some(encoder), Some(tokenizer)) = (pipeline.text_encoder(), pipeline.tokenizer()) {
         let e = &encoder.config;
@@ -123,6 +124,11 @@ pub fn run(args: Args) -> CliResult {
             e.head_dim,
             tokenizer.vocab_size(),
             mib(encoder.nbytes())
+        );
+        let report = qwen3::weights::quant_report(&mut encoder.clone());
+        println!(
+            "                quantization {}",
+            quantization_text(&report, dtype)
         );
     }
     if let Some(vae) = &pipeline.vae {
@@ -168,7 +174,7 @@ pub fn report_json(source: &ModelSource, pipeline: &Pipeline, dtype: Dtype) -> V
         "compute_dtype": dtype.to_string(),
         "device": crate::device_json(),
         "weights_bytes": model.nbytes(),
-        "quantization": quantization_json(&loaded.quantization, c, model.nbytes()),
+        "quantization": quantization_json(&loaded.quantization, model.nbytes()),
         "components": components_json(pipeline),
         "loras": loras_json(pipeline),
     })
@@ -202,7 +208,11 @@ fn components_json(pipeline: &Pipeline) -> Value {
             "vocab_size": pipeline.tokenizer().map(|t| t.vocab_size()),
             "parameters": encoder.num_parameters(),
             "weights_bytes": encoder.nbytes(),
-            "quantization": {"mode": "none"},
+            // A clone shares the arrays: the report only needs the layers by path.
+            "quantization": quantization_json(
+                &qwen3::weights::quant_report(&mut encoder.clone()),
+                encoder.nbytes()
+            ),
         })
     });
     let vae = pipeline.vae.as_ref().map(|vae| {
@@ -224,8 +234,8 @@ fn components_json(pipeline: &Pipeline) -> Value {
 }
 
 /// The quantization object of `--json`: mode "none" for a dense model.
-pub fn quantization_json(q: &QuantReport, c: &DitConfig, weights_bytes: usize) -> Value {
-    let config = c.quantization.as_ref();
+pub fn quantization_json(q: &QuantReport, weights_bytes: usize) -> Value {
+    let config = q.config.as_ref();
     json!({
         "mode": config.map_or("none", |c| c.mode.name()),
         "group_size": config.map(|c| c.group_size),
@@ -238,8 +248,8 @@ pub fn quantization_json(q: &QuantReport, c: &DitConfig, weights_bytes: usize) -
     })
 }
 
-fn quantization_text(q: &QuantReport, c: &DitConfig, dtype: Dtype) -> String {
-    let Some(config) = &c.quantization else {
+fn quantization_text(q: &QuantReport, dtype: Dtype) -> String {
+    let Some(config) = &q.config else {
         return format!("none ({} linear layers dense)", q.dense.len());
     };
     format!(

@@ -9,6 +9,7 @@ mod generate;
 mod info;
 mod init;
 mod quantize;
+mod quantize_arg;
 mod serve;
 mod teacache_fit;
 
@@ -53,7 +54,7 @@ enum Command {
     Info(info::Args),
     /// Fit TeaCache's polynomial for a model.
     TeacacheFit(teacache_fit::Args),
-    /// Write a checkpoint with its linear layers quantized to 8 bits (mxfp8 or affine8).
+    /// Write a pipeline or checkpoint with its linear layers quantized (4 or 8 bits).
     Quantize(quantize::Args),
     /// Serve OpenAI's images API (POST /v1/images/generations) with the model loaded once.
     Serve(serve::Args),

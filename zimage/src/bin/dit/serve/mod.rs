@@ -16,12 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dit::weights::ModelSource;
-use mlx::nn::QuantFormat;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use zimage::pipeline::{LoadOptions, LoraSpec};
 use zimage::sampler;
 
+use crate::quantize_arg::QuantizeArg;
 use crate::{compute_dtype, model_source, CliResult, FloatDtype};
 use api::Limits;
 use routes::AppState;
@@ -50,9 +50,8 @@ pub struct Args {
     /// Compute dtype (default: f32 on the CPU, bf16 on a GPU).
     #[arg(long, value_enum)]
     dtype: Option<FloatDtype>,
-    /// Quantize the transformer's linear layers at load: mxfp8 or affine8.
-    #[arg(long)]
-    fp8: Option<QuantFormat>,
+    #[command(flatten)]
+    quantize: QuantizeArg,
     /// A LoRA adapter for the transformer, FILE or FILE:SCALE (default scale 1);
     /// repeatable. Applied at load to every request.
     #[arg(long = "lora", value_name = "FILE[:SCALE]", value_parser = LoraSpec::parse)]
@@ -73,7 +72,7 @@ pub fn run(args: Args) -> CliResult {
         .init();
     let dtype = compute_dtype(args.dtype)?;
     let options = LoadOptions {
-        fp8: args.fp8,
+        quantize: args.quantize.config()?,
         // Prompts are encoded for every request: the encoder stays loaded.
         keep_text_encoder: true,
         loras: args.loras.clone(),

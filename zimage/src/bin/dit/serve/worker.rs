@@ -107,6 +107,9 @@ impl Worker {
             .spawn(move || {
                 let pipeline = match load(&source, options) {
                     Ok((pipeline, info)) => {
+                        let loaded = memory::active_memory();
+                        stats.baseline_bytes.store(loaded, Ordering::Relaxed);
+                        stats.active_bytes.store(loaded, Ordering::Relaxed);
                         let _ = ready.send(Ok(info));
                         pipeline
                     }
@@ -115,12 +118,6 @@ impl Worker {
                         return;
                     }
                 };
-                stats
-                    .baseline_bytes
-                    .store(memory::active_memory(), Ordering::Relaxed);
-                stats
-                    .active_bytes
-                    .store(memory::active_memory(), Ordering::Relaxed);
                 run(&pipeline, queue, &stats, &shutting_down);
             })
             .map_err(|e| format!("starting the pipeline thread: {e}"))?;

@@ -1,0 +1,34 @@
+//! `--quantize MODE [--group-size N]` (alias `--fp8`): dense linear layers quantized at
+//! load, for the commands that load a model.
+
+use mlx::nn::{QuantConfig, QuantFormat};
+
+#[derive(clap::Args)]
+pub struct QuantizeArg {
+    /// Quantize the dense linear layers (transformer and text encoder) at load: affine4,
+    /// affine8, mxfp4, nvfp4 or mxfp8.
+    #[arg(long, alias = "fp8", value_name = "MODE")]
+    quantize: Option<QuantFormat>,
+    /// The affine modes' group size: 32, 64 or 128 (default 64 for affine4, 32 for
+    /// affine8; the other modes fix theirs).
+    #[arg(long, requires = "quantize")]
+    group_size: Option<i32>,
+}
+
+impl QuantizeArg {
+    /// The quantization asked for, if any.
+    pub fn config(&self) -> Result<Option<QuantConfig>, String> {
+        self.quantize
+            .map(|mode| quant_config(mode, self.group_size))
+            .transpose()
+    }
+}
+
+/// `mode` with `--group-size` or its default.
+pub fn quant_config(mode: QuantFormat, group_size: Option<i32>) -> Result<QuantConfig, String> {
+    match group_size {
+        None => Ok(QuantConfig::new(mode)),
+        Some(size) => QuantConfig::with_group_size(mode, size)
+            .map_err(|message| format!("--group-size {size}: {message}")),
+    }
+}
