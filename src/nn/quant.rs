@@ -289,15 +289,41 @@ pub struct ProbeShape {
 /// Which product runs `format` fastest with `dtype` activations on the default device for
 /// a layer of `shape`, decided by asking the device, not by its name: if MLX has a
 /// `quantized_matmul` kernel for the format there (see [`kernel_available`]), both paths
-/// are timed on that product and the faster one wins. MLX's CPU kernels are plain loops,
-/// 30 to 100 times slower than dequantizing and handing the product to BLAS. Costs a few
-/// products' time, once per load.
+/// are timed on that product and the faster one wins. Costs a few products' time, once per
+/// load.
+///
+/// Both paths are first timed on a slice of the tokens: MLX's CPU kernels are plain loops,
+/// 30 to 100 times slower than dequantizing and handing the product to BLAS, and timing
+/// one at full size costs seconds per run (half a minute per load for `small`, minutes at
+/// Z-Image-Turbo's size). A kernel that loses the slice by [`CLEAR_LOSS`] and would take
+/// more than [`SLOW_PRODUCT`] at full size is not timed further.
 pub fn probe(format: QuantConfig, dtype: Dtype, shape: ProbeShape) -> MatmulPath {
     if !kernel_available(format, dtype) {
         return MatmulPath::Dequantize;
     }
-    let timed = |path| time_product(format, dtype, shape, path);
-    let path = match (timed(MatmulPath::Kernel), timed(MatmulPath::Dequantize)) {
+    let timed = |path, shape| time_product(format, dtype, shape, path);
+    let slice = ProbeShape {
+        tokens: (shape.tokens / 64).max(32).min(shape.tokens),
+        ..shape
+    };
+    if let (Some(kernel), Some(dequantize)) = (
+        timed(MatmulPath::Kernel, slice),
+        timed(MatmulPath::Dequantize, slice),
+    ) {
+        let full = kernel.mul_f64(f64::from(shape.tokens) / f64::from(slice.tokens));
+        if kernel > dequantize.mul_f64(CLEAR_LOSS) && full > SLOW_PRODUCT {
+            tracing::info!(
+                "{format} with {dtype} activations over {} tokens: quantized_matmul {kernel:?}, \
+                 dequantize+matmul {dequantize:?}; dequantizing",
+                slice.tokens
+            );
+            return MatmulPath::Dequantize;
+        }
+    }
+    let path = match (
+        timed(MatmulPath::Kernel, shape),
+        timed(MatmulPath::Dequantize, shape),
+    ) {
         (Some(kernel), Some(dequantize)) => {
             tracing::info!(
                 "{format} with {dtype} activations: quantized_matmul {kernel:?}, \
@@ -316,6 +342,13 @@ pub fn probe(format: QuantConfig, dtype: Dtype, shape: ProbeShape) -> MatmulPath
     tracing::debug!("{format} with {dtype} activations: {path}");
     path
 }
+
+/// How much slower than dequantizing a kernel must be on the probe's slice to lose without
+/// a full-size timing.
+pub const CLEAR_LOSS: f64 = 4.0;
+/// A kernel whose full-size product would take longer than this is worth screening out:
+/// on a GPU products take milliseconds, and the full-size timing decides as before.
+pub const SLOW_PRODUCT: Duration = Duration::from_millis(200);
 
 /// Whether MLX has a `quantized_matmul` kernel for `format` with `dtype` activations on the
 /// default device: runs a tiny one and checks that it evaluates. A kernel MLX lacks (an

@@ -454,6 +454,22 @@ async fn a_client_that_goes_away_cancels_its_generation() {
         .wait_for(&client, |h| h["cancelled"] == 2 && h["running"] == false)
         .await;
 
+    // A request that gives up while waiting never runs.
+    let mut running = server.generate(&client, long(true)).await;
+    running.chunk().await.unwrap().unwrap();
+    let gave_up = client
+        .post(server.url("/v1/images/generations"))
+        .json(&json!({"prompt": "a fox", "size": "32x32", "steps": 1}))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.unwrap_err().is_timeout());
+    drop(running);
+    let health = server
+        .wait_for(&client, |h| h["cancelled"] == 4 && h["running"] == false)
+        .await;
+    assert_eq!(health["completed"], 2, "{health}");
+
     // The next request runs, and memory is where it was.
     assert_eq!(
         server.generate(&client, warm).await.status(),
@@ -465,7 +481,7 @@ async fn a_client_that_goes_away_cancels_its_generation() {
     assert_eq!(health["completed"], 4);
     assert_eq!(health["active_bytes"], baseline, "{health}");
     let log = server.log.lock().unwrap().clone();
-    assert_eq!(log.matches("status=499").count(), 2, "{log}");
+    assert_eq!(log.matches("status=499").count(), 4, "{log}");
 }
 
 #[tokio::test]
