@@ -95,11 +95,19 @@ impl Server {
     }
 
     fn terminate(&mut self) -> ExitStatus {
+        self.signal();
+        self.wait()
+    }
+
+    fn signal(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    fn wait(&mut self) -> ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -570,6 +578,29 @@ async fn shutdown_finishes_the_running_request_and_answers_the_queued_with_503()
 }
 
 #[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let mut server = Server::start(&["--max-steps", "10000"]);
+    let client = reqwest::Client::new();
+    let long = json!({"prompt": "a fox", "size": "64x64", "steps": 10000, "stream": true});
+    let mut stream = server.generate(&client, long).await;
+    stream.chunk().await.unwrap().unwrap();
+    server.signal();
+    // Signals arriving together may be delivered as one: the second waits for the first.
+    let started = Instant::now();
+    while !server.log.lock().unwrap().contains("shutting down") {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.signal();
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
 async fn each_request_is_one_log_line() {
     let server = Server::start(&[]);
     let client = reqwest::Client::new();
@@ -611,6 +642,7 @@ fn bad_flags_are_one_line_errors() {
     for (args, flag) in [
         (&["--queue", "0"][..], "--queue"),
         (&["--max-steps", "0"][..], "--max-steps"),
+        (&["--max-size", "1000"][..], "--max-size"),
         (&["--host", "no.such.host.invalid"][..], "--host"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_dit"))

@@ -19,6 +19,8 @@ pub struct Limits {
     pub max_steps: usize,
     /// The side drawn when `size` is absent.
     pub default_size: i32,
+    /// The steps run when `steps` is absent.
+    pub default_steps: usize,
 }
 
 /// A valid generation request.
@@ -106,7 +108,7 @@ pub fn parse(
             format!("`n` must be between 1 and {MAX_IMAGES}, found {n}"),
         ));
     }
-    let steps = field::<usize>(&fields, "steps")?.unwrap_or(zimage::sampler::DEFAULT_STEPS);
+    let steps = field::<usize>(&fields, "steps")?.unwrap_or(limits.default_steps);
     if !(1..=limits.max_steps).contains(&steps) {
         return Err(ApiError::invalid(
             Some("steps"),
@@ -190,6 +192,7 @@ mod tests {
             max_size: 512,
             max_steps: 50,
             default_size: 256,
+            default_steps: 9,
         }
     }
 
@@ -213,7 +216,7 @@ mod tests {
                 height: 256,
                 n: 1,
                 seed: 7,
-                steps: zimage::sampler::DEFAULT_STEPS,
+                steps: 9,
                 guidance_scale: 0.0,
                 stream: false,
             }

@@ -95,6 +95,7 @@ pub fn run(args: Args) -> CliResult {
         max_size: args.max_size,
         max_steps: args.max_steps,
         default_size: model.default_size.min(args.max_size),
+        default_steps: sampler::DEFAULT_STEPS.min(args.max_steps),
     };
     let state = Arc::new(AppState::new(queue, stats, shutting_down, model, limits));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -113,9 +114,9 @@ fn check_flags(args: &Args) -> CliResult {
         return Err("--queue must be at least 1".into());
     }
     let multiple = 2 * sampler::VAE_SCALE;
-    if args.max_size < multiple {
+    if args.max_size < multiple || args.max_size % multiple != 0 {
         return Err(format!(
-            "--max-size must be at least {multiple}, found {}",
+            "--max-size must be a positive multiple of {multiple}, found {}",
             args.max_size
         )
         .into());
@@ -154,9 +155,23 @@ async fn serve(args: &Args, state: Arc<AppState>) -> CliResult {
             _ = terminate.recv() => {}
         }
         tracing::info!(
-            "shutting down: finishing the running request, answering the queued ones 503"
+            "shutting down: finishing the running request, answering the queued ones 503 \
+             (a second signal exits at once)"
         );
         shutting_down.store(true, Ordering::Relaxed);
+        // The handlers replace the signals' default action: without this, a long request
+        // would leave nothing but SIGKILL to stop the server.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            eprintln!("error: a second signal: exiting without finishing the running request");
+            // `_exit`, not `exit`: exit's handlers destroy MLX's globals while the worker
+            // thread may be computing with them (a segfault, seen here).
+            // SAFETY: `_exit` ends the process and touches no memory of it.
+            unsafe { libc::_exit(1) }
+        });
     };
     axum::serve(listener, routes::router(state))
         .with_graceful_shutdown(shutdown)

@@ -105,7 +105,12 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name("pipeline".into())
             .spawn(move || {
-                let pipeline = match load(&source, options) {
+                let loading = catch_unwind(AssertUnwindSafe(|| load(&source, options)));
+                let loaded = loading.unwrap_or_else(|payload| {
+                    let message = mlx::compile::panic_message(&*payload);
+                    Err(format!("internal error while loading: {message}"))
+                });
+                let pipeline = match loaded {
                     Ok((pipeline, info)) => {
                         let loaded = memory::active_memory();
                         stats.baseline_bytes.store(loaded, Ordering::Relaxed);
