@@ -4,6 +4,7 @@
 //! same through `dit generate`, and its one-line errors.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use dit::teacache::TeaCacheOptions;
@@ -147,7 +148,10 @@ fn image_to_image_and_inpainting_match_diffusers() {
             &reference["latents"],
         );
         let generation =
-            sampler::generate_from(pipeline.transformer(), &request, &init, |_, _| {}).unwrap();
+            sampler::generate_until(pipeline.transformer(), &request, Some(&init), |_, _| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
         assert_eq!(generation.schedule.timesteps, case.timesteps, "{name}");
         check(
             &format!("{name}: final_latents"),
@@ -356,7 +360,10 @@ fn bad_pictures_masks_strengths_and_adapters_are_one_line_errors() {
     );
     for strength in ["0", "1.5", "-0.2", "nan"] {
         let line = run(&["--image", path(&picture), "--strength", strength]);
-        assert!(line.contains("--strength must be in (0, 1]"), "{line}");
+        assert!(
+            line.contains("--strength") && line.contains("must be in (0, 1]"),
+            "{line}"
+        );
     }
     let line = run(&["--strength", "0.5"]);
     assert!(line.contains("--strength needs --image"), "{line}");
