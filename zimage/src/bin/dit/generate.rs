@@ -705,6 +705,17 @@ fn png_text(args: &Args, width: i32, height: i32) -> Vec<(&'static str, String)>
         width,
         height,
         model: args.model.to_string(),
+        strength: args.image.as_ref().map(|_| strength(args)),
+        image: args.image.as_ref().map(|p| p.display().to_string()),
+        mask: args.mask.as_ref().map(|p| p.display().to_string()),
+        loras: (!args.loras.is_empty()).then(|| {
+            let specs: Vec<String> = args
+                .loras
+                .iter()
+                .map(|l| format!("{}:{}", l.path.display(), l.scale))
+                .collect();
+            specs.join(", ")
+        }),
     }
     .text()
 }
