@@ -27,9 +27,13 @@ impl LowRank {
         x.matmul(&self.down.t()).matmul(&self.up.t())
     }
 
-    /// The rank of the stacked adapters.
-    pub fn rank(&self) -> i32 {
-        self.down.dim(0).unwrap_or(0)
+    /// The rank of the stacked adapters; `None` unless `down` is `[rank, in]` and `up`
+    /// `[out, rank]` (the fields are public, so nothing else guarantees it).
+    pub fn rank(&self) -> Option<i32> {
+        match (self.down.shape(), self.up.shape()) {
+            (&[rank, _], &[_, up_rank]) if rank == up_rank => Some(rank),
+            _ => None,
+        }
     }
 }
 
@@ -124,6 +128,6 @@ mod tests {
             unreachable!("adapters do not change a layer's kind")
         };
         assert_eq!(q.packed.to_vec::<u32>().unwrap(), packed);
-        assert_eq!(q.lora.as_ref().map(LowRank::rank), Some(5));
+        assert_eq!(q.lora.as_ref().and_then(LowRank::rank), Some(5));
     }
 }

@@ -22,15 +22,14 @@ use crate::{Error, Pipeline, Result};
 /// 2x2 patches.
 pub const SIDE_MULTIPLE: u32 = 2 * VAE_SCALE as u32;
 
-/// How the picture's latents are drawn from the VAE's posterior.
+/// How the picture's latents are drawn from the VAE's posterior: `mean + std · ε`, as
+/// diffusers' pipelines sample it with their generator.
 #[derive(Clone)]
 pub enum LatentDraw {
-    /// `mean + std · ε`, `ε` seeded (what the pipelines do with a generator).
+    /// `ε` seeded.
     Seeded(u64),
-    /// `mean + std · ε` with this `ε` `[1, C, h, w]` (a recorded draw).
+    /// This `ε` `[1, C, h, w]` (a recorded draw).
     Given(Array),
-    /// The posterior's mode, its mean.
-    Mode,
 }
 
 /// Reads a PNG or JPEG picture as 8-bit RGB (grayscale is replicated, alpha dropped).
@@ -68,12 +67,12 @@ pub fn fit_sides(picture: &Rgb8) -> Result<Rgb8> {
             picture.width, picture.height
         )));
     }
+    check_pixels("picture", picture)?;
     if (width, height) == (picture.width, picture.height) {
         return Ok(picture.clone());
     }
-    // The pixels are width · height · 3 bytes by construction.
     let image = RgbImage::from_raw(picture.width, picture.height, picture.pixels.clone())
-        .expect("an Rgb8 holds width x height RGB pixels");
+        .ok_or_else(|| pixel_count_error("picture", picture))?;
     let resized = image::imageops::resize(&image, width, height, FilterType::Lanczos3);
     Ok(Rgb8 {
         width,
@@ -82,20 +81,42 @@ pub fn fit_sides(picture: &Rgb8) -> Result<Rgb8> {
     })
 }
 
+/// `what`'s pixels must be its width · height RGB triples, and its sides fit MLX's
+/// `i32` shapes: `Rgb8`'s fields are public, so a caller can build one that is not.
+fn check_pixels(what: &str, picture: &Rgb8) -> Result<()> {
+    let sides_fit = i32::try_from(picture.width).is_ok() && i32::try_from(picture.height).is_ok();
+    let expected = u64::from(picture.width) * u64::from(picture.height) * 3;
+    if !sides_fit || picture.pixels.len() as u64 != expected {
+        return Err(pixel_count_error(what, picture));
+    }
+    Ok(())
+}
+
+fn pixel_count_error(what: &str, picture: &Rgb8) -> Error {
+    Error::Input(format!(
+        "the {what} is {}x{} pixels but holds {} bytes, not width x height x 3",
+        picture.width,
+        picture.height,
+        picture.pixels.len()
+    ))
+}
+
 /// The picture as the VAE takes it: `[1, 3, H, W]` float32, `2·(v / 255) − 1`.
-pub fn image_tensor(picture: &Rgb8) -> Array {
+pub fn image_tensor(picture: &Rgb8) -> Result<Array> {
+    check_pixels("picture", picture)?;
     let values: Vec<f32> = picture
         .pixels
         .iter()
         .map(|&v| 2.0 * (f32::from(v) / 255.0) - 1.0)
         .collect();
     let (h, w) = (picture.height as i32, picture.width as i32);
-    Array::from_slice(&values, &[1, h, w, 3]).transpose(&[0, 3, 1, 2])
+    Ok(Array::from_slice(&values, &[1, h, w, 3]).transpose(&[0, 3, 1, 2]))
 }
 
 /// A mask picture as `[1, 1, H, W]` float32 of 0 and 1: PIL's grayscale
 /// (`(19595 R + 38470 G + 7471 B + 2¹⁵) >> 16`), 1 from 128 up (`v / 255 ≥ 0.5`).
-pub fn mask_tensor(mask: &Rgb8) -> Array {
+pub fn mask_tensor(mask: &Rgb8) -> Result<Array> {
+    check_pixels("mask", mask)?;
     let values: Vec<f32> = mask
         .pixels
         .chunks_exact(3)
@@ -109,18 +130,34 @@ pub fn mask_tensor(mask: &Rgb8) -> Array {
             }
         })
         .collect();
-    Array::from_slice(&values, &[1, 1, mask.height as i32, mask.width as i32])
+    Ok(Array::from_slice(
+        &values,
+        &[1, 1, mask.height as i32, mask.width as i32],
+    ))
 }
 
-/// A pixel mask `[1, 1, H, W]` at latent resolution `[1, 1, H/8, W/8]`, as
-/// `interpolate(mode="nearest")` makes it: the top-left pixel of each 8x8 cell.
-pub fn latent_mask(mask: &Array) -> Array {
+/// A pixel mask `[1, 1, H, W]` from [`mask_tensor`] (sides multiples of [`VAE_SCALE`]) at
+/// latent resolution `[1, 1, H/8, W/8]`, as `interpolate(mode="nearest")` makes it: the
+/// top-left pixel of each 8x8 cell.
+fn latent_mask(mask: &Array) -> Array {
     let [_, _, h, w] = mask.dims();
     let scale = VAE_SCALE;
     mask.reshape(&[1, 1, h / scale, scale, w / scale, scale])
         .slice_axis(3, 0, 1)
         .slice_axis(5, 0, 1)
         .reshape(&[1, 1, h / scale, w / scale])
+}
+
+/// An inpainting mask must be its picture's size (checked on the pictures as read, before
+/// [`fit_sides`] would hide a difference, and again by [`init_image`]).
+pub fn check_mask(picture: &Rgb8, mask: &Rgb8) -> Result<()> {
+    if (mask.width, mask.height) != (picture.width, picture.height) {
+        return Err(Error::Input(format!(
+            "the mask is {}x{} pixels, the picture {}x{}: they must be the same size",
+            mask.width, mask.height, picture.width, picture.height
+        )));
+    }
+    Ok(())
 }
 
 /// The start of image to image (`mask: None`) or inpainting: `picture` (sides multiples of
@@ -134,17 +171,24 @@ pub fn init_image(
     draw: LatentDraw,
     tiling: Tiling,
 ) -> Result<InitImage> {
-    if let Some(mask) = mask {
-        if (mask.width, mask.height) != (picture.width, picture.height) {
-            return Err(Error::Input(format!(
-                "the mask is {}x{} pixels, the picture {}x{}: they must be the same size",
-                mask.width, mask.height, picture.width, picture.height
-            )));
-        }
+    let (width, height) = (picture.width, picture.height);
+    if width == 0 || height == 0 || width % SIDE_MULTIPLE != 0 || height % SIDE_MULTIPLE != 0 {
+        return Err(Error::Input(format!(
+            "a {width}x{height} picture: its sides must be positive multiples of \
+             {SIDE_MULTIPLE} (see fit_sides)"
+        )));
     }
-    let posterior = pipeline.encode_image(&image_tensor(picture), tiling)?;
+    let image = image_tensor(picture)?;
+    let mask = match mask {
+        Some(mask) => {
+            check_mask(picture, mask)?;
+            Some(latent_mask(&mask_tensor(mask)?))
+        }
+        None => None,
+    };
+    let vae = pipeline.require_vae("encode pictures")?;
+    let posterior = vae.encode_with(&image.astype(vae.dtype()), tiling)?;
     let z = match draw {
-        LatentDraw::Mode => posterior.mode(),
         LatentDraw::Seeded(seed) => {
             // Not the noise's key (`random::key(seed)`): the two draws are independent.
             let keys = random::split(&random::key(seed), 2);
@@ -153,25 +197,25 @@ pub fn init_image(
         LatentDraw::Given(eps) => {
             if eps.shape() != posterior.mean.shape() {
                 return Err(Error::Input(format!(
-                    "the posterior's draw must be {:?}, found {:?}",
+                    "the posterior draw (LatentDraw::Given) must be {:?}, the picture's latent \
+                     shape, found {:?}",
                     posterior.mean.shape(),
                     eps.shape()
+                )));
+            }
+            if !eps.dtype().is_float() {
+                return Err(Error::Input(format!(
+                    "the posterior draw (LatentDraw::Given) must be floating point, found {}",
+                    eps.dtype()
                 )));
             }
             &posterior.mean + posterior.std() * eps.astype(posterior.mean.dtype())
         }
     };
-    let vae = pipeline.vae.as_ref().ok_or_else(|| {
-        Error::Input(format!(
-            "{} has no VAE to encode a picture",
-            pipeline.source
-        ))
-    })?;
-    let latents = vae.scale_latents(&z).astype(Dtype::F32);
     Ok(InitImage {
-        latents,
+        latents: vae.scale_latents(&z).astype(Dtype::F32),
         strength,
-        mask: mask.map(|mask| latent_mask(&mask_tensor(mask))),
+        mask,
     })
 }
 
@@ -190,7 +234,7 @@ mod tests {
             height: 8,
             pixels,
         };
-        let latent = latent_mask(&mask_tensor(&mask));
+        let latent = latent_mask(&mask_tensor(&mask).unwrap());
         assert_eq!(latent.shape(), &[1, 1, 1, 2]);
         assert_eq!(latent.to_vec::<f32>().unwrap(), [1.0, 0.0]);
     }

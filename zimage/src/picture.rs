@@ -52,6 +52,14 @@ pub struct Parameters {
     pub width: i32,
     pub height: i32,
     pub model: String,
+    /// Image to image: the share of the steps that ran.
+    pub strength: Option<f64>,
+    /// Image to image: the picture started from.
+    pub image: Option<String>,
+    /// Inpainting: the mask picture.
+    pub mask: Option<String>,
+    /// The LoRA adapters applied, as `FILE:SCALE, ...`.
+    pub loras: Option<String>,
 }
 
 impl Parameters {
@@ -68,8 +76,20 @@ impl Parameters {
             ("guidance_scale", self.guidance_scale.to_string()),
             ("size", format!("{}x{}", self.width, self.height)),
             ("model", self.model.clone()),
-            ("software", format!("dit {}", env!("CARGO_PKG_VERSION"))),
         ]);
+        // Only what a run used: a plain text-to-image PNG carries none of these.
+        let edits = [
+            ("strength", self.strength.map(|s| s.to_string())),
+            ("image", self.image.clone()),
+            ("mask", self.mask.clone()),
+            ("loras", self.loras.clone()),
+        ];
+        text.extend(
+            edits
+                .into_iter()
+                .filter_map(|(key, value)| Some((key, value?))),
+        );
+        text.push(("software", format!("dit {}", env!("CARGO_PKG_VERSION"))));
         text
     }
 }
@@ -166,5 +186,41 @@ mod tests {
         assert_eq!(chunk.keyword, "prompt");
         assert_eq!(chunk.get_text().unwrap(), "un renard 🦊");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn edits_are_recorded_only_when_made() {
+        let plain = Parameters {
+            prompt: Some("a fox".into()),
+            negative_prompt: String::new(),
+            seed: "7".into(),
+            steps: 9,
+            guidance_scale: 0.0,
+            width: 256,
+            height: 256,
+            model: "tiny".into(),
+            strength: None,
+            image: None,
+            mask: None,
+            loras: None,
+        };
+        let keys = |p: &Parameters| p.text().into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert!(!keys(&plain).contains(&"strength"));
+        let edited = Parameters {
+            strength: Some(0.6),
+            image: Some("in.png".into()),
+            mask: Some("mask.png".into()),
+            loras: Some("a.safetensors:0.5, b.safetensors:1".into()),
+            ..plain
+        };
+        let text = edited.text();
+        for (key, value) in [
+            ("strength", "0.6"),
+            ("image", "in.png"),
+            ("mask", "mask.png"),
+            ("loras", "a.safetensors:0.5, b.safetensors:1"),
+        ] {
+            assert!(text.contains(&(key, value.to_string())), "{key}: {text:?}");
+        }
     }
 }

@@ -146,7 +146,7 @@ impl Pipeline {
             quantize: options.quantize,
             ..DitLoadOptions::from(options.dtype)
         };
-        let (mut transformer, text, vae, scheduler) = match source {
+        let (transformer, text, vae, scheduler) = match source {
             ModelSource::Builtin(builtin) => {
                 let transformer = dit_weights::load(source, dit_options)?;
                 let (encoder_config, vae_config) = builtin_configs(*builtin);
@@ -190,27 +190,20 @@ impl Pipeline {
                 }
             },
         };
-        let mut adapters = Vec::with_capacity(options.loras.len());
-        for spec in &options.loras {
-            let adapter = lora::read(&spec.path)?;
-            let applied = lora::apply(
-                &mut transformer.model,
-                &adapter,
-                spec.scale,
-                options.lora_lenient,
-            )?;
-            adapters.push((spec.clone(), applied));
-        }
         let mut pipeline = Pipeline {
             source: source.clone(),
             transformer,
-            adapters,
+            adapters: Vec::with_capacity(options.loras.len()),
             vae,
             scheduler,
             text,
             dtype: options.dtype,
             quantize: options.quantize,
         };
+        for spec in &options.loras {
+            let adapter = lora::read(&spec.path)?;
+            pipeline.apply_lora(spec, &adapter, options.lora_lenient)?;
+        }
         if options.keep_text_encoder {
             let encoder = pipeline
                 .text
@@ -297,27 +290,40 @@ impl Pipeline {
         Ok(encoder)
     }
 
+    /// Applies an adapter read from `spec.path` at `spec.scale` to the transformer (see
+    /// [`lora::apply`]) and records it in [`adapters`](Self::adapters).
+    pub fn apply_lora(
+        &mut self,
+        spec: &LoraSpec,
+        adapter: &lora::Adapter,
+        lenient: bool,
+    ) -> Result<()> {
+        let applied = lora::apply(&mut self.transformer.model, adapter, spec.scale, lenient)?;
+        self.adapters.push((spec.clone(), applied));
+        Ok(())
+    }
+
     /// Decodes `latents` `[B, 16, h, w]` as the transformer produces them to the VAE's raw
     /// output `[B, 3, 8h, 8w]` (before clamping).
     pub fn decode(&self, latents: &Array, tiling: Tiling) -> Result<Array> {
-        let vae = self.vae.as_ref().ok_or_else(|| {
+        let vae = self.require_vae("decode latents")?;
+        Ok(vae.decode_latents_with(latents, tiling)?)
+    }
+
+    /// The VAE, or an error saying the pipeline cannot `action` without one.
+    pub fn require_vae(&self, action: &str) -> Result<&AutoencoderKL> {
+        self.vae.as_ref().ok_or_else(|| {
             Error::Input(format!(
-                "{} is a transformer checkpoint without a VAE: it cannot decode latents",
+                "{} is a transformer checkpoint without a VAE: it cannot {action}",
                 self.source
             ))
-        })?;
-        Ok(vae.decode_latents_with(latents, tiling)?)
+        })
     }
 
     /// Encodes pictures `[B, 3, H, W]` in `[-1, 1]` to the VAE's posterior over latents
     /// (the VAE must have been loaded with its encoder: [`LoadOptions::vae_encoder`]).
     pub fn encode_image(&self, image: &Array, tiling: Tiling) -> Result<DiagonalGaussian> {
-        let vae = self.vae.as_ref().ok_or_else(|| {
-            Error::Input(format!(
-                "{} is a transformer checkpoint without a VAE: it cannot encode pictures",
-                self.source
-            ))
-        })?;
+        let vae = self.require_vae("encode pictures")?;
         Ok(vae.encode_with(&image.astype(vae.dtype()), tiling)?)
     }
 

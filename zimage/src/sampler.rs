@@ -184,8 +184,12 @@ impl Request {
     /// [`VAE_SCALE`], which must then be a multiple of 16.
     pub fn latent_hw(&self) -> Result<(i32, i32)> {
         if let Noise::Given(latents) = &self.noise {
-            let [_, _, h, w] = latents.dims();
-            return Ok((h, w));
+            return match latents.shape() {
+                &[_, _, h, w] => Ok((h, w)),
+                shape => Err(Error::Input(format!(
+                    "initial latents must be [B, C, h, w], found {shape:?}"
+                ))),
+            };
         }
         let multiple = VAE_SCALE * 2;
         if self.width <= 0
@@ -293,57 +297,53 @@ fn guide(pos: &Array, neg: &Array, guidance: &Guidance) -> Array {
     pred * factor
 }
 
-/// Runs the sampler. `on_step` sees each step's report as its boundary completes.
+/// Runs the sampler from noise to the end. `on_step` sees each step's report as its
+/// boundary completes. From a picture, or to stop early: [`generate_until`].
 pub fn generate(
     model: &ZImage,
     request: &Request,
-    on_step: impl FnMut(usize, &StepReport) + 'static,
-) -> Result<Generation> {
-    generate_until(model, request, None, always_continue(on_step))
-}
-
-/// Runs the sampler from a picture: image to image, or inpainting with a mask.
-pub fn generate_from(
-    model: &ZImage,
-    request: &Request,
-    init: &InitImage,
-    on_step: impl FnMut(usize, &StepReport) + 'static,
-) -> Result<Generation> {
-    generate_until(model, request, Some(init), always_continue(on_step))
-}
-
-fn always_continue(
     mut on_step: impl FnMut(usize, &StepReport) + 'static,
-) -> impl FnMut(usize, &StepReport) -> ControlFlow<()> + 'static {
-    move |i, report| {
+) -> Result<Generation> {
+    generate_until(model, request, None, move |i, report| {
         on_step(i, report);
         ControlFlow::Continue(())
+    })
+}
+
+/// Image to image's strength must be in (0, 1]: the share of the schedule that runs.
+pub fn check_strength(strength: f64) -> Result<()> {
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(Error::Input(format!(
+            "the strength must be in (0, 1], found {strength}"
+        )));
     }
+    Ok(())
 }
 
 /// The schedule and starting latents of a picture: its latents noised with `noise` to the
 /// first level of the schedule truncated at the strength.
 fn start_from(init: &InitImage, noise: &Array, schedule: &Schedule) -> Result<(Schedule, Array)> {
     let strength = init.strength;
-    if !(strength > 0.0 && strength <= 1.0) {
-        return Err(Error::Input(format!(
-            "the strength must be in (0, 1], found {strength}"
-        )));
-    }
+    check_strength(strength)?;
     if init.latents.shape() != noise.shape() {
         return Err(Error::Input(format!(
-            "the picture's latents {:?} and the noise {:?} differ in shape",
+            "the picture's latents (InitImage::latents) are {:?} but the noise latents are \
+             {:?}: they must be the same shape",
             init.latents.shape(),
             noise.shape()
         )));
     }
     if let Some(mask) = &init.mask {
-        let [_, _, h, w] = noise.dims();
-        let [b, c, mh, mw] = mask.dims();
-        if mask.ndim() != 4 || c != 1 || (mh, mw) != (h, w) || (b != 1 && b != noise.dims::<4>()[0])
-        {
+        // The noise is [B, C, h, w] (checked by `initial_latents`); the mask may be anything.
+        let [batch, _, h, w] = noise.dims();
+        let fits = match mask.shape() {
+            &[b, 1, mh, mw] => (mh, mw) == (h, w) && (b == 1 || b == batch),
+            _ => false,
+        };
+        if !fits {
             return Err(Error::Input(format!(
-                "an inpainting mask must be [1, 1, {h}, {w}] at latent resolution, found {:?}",
+                "the inpainting mask (InitImage::mask) must be [1, 1, {h}, {w}] at latent \
+                 resolution, found {:?}",
                 mask.shape()
             )));
         }
@@ -484,4 +484,60 @@ pub fn generate_until(
         computed,
         changes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pictures_are_checked_before_their_shapes_are_read() {
+        let schedule = SchedulerConfig::default().schedule(4, 16);
+        let noise = Array::zeros(&[1, 16, 4, 4], Dtype::F32);
+        let init = |mask: Option<Array>, strength| InitImage {
+            latents: Array::zeros(&[1, 16, 4, 4], Dtype::F32),
+            strength,
+            mask,
+        };
+        let input_error = |init: &InitImage| match start_from(init, &noise, &schedule) {
+            Err(Error::Input(message)) => message,
+            Err(e) => panic!("not an input error: {e}"),
+            Ok(_) => panic!("accepted"),
+        };
+        // A mask that is not 4-D is an error, not a panic.
+        let flat = Some(Array::zeros(&[4, 4], Dtype::F32));
+        assert!(input_error(&init(flat, 0.5)).contains("InitImage::mask"));
+        let wide = Some(Array::zeros(&[1, 1, 4, 8], Dtype::F32));
+        assert!(input_error(&init(wide, 0.5)).contains("[1, 1, 4, 4]"));
+        assert!(input_error(&init(None, 1.5)).contains("(0, 1]"));
+        let other = InitImage {
+            latents: Array::zeros(&[1, 16, 2, 2], Dtype::F32),
+            ..init(None, 0.5)
+        };
+        assert!(input_error(&other).contains("InitImage::latents"));
+        let (kept, _) = start_from(
+            &init(Some(Array::ones(&[1, 1, 4, 4], Dtype::F32)), 0.5),
+            &noise,
+            &schedule,
+        )
+        .unwrap();
+        assert_eq!(kept.len(), 2);
+    }
+
+    #[test]
+    fn given_latents_of_the_wrong_rank_are_an_error() {
+        let request = Request {
+            width: 64,
+            height: 64,
+            steps: 1,
+            noise: Noise::Given(Array::zeros(&[16, 8, 8], Dtype::F32)),
+            guidance: Guidance::off(),
+            caption: Caption::random(4, 8, 0),
+            negative: Caption::random(4, 8, 1),
+            scheduler: SchedulerConfig::default(),
+            teacache: TeaCacheOptions::off(),
+            record_changes: false,
+        };
+        assert!(matches!(request.latent_hw(), Err(Error::Input(_))));
+    }
 }

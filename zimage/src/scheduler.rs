@@ -195,13 +195,20 @@ impl Schedule {
     /// `min(n·strength, n)` of the `n`, rounded as diffusers' `get_timesteps` rounds them
     /// (it skips `int(n − n·strength)`); `None` when that leaves no step.
     pub fn truncated(&self, strength: f64) -> Option<Schedule> {
-        let n = self.len() as f64;
-        let start = (n - (n * strength).min(n)).max(0.0) as usize;
+        let start = self.len() - steps_at_strength(self.len(), strength);
         (start < self.len()).then(|| Schedule {
             timesteps: self.timesteps[start..].to_vec(),
             sigmas: self.sigmas[start..].to_vec(),
         })
     }
+}
+
+/// How many of `steps` steps image to image runs at `strength`: what
+/// [`Schedule::truncated`] keeps (0 when it keeps none).
+pub fn steps_at_strength(steps: usize, strength: f64) -> usize {
+    let n = steps as f64;
+    let skipped = (n - (n * strength).min(n)).max(0.0) as usize;
+    steps.saturating_sub(skipped)
 }
 
 /// The flow-matching forward process at noise level `sigma`: `σ·noise + (1 − σ)·sample`
@@ -274,6 +281,9 @@ mod tests {
         assert_eq!(kept(1e-17), None);
         let t = s.truncated(0.5).unwrap();
         assert_eq!(t.sigmas, [0.75, 0.5, 0.0]);
+        // What a progress bar counts.
+        assert_eq!(steps_at_strength(4, 0.7), 3);
+        assert_eq!(steps_at_strength(4, 1e-17), 0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! same through `dit generate`, and its one-line errors.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use dit::teacache::TeaCacheOptions;
@@ -147,7 +148,10 @@ fn image_to_image_and_inpainting_match_diffusers() {
             &reference["latents"],
         );
         let generation =
-            sampler::generate_from(pipeline.transformer(), &request, &init, |_, _| {}).unwrap();
+            sampler::generate_until(pipeline.transformer(), &request, Some(&init), |_, _| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
         assert_eq!(generation.schedule.timesteps, case.timesteps, "{name}");
         check(
             &format!("{name}: final_latents"),
@@ -284,6 +288,8 @@ fn dit_generate_edits_the_reference_picture() {
         if case.mask {
             args.extend(["--mask", path(&mask)]);
         }
+        let png = dir.path().join(format!("{}.png", case.name));
+        args.extend(["--out", path(&png)]);
         succeed(&args);
         let ours = load_safetensors(&image).unwrap().tensors["image"].clone();
         check(
@@ -291,6 +297,15 @@ fn dit_generate_edits_the_reference_picture() {
             &ours,
             &reference(&case.name)["image_raw"],
         );
+        // What reproduces the edit.
+        let text = png_text(&png);
+        assert_eq!(text["strength"], strength, "{text:?}");
+        assert_eq!(text["image"], path(&picture), "{text:?}");
+        assert_eq!(
+            text.get("mask").map(String::as_str),
+            case.mask.then(|| path(&mask))
+        );
+        assert!(!text.contains_key("loras"), "{text:?}");
     }
     let lora = format!(
         "{}:{}",
@@ -298,8 +313,11 @@ fn dit_generate_edits_the_reference_picture() {
         cases().lora_scale
     );
     let image = dir.path().join("lora.safetensors");
+    let png = dir.path().join("lora.png");
     succeed(&[
         "generate",
+        "--out",
+        path(&png),
         "--model",
         path(&model),
         "--prompt",
@@ -315,12 +333,52 @@ fn dit_generate_edits_the_reference_picture() {
         "--save-image",
         path(&image),
     ]);
+    let text = png_text(&png);
+    assert_eq!(text["loras"], lora, "{text:?}");
+    assert!(!text.contains_key("strength"), "{text:?}");
     let ours = load_safetensors(&image).unwrap().tensors["image"].clone();
     check(
         "dit generate --lora",
         &ours,
         &reference("lora")["image_raw"],
     );
+}
+
+/// The text chunks of a PNG file.
+fn png_text(file: &std::path::Path) -> BTreeMap<String, String> {
+    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(file).unwrap()))
+        .read_info()
+        .unwrap();
+    let chunks = &reader.info().utf8_text;
+    chunks
+        .iter()
+        .map(|c| (c.keyword.clone(), c.get_text().unwrap()))
+        .collect()
+}
+
+#[test]
+fn dit_info_describes_an_adapter_and_its_model_in_one_json_object() {
+    let lora = edit_dir().join("lora_kohya.safetensors");
+    let model = fixtures().join("pipeline");
+    let stdout = succeed(&[
+        "info",
+        "--lora",
+        path(&lora),
+        "--model",
+        path(&model),
+        "--json",
+    ]);
+    assert_eq!(stdout.trim_end().lines().count(), 1, "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["architecture"], "ZImageTransformer2DModel");
+    assert_eq!(report["adapter"]["lora"], path(&lora));
+    assert_eq!(report["adapter"]["layers"].as_array().unwrap().len(), 35);
+    assert_eq!(report["adapter"]["layers"][0]["rank"], 4);
+    assert_eq!(report["loras"][0]["path"], path(&lora));
+    // Without a model: the adapter's own object.
+    let alone = succeed(&["info", "--lora", path(&lora), "--json"]);
+    let alone: serde_json::Value = serde_json::from_str(&alone).unwrap();
+    assert_eq!(alone, report["adapter"]);
 }
 
 #[test]
@@ -356,7 +414,10 @@ fn bad_pictures_masks_strengths_and_adapters_are_one_line_errors() {
     );
     for strength in ["0", "1.5", "-0.2", "nan"] {
         let line = run(&["--image", path(&picture), "--strength", strength]);
-        assert!(line.contains("--strength must be in (0, 1]"), "{line}");
+        assert!(
+            line.contains("--strength") && line.contains("must be in (0, 1]"),
+            "{line}"
+        );
     }
     let line = run(&["--strength", "0.5"]);
     assert!(line.contains("--strength needs --image"), "{line}");

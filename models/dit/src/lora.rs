@@ -45,19 +45,35 @@ pub struct LayerAdapter {
     pub rslora: bool,
 }
 
+/// The sizes of an adapted layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerDims {
+    pub rank: i32,
+    pub inp: i32,
+    pub out: i32,
+}
+
 impl LayerAdapter {
-    pub fn rank(&self) -> i32 {
-        self.down.dim(0).unwrap_or(0)
+    /// Rank and features, `None` unless `down` is `[rank, in]` and `up` `[out, rank]` with
+    /// a positive rank: [`read`] guarantees that, but the fields are public.
+    pub fn dims(&self) -> Option<LayerDims> {
+        match (self.down.shape(), self.up.shape()) {
+            (&[rank, inp], &[out, up_rank]) if rank == up_rank && rank > 0 => {
+                Some(LayerDims { rank, inp, out })
+            }
+            _ => None,
+        }
     }
 
-    /// What the update `up · down` is multiplied by before a user's scale: `alpha / rank`.
-    pub fn scale(&self) -> f32 {
-        let rank = self.rank() as f32;
-        match self.alpha {
+    /// What the update `up · down` is multiplied by before a user's scale: `alpha / rank`
+    /// (`None` when [`dims`](Self::dims) is).
+    pub fn scale(&self) -> Option<f32> {
+        let rank = self.dims()?.rank as f32;
+        Some(match self.alpha {
             Some(alpha) if self.rslora => alpha / rank.sqrt(),
             Some(alpha) => alpha / rank,
             None => 1.0,
-        }
+        })
     }
 }
 
@@ -106,9 +122,12 @@ enum Part {
 /// Splits a key into its module (in the file's spelling) and part, or `None` for a key
 /// that is no LoRA tensor.
 fn split_key(key: &str) -> Option<(&str, Part)> {
-    const SUFFIXES: [(&str, Part); 7] = [
+    const SUFFIXES: [(&str, Part); 9] = [
         (".lora_A.weight", Part::Down),
         (".lora_B.weight", Part::Up),
+        // PEFT's default adapter name.
+        (".lora_A.default.weight", Part::Down),
+        (".lora_B.default.weight", Part::Up),
         (".lora_down.weight", Part::Down),
         (".lora_up.weight", Part::Up),
         (".lora.down.weight", Part::Down),
@@ -221,8 +240,6 @@ pub fn read(path: &Path) -> Result<Adapter> {
     let mut modules: BTreeMap<String, Pieces> = BTreeMap::new();
     let mut unknown = Vec::new();
     for (key, array) in &file.tensors {
-        // PEFT's adapter name, as in `lora_A.default.weight`.
-        let key = &key.replace("default.", "");
         let Some((base, part)) = split_key(key) else {
             unknown.push(key.clone());
             continue;
@@ -269,6 +286,16 @@ pub fn read(path: &Path) -> Result<Adapter> {
         };
         let (down_shape, up_shape) = (down.shape().to_vec(), up.shape().to_vec());
         let fused = module.ends_with(".attention.qkv");
+        if down_shape.first() == Some(&0) {
+            // alpha / 0 would merge infinities (NaN) into the weights.
+            return Err(error(
+                path,
+                format!(
+                    "`{}` has rank 0 (down {down_shape:?}): nothing to apply",
+                    pieces.key
+                ),
+            ));
+        }
         let fits = down_shape.len() == 2
             && up_shape.len() == 2
             && up_shape[1] == down_shape[0]
@@ -328,23 +355,35 @@ pub fn apply(model: &mut ZImage, adapter: &Adapter, scale: f32, lenient: bool) -
     }
     let mut linears: BTreeMap<String, &mut mlx::nn::Linear> =
         model.linears_mut().into_iter().collect();
-    let mut unmatched = Vec::new();
+    // A set: the three layers of a fused qkv share their file's key.
+    let mut unmatched = BTreeSet::new();
     let mut misfits = Vec::new();
     let mut seen = BTreeSet::new();
+    // The layers to merge, with their scales.
+    let mut planned = Vec::with_capacity(adapter.layers.len());
     for layer in &adapter.layers {
+        let (down, up) = (layer.down.shape(), layer.up.shape());
+        // `read` makes well-formed layers; a caller building its own may not.
+        let (Some(dims), Some(layer_scale)) = (layer.dims(), layer.scale()) else {
+            misfits.push(format!(
+                "`{}` (down {down:?}, up {up:?}) is not a low-rank pair [r, in], [out, r]",
+                layer.key
+            ));
+            continue;
+        };
         let Some(linear) = linears.get(&layer.module) else {
-            unmatched.push(layer.key.clone());
+            unmatched.insert(layer.key.clone());
             continue;
         };
         seen.insert(layer.module.as_str());
         let (out, inp) = linear.features();
-        let (down, up) = (layer.down.shape(), layer.up.shape());
-        if down[1] != inp || up[0] != out {
+        if (dims.inp, dims.out) != (inp, out) {
             misfits.push(format!(
                 "`{}` (down {down:?}, up {up:?}) does not fit {} [{out}, {inp}]",
                 layer.key, layer.module
             ));
         }
+        planned.push((layer, layer_scale));
     }
     if !misfits.is_empty() {
         return Err(error(
@@ -356,7 +395,7 @@ pub fn apply(model: &mut ZImage, adapter: &Adapter, scale: f32, lenient: bool) -
             ),
         ));
     }
-    unmatched.dedup();
+    let unmatched: Vec<String> = unmatched.into_iter().collect();
     if !unmatched.is_empty() && !lenient {
         return Err(error(
             path,
@@ -367,9 +406,9 @@ pub fn apply(model: &mut ZImage, adapter: &Adapter, scale: f32, lenient: bool) -
             ),
         ));
     }
-    for layer in &adapter.layers {
+    for (layer, layer_scale) in planned {
         if let Some(linear) = linears.get_mut(&layer.module) {
-            linear.add_low_rank(&layer.down, &layer.up, scale * layer.scale());
+            linear.add_low_rank(&layer.down, &layer.up, scale * layer_scale);
         }
     }
     // Evaluated now: the merged weights replace the loaded ones instead of holding them.
@@ -444,5 +483,51 @@ mod tests {
             assert_eq!(module_path(base), module);
         }
         assert!(split_key("layers.0.attention.to_q.weight").is_none());
+    }
+
+    #[test]
+    fn only_pefts_adapter_name_segment_is_dropped() {
+        let split = |key| split_key(key).map(|(base, part)| (base, part == Part::Down));
+        assert_eq!(
+            split("transformer.layers.0.attention.to_q.lora_A.default.weight"),
+            Some(("transformer.layers.0.attention.to_q", true))
+        );
+        assert_eq!(
+            split("transformer.layers.0.attention.to_q.lora_B.default.weight"),
+            Some(("transformer.layers.0.attention.to_q", false))
+        );
+        // "default." elsewhere is part of the module's name.
+        assert_eq!(
+            split("default.layers.0.attention.to_q.lora_A.weight"),
+            Some(("default.layers.0.attention.to_q", true))
+        );
+    }
+
+    #[test]
+    fn rank_0_adapters_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rank0.safetensors");
+        let down = Array::zeros(&[0, 8], Dtype::F32);
+        let up = Array::zeros(&[8, 0], Dtype::F32);
+        let key = "transformer.layers.0.attention.to_q";
+        mlx::io::save_safetensors(
+            &path,
+            [
+                (format!("{key}.lora_A.weight"), &down),
+                (format!("{key}.lora_B.weight"), &up),
+            ],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let Err(e) = read(&path) else {
+            panic!("a rank-0 adapter was read")
+        };
+        let message = e.to_string();
+        assert!(
+            message.contains("rank0.safetensors")
+                && message.contains(key)
+                && message.contains("rank 0"),
+            "{message}"
+        );
     }
 }

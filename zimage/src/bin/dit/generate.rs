@@ -1,6 +1,7 @@
 //! `dit generate`: prompt to picture, with a progress bar and a JSON report.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,6 +17,7 @@ use zimage::pipeline::{LoadOptions, LoraSpec, Pipeline};
 use zimage::preview;
 use zimage::prompt::{PromptEmbeds, MAX_SEQUENCE_LENGTH};
 use zimage::sampler::{self, Caption, Guidance, InitImage, Noise, Request};
+use zimage::scheduler;
 
 use crate::quantize_arg::QuantizeArg;
 use crate::{compute_dtype, info, mib, model_source, CliResult, FloatDtype, TilingArg};
@@ -217,19 +219,41 @@ pub fn run(args: Args) -> CliResult {
         None => (None, None),
     };
     request.latent_hw()?;
+    if let (Some(init), Noise::Given(noise), Some(path)) =
+        (&init, &request.noise, &args.init_latents)
+    {
+        if noise.shape() != init.latents.shape() {
+            return Err(format!(
+                "--init-latents {}: `latents` {:?} must be the shape of the picture's latents \
+                 {:?}",
+                path.display(),
+                noise.shape(),
+                init.latents.shape()
+            )
+            .into());
+        }
+    }
 
     crate::note_kernel_compilation();
-    let bar = progress_bar(args.steps);
+    // With a picture only the last steps of the schedule run.
+    let steps_run = match &init {
+        Some(init) => scheduler::steps_at_strength(args.steps, init.strength),
+        None => args.steps,
+    };
+    let bar = progress_bar(steps_run);
     let step_bar = bar.clone();
     let (generation, denoise) = phase(|| {
         let on_step = move |_, report: &sampler::StepReport| {
             step_bar.set_message(format!("{:.0} ms/step", report.elapsed.as_secs_f64() * 1e3));
             step_bar.inc(1);
+            ControlFlow::Continue(())
         };
-        Ok(match &init {
-            Some(init) => sampler::generate_from(pipeline.transformer(), &request, init, on_step)?,
-            None => sampler::generate(pipeline.transformer(), &request, on_step)?,
-        })
+        Ok(sampler::generate_until(
+            pipeline.transformer(),
+            &request,
+            init.as_ref(),
+            on_step,
+        )?)
     })?;
     bar.finish_and_clear();
     let latents = &generation.latents;
@@ -385,8 +409,8 @@ fn check_flags(args: &Args) -> CliResult {
     } else if args.width.is_some() || args.height.is_some() {
         return Err("--width/--height: with --image the picture's size is the output's".into());
     }
-    if let Some(strength) = args.strength.filter(|s| !(*s > 0.0 && *s <= 1.0)) {
-        return Err(format!("--strength must be in (0, 1], found {strength}").into());
+    if let Some(strength) = args.strength {
+        sampler::check_strength(strength).map_err(|e| format!("--strength: {e}"))?;
     }
     for (flag, size) in [("--width", args.width), ("--height", args.height)] {
         if let Some(size) = size.filter(|&s| s <= 0 || s % (2 * sampler::VAE_SCALE) != 0) {
@@ -415,18 +439,14 @@ fn read_pictures(args: &Args) -> CliResultOf<Option<(Rgb8, Option<Rgb8>)>> {
     let picture = edit::read_picture(path)?;
     let mask = args.mask.as_deref().map(edit::read_picture).transpose()?;
     if let (Some(mask), Some(mask_path)) = (&mask, &args.mask) {
-        if (mask.width, mask.height) != (picture.width, picture.height) {
-            return Err(format!(
-                "--mask {}: {}x{} pixels, but --image {} is {}x{}",
+        // Checked as read: cutting both down to multiples of 16 could hide a difference.
+        edit::check_mask(&picture, mask).map_err(|e| {
+            format!(
+                "--mask {} and --image {}: {e}",
                 mask_path.display(),
-                mask.width,
-                mask.height,
-                path.display(),
-                picture.width,
-                picture.height
+                path.display()
             )
-            .into());
-        }
+        })?;
     }
     let fitted =
         edit::fit_sides(&picture).map_err(|e| format!("--image {}: {e}", path.display()))?;
@@ -443,10 +463,42 @@ fn init_image(
     mask: Option<&Rgb8>,
 ) -> CliResultOf<InitImage> {
     let recorded = match &args.init_latents {
-        Some(path) => load_safetensors(path)?.tensors.remove("encode_noise"),
+        Some(path) => load_safetensors(path)?
+            .tensors
+            .remove("encode_noise")
+            .map(|eps| (path, eps)),
         None => None,
     };
-    let draw = recorded.map_or(LatentDraw::Seeded(args.seed), LatentDraw::Given);
+    let draw = match recorded {
+        Some((path, eps)) => {
+            // The posterior is the VAE's latents of the picture, [1, C, H/8, W/8]: checked
+            // here to name the file (`edit::init_image` checks it too, for any caller).
+            let channels = pipeline
+                .require_vae("encode pictures")?
+                .config
+                .latent_channels;
+            let expected = [
+                1,
+                channels,
+                picture.height as i32 / sampler::VAE_SCALE,
+                picture.width as i32 / sampler::VAE_SCALE,
+            ];
+            if eps.shape() != expected || !eps.dtype().is_float() {
+                return Err(format!(
+                    "--init-latents {}: `encode_noise` must be floating point {expected:?} for \
+                     the {}x{} picture, found {} {:?}",
+                    path.display(),
+                    picture.width,
+                    picture.height,
+                    eps.dtype(),
+                    eps.shape()
+                )
+                .into());
+            }
+            LatentDraw::Given(eps)
+        }
+        None => LatentDraw::Seeded(args.seed),
+    };
     Ok(edit::init_image(
         pipeline,
         picture,
@@ -653,6 +705,17 @@ fn png_text(args: &Args, width: i32, height: i32) -> Vec<(&'static str, String)>
         width,
         height,
         model: args.model.to_string(),
+        strength: args.image.as_ref().map(|_| strength(args)),
+        image: args.image.as_ref().map(|p| p.display().to_string()),
+        mask: args.mask.as_ref().map(|p| p.display().to_string()),
+        loras: (!args.loras.is_empty()).then(|| {
+            let specs: Vec<String> = args
+                .loras
+                .iter()
+                .map(|l| format!("{}:{}", l.path.display(), l.scale))
+                .collect();
+            specs.join(", ")
+        }),
     }
     .text()
 }

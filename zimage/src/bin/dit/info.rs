@@ -34,30 +34,43 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult {
-    if let Some(path) = &args.lora {
-        describe_adapter(&lora::read(path)?, args.json);
-    }
+    // Read once: listed here and, with --model, applied to check that it fits.
+    let adapter = args.lora.as_deref().map(lora::read).transpose()?;
     let Some(source) = &args.model else {
+        if let Some(adapter) = &adapter {
+            if args.json {
+                println!("{}", adapter_json(adapter));
+            } else {
+                describe_adapter(adapter);
+            }
+        }
         return Ok(());
     };
     let dtype = compute_dtype(args.dtype)?;
     let options = LoadOptions {
         quantize: args.quantize.config()?,
         keep_text_encoder: true,
-        loras: args
-            .lora
-            .iter()
-            .map(|path| LoraSpec {
-                path: path.clone(),
-                scale: 1.0,
-            })
-            .collect(),
         ..LoadOptions::from(dtype)
     };
-    let pipeline = Pipeline::load(source, options)?;
+    let mut pipeline = Pipeline::load(source, options)?;
+    if let Some(adapter) = &adapter {
+        let spec = LoraSpec {
+            path: adapter.path.clone(),
+            scale: 1.0,
+        };
+        pipeline.apply_lora(&spec, adapter, false)?;
+    }
     if args.json {
-        println!("{}", report_json(source, &pipeline, dtype));
+        // One object: the model's report, the adapter's layers under "adapter".
+        let mut report = report_json(source, &pipeline, dtype);
+        if let (Some(adapter), Value::Object(fields)) = (&adapter, &mut report) {
+            fields.insert("adapter".into(), adapter_json(adapter));
+        }
+        println!("{report}");
         return Ok(());
+    }
+    if let Some(adapter) = &adapter {
+        describe_adapter(adapter);
     }
     let loaded = &pipeline.transformer;
     let model = &loaded.model;
@@ -265,44 +278,45 @@ fn quantization_text(q: &QuantReport, dtype: Dtype) -> String {
     )
 }
 
-/// One line per adapted layer: its module, rank, alpha and the scale `alpha / rank`.
-fn describe_adapter(adapter: &Adapter, json: bool) {
-    if json {
-        let layers: Vec<Value> = adapter
-            .layers
-            .iter()
-            .map(|l| {
-                json!({
-                    "module": l.module,
-                    "key": l.key,
-                    "rank": l.rank(),
-                    "alpha": l.alpha,
-                    "in": l.down.dim(1).unwrap_or(0),
-                    "out": l.up.dim(0).unwrap_or(0),
-                    "scale": l.scale(),
-                })
+/// The adapter's file and its layers: module, file key, rank, alpha, features and the
+/// scale `alpha / rank` (`null` for a layer that is no low-rank pair, which `lora::read`
+/// does not make).
+fn adapter_json(adapter: &Adapter) -> Value {
+    let layers: Vec<Value> = adapter
+        .layers
+        .iter()
+        .map(|l| {
+            let dims = l.dims();
+            json!({
+                "module": l.module,
+                "key": l.key,
+                "rank": dims.map(|d| d.rank),
+                "alpha": l.alpha,
+                "in": dims.map(|d| d.inp),
+                "out": dims.map(|d| d.out),
+                "scale": l.scale(),
             })
-            .collect();
-        println!(
-            "{}",
-            json!({ "lora": adapter.path.display().to_string(), "layers": layers })
-        );
-        return;
-    }
+        })
+        .collect();
+    json!({ "lora": adapter.path.display().to_string(), "layers": layers })
+}
+
+/// One line per adapted layer: its module, rank, alpha and the scale `alpha / rank`.
+fn describe_adapter(adapter: &Adapter) {
     println!(
         "lora            {} ({} layers)",
         adapter.path.display(),
         adapter.layers.len()
     );
     for l in &adapter.layers {
+        let (Some(d), Some(scale)) = (l.dims(), l.scale()) else {
+            println!("  {:<44} not a low-rank pair", l.module);
+            continue;
+        };
         let alpha = l.alpha.map_or("-".to_string(), |a| a.to_string());
         println!(
-            "  {:<44} rank {:>3}  alpha {alpha:>5}  [{}, {}]  scale {}",
-            l.module,
-            l.rank(),
-            l.up.dim(0).unwrap_or(0),
-            l.down.dim(1).unwrap_or(0),
-            l.scale()
+            "  {:<44} rank {:>3}  alpha {alpha:>5}  [{}, {}]  scale {scale}",
+            l.module, d.rank, d.out, d.inp
         );
     }
 }

@@ -325,6 +325,10 @@ fn draw(pipeline: &Pipeline, job: &Job, stats: &Stats) -> Result<Images, Failure
             width: g.width,
             height: g.height,
             model: pipeline.source.to_string(),
+            strength: None,
+            image: None,
+            mask: None,
+            loras: None,
         };
         for rgb in picture::to_rgb8(&image)? {
             pictures.push((picture::png_bytes(&rgb, &parameters.text())?, seed));
