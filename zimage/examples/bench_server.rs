@@ -123,7 +123,6 @@ async fn main() -> Result<(), String> {
             Arc::clone(&memory),
         );
         let requests = options.requests;
-        let health = health.clone();
         async move {
             while sent.fetch_add(1, Ordering::Relaxed) < requests {
                 let t = Instant::now();
