@@ -708,7 +708,7 @@ fn quantized_layers_load_whatever_the_matmul_path() {
         let loaded = weights::load(&source, options).unwrap();
         assert_eq!(loaded.quantization.matmul, Some(matmul));
         let config = loaded.model.config.quantization.as_ref();
-        assert_eq!(config.map(|q| q.mode), Some(QuantFormat::Mxfp8));
+        assert_eq!(config.map(|q| q.format), Some(QuantFormat::Mxfp8));
         let Linear::Quantized(q) = &loaded.model.layers[0].attention.to_q else {
             panic!("to_q is dense");
         };

@@ -155,7 +155,7 @@ pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Loa
     if let (Some(stored), Some(_)) = (stored, options.quantize) {
         return Err(DitError::Input(format!(
             "{source} is already quantized ({}): quantization applies to dense checkpoints",
-            stored.mode
+            stored.format
         )));
     }
     let matmul = stored.or(options.quantize).map(|format| {
@@ -246,7 +246,7 @@ fn stored_format(
     let message = match (config.quantization, stored_scales(checkpoint)) {
         (Some(q), None) => format!(
             "config.json records {} quantization, but no tensor is quantized (no *{SCALE_SUFFIX})",
-            q.mode
+            q.format
         ),
         (None, Some((name, count))) => format!(
             "{name} and {} more quantized tensors, but config.json records no quantization",

@@ -204,7 +204,7 @@ fn fill_parts(
         return Err(Qwen3Error::Input(format!(
             "{} is already quantized ({}): quantization applies to dense checkpoints",
             origin.display(),
-            stored.mode
+            stored.format
         )));
     }
     let mut checkpoint = match stored {
@@ -329,7 +329,7 @@ fn stored_quantization(
     let message = match (config.quantization, stored_scales(checkpoint)) {
         (Some(q), None) => format!(
             "config.json records {} quantization, but no tensor is quantized (no *{SCALE_SUFFIX})",
-            q.mode
+            q.format
         ),
         (None, Some((name, count))) => format!(
             "{name} and {} more quantized tensors, but config.json records no quantization",
@@ -347,7 +347,7 @@ fn stored_quantization(
 /// with the linear layers): an embedding is a lookup, kept dense here.
 fn dequantize_embeddings(
     mut checkpoint: Checkpoint,
-    format: QuantConfig,
+    config: QuantConfig,
     dtype: Dtype,
 ) -> Checkpoint {
     let name = |suffix: &str| format!("embed_tokens{suffix}");
@@ -362,9 +362,9 @@ fn dequantize_embeddings(
         weights,
         scales,
         biases: checkpoint.take(&name(".weight_qbias")),
-        group_size: format.group_size,
-        bits: format.bits,
-        mode: format.mode.mode(),
+        group_size: config.group_size,
+        bits: config.bits,
+        mode: config.format.mlx_mode(),
     }
     .dequantize(Some(dtype));
     restored(checkpoint, (name(".weight"), table))
