@@ -132,7 +132,7 @@ impl QuantizedLinear {
         let groups = [out, inp / config.group_size];
         let scale_dtype = config.format.scale_dtype(dtype);
         QuantizedLinear {
-            packed: Array::zeros(&[out, inp * config.bits / 32], Dtype::U32),
+            packed: Array::zeros(&[out, inp * config.bits() / 32], Dtype::U32),
             scales: Array::zeros(&groups, scale_dtype),
             qbias: config
                 .format
@@ -149,7 +149,7 @@ impl QuantizedLinear {
     /// `(out, in)` features, from the packed shape.
     pub fn features(&self) -> (i32, i32) {
         let (out, packed) = matrix_dims(&self.packed);
-        (out, packed * 32 / self.config.bits)
+        (out, packed * 32 / self.config.bits())
     }
 
     /// MLX's view of the packed weight (clones share the arrays).
@@ -159,7 +159,7 @@ impl QuantizedLinear {
             scales: self.scales.clone(),
             biases: self.qbias.clone(),
             group_size: self.config.group_size,
-            bits: self.config.bits,
+            bits: self.config.bits(),
             mode: self.config.format.mlx_mode(),
         }
     }

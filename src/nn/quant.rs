@@ -153,23 +153,21 @@ impl From<QuantFormat> for String {
 ///
 /// Read from this project's record (`{"mode": "affine4", "group_size": 64, "bits": 4}`)
 /// or from MLX's and mlx-lm's (`{"group_size": 64, "bits": 4}`, optionally with `"mode":
-/// "affine"`, `"mxfp4"`, ...); written as this project's. Only combinations MLX quantizes
-/// are accepted.
+/// "affine"`, `"mxfp4"`, ...); written as this project's, `"bits"` included for MLX's
+/// readers. Only combinations MLX quantizes are accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "RecordedQuantization")]
+#[serde(try_from = "RecordedQuantization", into = "RecordedQuantization")]
 pub struct QuantConfig {
-    #[serde(rename = "mode")]
     pub format: QuantFormat,
     pub group_size: i32,
-    pub bits: i32,
 }
 
 /// `"quantization"` as either layout writes it.
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct RecordedQuantization {
     mode: Option<String>,
     group_size: i32,
-    bits: i32,
+    bits: Option<i32>,
 }
 
 impl TryFrom<RecordedQuantization> for QuantConfig {
@@ -178,22 +176,35 @@ impl TryFrom<RecordedQuantization> for QuantConfig {
     fn try_from(r: RecordedQuantization) -> Result<QuantConfig, String> {
         let format = match (r.mode.as_deref(), r.bits) {
             // MLX names the mode, not the width.
-            (None | Some("affine"), 4) => QuantFormat::Affine4,
-            (None | Some("affine"), 8) => QuantFormat::Affine8,
-            (None | Some("affine"), bits) => {
+            (None | Some("affine"), Some(4)) => QuantFormat::Affine4,
+            (None | Some("affine"), Some(8)) => QuantFormat::Affine8,
+            (None | Some("affine"), Some(bits)) => {
                 return Err(format!(
                     "quantization: affine with {bits} bits is not supported (4 or 8)"
                 ))
             }
+            (None | Some("affine"), None) => {
+                return Err("quantization: affine without \"bits\" (4 or 8)".into())
+            }
             (Some(name), _) => name.parse()?,
         };
-        let config = QuantConfig {
-            format,
-            group_size: r.group_size,
-            bits: r.bits,
-        };
-        config.validate()?;
-        Ok(config)
+        match r.bits {
+            Some(bits) if bits != format.bits() => Err(format!(
+                "quantization: {format} with {bits} bits is not supported ({} bits)",
+                format.bits()
+            )),
+            _ => QuantConfig::with_group_size(format, r.group_size),
+        }
+    }
+}
+
+impl From<QuantConfig> for RecordedQuantization {
+    fn from(config: QuantConfig) -> RecordedQuantization {
+        RecordedQuantization {
+            mode: Some(config.format.name().to_string()),
+            group_size: config.group_size,
+            bits: Some(config.bits()),
+        }
     }
 }
 
@@ -203,44 +214,42 @@ impl QuantConfig {
         QuantConfig {
             format,
             group_size: format.default_group_size(),
-            bits: format.bits(),
         }
     }
 
     /// `format` with groups of `group_size`, which must be one MLX quantizes it with.
     pub fn with_group_size(format: QuantFormat, group_size: i32) -> Result<QuantConfig, String> {
-        let config = QuantConfig {
-            group_size,
-            ..QuantConfig::new(format)
-        };
+        let config = QuantConfig { format, group_size };
         config.validate()?;
         Ok(config)
     }
 
-    /// Only combinations MLX quantizes are accepted: the mode's own width and one of its
-    /// group sizes.
+    /// Only group sizes MLX quantizes the format with are accepted (the fields are public,
+    /// so a config built by hand is checked here).
     pub fn validate(&self) -> Result<(), String> {
         let sizes = self.format.group_sizes();
-        if self.bits != self.format.bits() || !sizes.contains(&self.group_size) {
+        if !sizes.contains(&self.group_size) {
             let sizes: Vec<String> = sizes.iter().map(i32::to_string).collect();
             return Err(format!(
-                "quantization: {} with group size {} and {} bits is not supported \
-                 (group size {}, {} bits)",
+                "quantization: {} with group size {} is not supported (group size {})",
                 self.format,
                 self.group_size,
-                self.bits,
                 sizes.join("/"),
-                self.format.bits()
             ));
         }
         Ok(())
+    }
+
+    /// Bits per quantized element: the format's.
+    pub fn bits(&self) -> i32 {
+        self.format.bits()
     }
 
     /// Quantizes `w` (`[out, in]`, `in` a multiple of the group size) along its last
     /// axis. Lazy: the packed arrays are computed when evaluated.
     #[track_caller]
     pub fn quantize(&self, w: &Array) -> crate::Result<Quantized> {
-        Quantized::new(w, self.group_size, self.bits, self.format.mlx_mode())
+        Quantized::new(w, self.group_size, self.bits(), self.format.mlx_mode())
     }
 }
 
@@ -435,19 +444,28 @@ mod tests {
 
     #[test]
     fn other_group_sizes_and_widths_are_rejected() {
-        let config = QuantConfig {
-            bits: 4,
-            ..QuantConfig::new(QuantFormat::Affine8)
-        };
-        assert!(config.validate().unwrap_err().contains("not supported"));
+        let read = |json: &str| serde_json::from_str::<QuantConfig>(json);
+        let err = read(r#"{"mode": "affine8", "group_size": 32, "bits": 4}"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("affine8 with 4 bits is not supported (8 bits)"),
+            "{err}"
+        );
+        let err = read(r#"{"mode": "affine", "group_size": 32}"#).unwrap_err();
+        assert!(err.to_string().contains("affine without \"bits\""), "{err}");
+        let config = read(r#"{"mode": "nvfp4", "group_size": 16}"#).unwrap();
+        assert_eq!(config, QuantConfig::new(QuantFormat::Nvfp4));
         for format in QuantFormat::ALL {
             QuantConfig::new(format).validate().unwrap();
         }
         QuantConfig::with_group_size(QuantFormat::Affine4, 32).unwrap();
         let err = QuantConfig::with_group_size(QuantFormat::Nvfp4, 32).unwrap_err();
-        assert!(err.contains("group size 16, 4 bits"), "{err}");
+        assert!(
+            err.contains("nvfp4 with group size 32 is not supported (group size 16)"),
+            "{err}"
+        );
         let err = QuantConfig::with_group_size(QuantFormat::Affine8, 48).unwrap_err();
-        assert!(err.contains("group size 32/64/128, 8 bits"), "{err}");
+        assert!(err.contains("(group size 32/64/128)"), "{err}");
     }
 
     #[test]

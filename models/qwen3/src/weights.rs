@@ -363,7 +363,7 @@ fn dequantize_embeddings(
         scales,
         biases: checkpoint.take(&name(".weight_qbias")),
         group_size: config.group_size,
-        bits: config.bits,
+        bits: config.bits(),
         mode: config.format.mlx_mode(),
     }
     .dequantize(Some(dtype));

@@ -239,7 +239,7 @@ pub fn quantization_json(q: &QuantReport, weights_bytes: usize) -> Value {
     json!({
         "mode": config.map_or("none", |c| c.format.name()),
         "group_size": config.map(|c| c.group_size),
-        "bits": config.map(|c| c.bits),
+        "bits": config.map(|c| c.bits()),
         "quantized_layers": q.quantized,
         "dense_layers": q.dense.len(),
         "matmul": q.matmul.map(MatmulPath::name),
@@ -257,7 +257,7 @@ fn quantization_text(q: &QuantReport, dtype: Dtype) -> String {
          {:.1} MiB were they dense in {dtype}",
         config.format,
         config.group_size,
-        config.bits,
+        config.bits(),
         q.quantized,
         q.dense.len(),
         q.matmul.map_or("", MatmulPath::name),
