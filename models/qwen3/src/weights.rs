@@ -9,6 +9,7 @@
 //! `quantization` in `config.json`; a quantized embedding table, which mlx-lm writes, is
 //! dequantized at load) or quantized at load ([`LoadOptions::quantize`]).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use mlx::io::{load_checkpoint, save_checkpoint, Checkpoint};
@@ -240,7 +241,7 @@ fn fill_parts(
     };
     // Loading would convert integer tensors silently; a quantized layer's are checked
     // above.
-    let integer_params: Vec<String> = model
+    let integer_params: HashSet<String> = model
         .parameters()
         .into_iter()
         .filter(|(_, array)| !array.dtype().is_float())
@@ -251,9 +252,7 @@ fn fill_parts(
         checkpoint
             .iter()
             .chain(head_entry)
-            .filter(|(name, array)| {
-                !array.dtype().is_float() && !integer_params.iter().any(|p| p == name)
-            })
+            .filter(|(name, array)| !array.dtype().is_float() && !integer_params.contains(*name))
             .map(|(name, array)| (name.to_string(), format!("stored as {}", array.dtype()))),
     );
     let mut report = LoadReport::default();
