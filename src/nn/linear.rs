@@ -91,7 +91,7 @@ pub struct QuantizedLinear {
     /// LoRA adapters applied beside the quantized product (see [`super::lora`]).
     pub lora: Option<LowRank>,
     #[weight(skip)]
-    pub format: QuantConfig,
+    pub config: QuantConfig,
     #[weight(skip)]
     pub matmul: MatmulPath,
     /// The compute dtype: of the activations, the output and the dequantized weight.
@@ -105,17 +105,17 @@ impl QuantizedLinear {
     #[track_caller]
     pub fn from_dense(
         dense: &Dense,
-        format: QuantConfig,
+        config: QuantConfig,
         matmul: MatmulPath,
     ) -> crate::Result<QuantizedLinear> {
-        let q = format.quantize(&dense.weight)?;
+        let q = config.quantize(&dense.weight)?;
         Ok(QuantizedLinear {
             packed: q.weights,
             scales: q.scales,
             qbias: q.biases,
             bias: dense.bias.clone(),
             lora: None,
-            format,
+            config,
             matmul,
             dtype: dense.weight.dtype(),
         })
@@ -125,22 +125,22 @@ impl QuantizedLinear {
     pub fn zeros(
         (out, inp): (i32, i32),
         bias: bool,
-        format: QuantConfig,
+        config: QuantConfig,
         matmul: MatmulPath,
         dtype: Dtype,
     ) -> QuantizedLinear {
-        let groups = [out, inp / format.group_size];
-        let scale_dtype = format.mode.scale_dtype(dtype);
+        let groups = [out, inp / config.group_size];
+        let scale_dtype = config.format.scale_dtype(dtype);
         QuantizedLinear {
-            packed: Array::zeros(&[out, inp * format.bits / 32], Dtype::U32),
+            packed: Array::zeros(&[out, inp * config.bits() / 32], Dtype::U32),
             scales: Array::zeros(&groups, scale_dtype),
-            qbias: format
-                .mode
+            qbias: config
+                .format
                 .has_biases()
                 .then(|| Array::zeros(&groups, scale_dtype)),
             bias: bias.then(|| Array::zeros(&[out], dtype)),
             lora: None,
-            format,
+            config,
             matmul,
             dtype,
         }
@@ -149,7 +149,7 @@ impl QuantizedLinear {
     /// `(out, in)` features, from the packed shape.
     pub fn features(&self) -> (i32, i32) {
         let (out, packed) = matrix_dims(&self.packed);
-        (out, packed * 32 / self.format.bits)
+        (out, packed * 32 / self.config.bits())
     }
 
     /// MLX's view of the packed weight (clones share the arrays).
@@ -158,9 +158,9 @@ impl QuantizedLinear {
             weights: self.packed.clone(),
             scales: self.scales.clone(),
             biases: self.qbias.clone(),
-            group_size: self.format.group_size,
-            bits: self.format.bits,
-            mode: self.format.mode.mode(),
+            group_size: self.config.group_size,
+            bits: self.config.bits(),
+            mode: self.config.format.mlx_mode(),
         }
     }
 

@@ -57,8 +57,8 @@ impl QuantFormat {
         }
     }
 
-    /// MLX's mode.
-    pub fn mode(self) -> QuantMode {
+    /// MLX's mode (MLX names affine's widths one mode).
+    pub fn mlx_mode(self) -> QuantMode {
         match self {
             QuantFormat::Affine4 | QuantFormat::Affine8 => QuantMode::Affine,
             QuantFormat::Mxfp4 => QuantMode::Mxfp4,
@@ -108,7 +108,7 @@ impl QuantFormat {
 
     /// Whether the format stores a bias per group.
     pub fn has_biases(self) -> bool {
-        self.mode().has_biases()
+        self.mlx_mode().has_biases()
     }
 }
 
@@ -153,99 +153,109 @@ impl From<QuantFormat> for String {
 ///
 /// Read from this project's record (`{"mode": "affine4", "group_size": 64, "bits": 4}`)
 /// or from MLX's and mlx-lm's (`{"group_size": 64, "bits": 4}`, optionally with `"mode":
-/// "affine"`, `"mxfp4"`, ...); written as this project's. Only combinations MLX quantizes
-/// are accepted.
+/// "affine"`, `"mxfp4"`, ...); written as this project's, `"bits"` included for MLX's
+/// readers. Only combinations MLX quantizes are accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "RecordedQuantization")]
+#[serde(try_from = "RecordedQuantization", into = "RecordedQuantization")]
 pub struct QuantConfig {
-    pub mode: QuantFormat,
+    pub format: QuantFormat,
     pub group_size: i32,
-    pub bits: i32,
 }
 
 /// `"quantization"` as either layout writes it.
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct RecordedQuantization {
     mode: Option<String>,
     group_size: i32,
-    bits: i32,
+    bits: Option<i32>,
 }
 
 impl TryFrom<RecordedQuantization> for QuantConfig {
     type Error = String;
 
     fn try_from(r: RecordedQuantization) -> Result<QuantConfig, String> {
-        let mode = match (r.mode.as_deref(), r.bits) {
+        let format = match (r.mode.as_deref(), r.bits) {
             // MLX names the mode, not the width.
-            (None | Some("affine"), 4) => QuantFormat::Affine4,
-            (None | Some("affine"), 8) => QuantFormat::Affine8,
-            (None | Some("affine"), bits) => {
+            (None | Some("affine"), Some(4)) => QuantFormat::Affine4,
+            (None | Some("affine"), Some(8)) => QuantFormat::Affine8,
+            (None | Some("affine"), Some(bits)) => {
                 return Err(format!(
                     "quantization: affine with {bits} bits is not supported (4 or 8)"
                 ))
             }
+            (None | Some("affine"), None) => {
+                return Err("quantization: affine without \"bits\" (4 or 8)".into())
+            }
             (Some(name), _) => name.parse()?,
         };
-        let config = QuantConfig {
-            mode,
-            group_size: r.group_size,
-            bits: r.bits,
-        };
-        config.validate()?;
-        Ok(config)
+        match r.bits {
+            Some(bits) if bits != format.bits() => Err(format!(
+                "quantization: {format} with {bits} bits is not supported ({} bits)",
+                format.bits()
+            )),
+            _ => QuantConfig::with_group_size(format, r.group_size),
+        }
+    }
+}
+
+impl From<QuantConfig> for RecordedQuantization {
+    fn from(config: QuantConfig) -> RecordedQuantization {
+        RecordedQuantization {
+            mode: Some(config.format.name().to_string()),
+            group_size: config.group_size,
+            bits: Some(config.bits()),
+        }
     }
 }
 
 impl QuantConfig {
-    /// `mode` with its default group size.
-    pub fn new(mode: QuantFormat) -> QuantConfig {
+    /// `format` with its default group size.
+    pub fn new(format: QuantFormat) -> QuantConfig {
         QuantConfig {
-            mode,
-            group_size: mode.default_group_size(),
-            bits: mode.bits(),
+            format,
+            group_size: format.default_group_size(),
         }
     }
 
-    /// `mode` with groups of `group_size`, which must be one MLX quantizes the mode with.
-    pub fn with_group_size(mode: QuantFormat, group_size: i32) -> Result<QuantConfig, String> {
-        let config = QuantConfig {
-            group_size,
-            ..QuantConfig::new(mode)
-        };
+    /// `format` with groups of `group_size`, which must be one MLX quantizes it with.
+    pub fn with_group_size(format: QuantFormat, group_size: i32) -> Result<QuantConfig, String> {
+        let config = QuantConfig { format, group_size };
         config.validate()?;
         Ok(config)
     }
 
-    /// Only combinations MLX quantizes are accepted: the mode's own width and one of its
-    /// group sizes.
+    /// Only group sizes MLX quantizes the format with are accepted (the fields are public,
+    /// so a config built by hand is checked here).
     pub fn validate(&self) -> Result<(), String> {
-        let sizes = self.mode.group_sizes();
-        if self.bits != self.mode.bits() || !sizes.contains(&self.group_size) {
+        let sizes = self.format.group_sizes();
+        if !sizes.contains(&self.group_size) {
             let sizes: Vec<String> = sizes.iter().map(i32::to_string).collect();
             return Err(format!(
-                "quantization: {} with group size {} and {} bits is not supported \
-                 (group size {}, {} bits)",
-                self.mode,
+                "quantization: {} with group size {} is not supported (group size {})",
+                self.format,
                 self.group_size,
-                self.bits,
                 sizes.join("/"),
-                self.mode.bits()
             ));
         }
         Ok(())
+    }
+
+    /// Bits per quantized element: the format's.
+    pub fn bits(&self) -> i32 {
+        self.format.bits()
     }
 
     /// Quantizes `w` (`[out, in]`, `in` a multiple of the group size) along its last
     /// axis. Lazy: the packed arrays are computed when evaluated.
     #[track_caller]
     pub fn quantize(&self, w: &Array) -> crate::Result<Quantized> {
-        Quantized::new(w, self.group_size, self.bits, self.mode.mode())
+        Quantized::new(w, self.group_size, self.bits(), self.format.mlx_mode())
     }
 }
 
 impl fmt::Display for QuantConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (group size {})", self.mode, self.group_size)
+        write!(f, "{} (group size {})", self.format, self.group_size)
     }
 }
 
@@ -286,7 +296,7 @@ pub struct ProbeShape {
     pub inp: i32,
 }
 
-/// Which product runs `format` fastest with `dtype` activations on the default device for
+/// Which product runs `config` fastest with `dtype` activations on the default device for
 /// a layer of `shape`, decided by asking the device, not by its name: if MLX has a
 /// `quantized_matmul` kernel for the format there (see [`kernel_available`]), both paths
 /// are timed on that product and the faster one wins. Costs a few products' time, once per
@@ -297,11 +307,11 @@ pub struct ProbeShape {
 /// one at full size costs seconds per run (half a minute per load for `small`, minutes at
 /// Z-Image-Turbo's size). A kernel that loses the slice by [`CLEAR_LOSS`] and would take
 /// more than [`SLOW_PRODUCT`] at full size is not timed further.
-pub fn probe(format: QuantConfig, dtype: Dtype, shape: ProbeShape) -> MatmulPath {
-    if !kernel_available(format, dtype) {
+pub fn probe(config: QuantConfig, dtype: Dtype, shape: ProbeShape) -> MatmulPath {
+    if !kernel_available(config, dtype) {
         return MatmulPath::Dequantize;
     }
-    let timed = |path, shape| time_product(format, dtype, shape, path);
+    let timed = |path, shape| time_product(config, dtype, shape, path);
     let slice = ProbeShape {
         tokens: (shape.tokens / 64).max(32).min(shape.tokens),
         ..shape
@@ -313,7 +323,7 @@ pub fn probe(format: QuantConfig, dtype: Dtype, shape: ProbeShape) -> MatmulPath
         let full = kernel.mul_f64(f64::from(shape.tokens) / f64::from(slice.tokens));
         if kernel > dequantize.mul_f64(CLEAR_LOSS) && full > SLOW_PRODUCT {
             tracing::info!(
-                "{format} with {dtype} activations over {} tokens: quantized_matmul {kernel:?}, \
+                "{config} with {dtype} activations over {} tokens: quantized_matmul {kernel:?}, \
                  dequantize+matmul {dequantize:?}; dequantizing",
                 slice.tokens
             );
@@ -326,7 +336,7 @@ pub fn probe(format: QuantConfig, dtype: Dtype, shape: ProbeShape) -> MatmulPath
     ) {
         (Some(kernel), Some(dequantize)) => {
             tracing::info!(
-                "{format} with {dtype} activations: quantized_matmul {kernel:?}, \
+                "{config} with {dtype} activations: quantized_matmul {kernel:?}, \
                  dequantize+matmul {dequantize:?}"
             );
             if kernel <= dequantize {
@@ -339,7 +349,7 @@ pub fn probe(format: QuantConfig, dtype: Dtype, shape: ProbeShape) -> MatmulPath
         (Some(_), None) => MatmulPath::Kernel,
         _ => MatmulPath::Dequantize,
     };
-    tracing::debug!("{format} with {dtype} activations: {path}");
+    tracing::debug!("{config} with {dtype} activations: {path}");
     path
 }
 
@@ -350,21 +360,21 @@ pub const CLEAR_LOSS: f64 = 4.0;
 /// on a GPU products take milliseconds, and the full-size timing decides as before.
 pub const SLOW_PRODUCT: Duration = Duration::from_millis(200);
 
-/// Whether MLX has a `quantized_matmul` kernel for `format` with `dtype` activations on the
+/// Whether MLX has a `quantized_matmul` kernel for `config` with `dtype` activations on the
 /// default device: runs a tiny one and checks that it evaluates. A kernel MLX lacks (an
 /// FP8 mode on a GPU backend built without it, say) fails at evaluation, not when the graph
 /// is built, so running one is the only reliable test.
-pub fn kernel_available(format: QuantConfig, dtype: Dtype) -> bool {
-    let group = format.group_size;
+pub fn kernel_available(config: QuantConfig, dtype: Dtype) -> bool {
+    let group = config.group_size;
     let w = Array::ones(&[group, 2 * group], dtype);
     let x = Array::ones(&[2, 2 * group], dtype);
-    match format
+    match config
         .quantize(&w)
         .and_then(|q| crate::eval([&q.matmul(&x, true)]))
     {
         Ok(()) => true,
         Err(error) => {
-            tracing::info!("{format} quantized_matmul unavailable ({error}); dequantizing");
+            tracing::info!("{config} quantized_matmul unavailable ({error}); dequantizing");
             false
         }
     }
@@ -373,7 +383,7 @@ pub fn kernel_available(format: QuantConfig, dtype: Dtype) -> bool {
 /// The best of three timings of the `shape` product through `path` (after a warm-up run),
 /// or `None` if it fails. Random operands: constant ones can run faster than real data.
 fn time_product(
-    format: QuantConfig,
+    config: QuantConfig,
     dtype: Dtype,
     shape: ProbeShape,
     path: MatmulPath,
@@ -381,7 +391,7 @@ fn time_product(
     let key = crate::random::key(0);
     let w = crate::random::normal(&[shape.out, shape.inp], dtype, &key) * 0.02;
     let x = crate::random::normal(&[shape.tokens, shape.inp], dtype, &key);
-    let q = format.quantize(&w).ok()?;
+    let q = config.quantize(&w).ok()?;
     crate::eval([&q.weights, &q.scales]).ok()?;
     let product = || match path {
         MatmulPath::Kernel => q.matmul(&x, true),
@@ -434,19 +444,28 @@ mod tests {
 
     #[test]
     fn other_group_sizes_and_widths_are_rejected() {
-        let config = QuantConfig {
-            bits: 4,
-            ..QuantConfig::new(QuantFormat::Affine8)
-        };
-        assert!(config.validate().unwrap_err().contains("not supported"));
+        let read = |json: &str| serde_json::from_str::<QuantConfig>(json);
+        let err = read(r#"{"mode": "affine8", "group_size": 32, "bits": 4}"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("affine8 with 4 bits is not supported (8 bits)"),
+            "{err}"
+        );
+        let err = read(r#"{"mode": "affine", "group_size": 32}"#).unwrap_err();
+        assert!(err.to_string().contains("affine without \"bits\""), "{err}");
+        let config = read(r#"{"mode": "nvfp4", "group_size": 16}"#).unwrap();
+        assert_eq!(config, QuantConfig::new(QuantFormat::Nvfp4));
         for format in QuantFormat::ALL {
             QuantConfig::new(format).validate().unwrap();
         }
         QuantConfig::with_group_size(QuantFormat::Affine4, 32).unwrap();
         let err = QuantConfig::with_group_size(QuantFormat::Nvfp4, 32).unwrap_err();
-        assert!(err.contains("group size 16, 4 bits"), "{err}");
+        assert!(
+            err.contains("nvfp4 with group size 32 is not supported (group size 16)"),
+            "{err}"
+        );
         let err = QuantConfig::with_group_size(QuantFormat::Affine8, 48).unwrap_err();
-        assert!(err.contains("group size 32/64/128, 8 bits"), "{err}");
+        assert!(err.contains("(group size 32/64/128)"), "{err}");
     }
 
     #[test]

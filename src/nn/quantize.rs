@@ -5,7 +5,7 @@
 
 use crate::io::Checkpoint;
 use crate::module::Module;
-use crate::nn::quant::{MatmulPath, QuantConfig};
+use crate::nn::quant::{probe, MatmulPath, ProbeShape, QuantConfig, QuantFormat};
 use crate::nn::{Linear, QuantizedLinear};
 use crate::{Array, Dtype};
 
@@ -45,9 +45,68 @@ pub fn quantize_linears<'a>(
     Ok(())
 }
 
+/// A checkpoint whose quantization cannot be loaded as asked. Each message names the file
+/// or tensor at fault; the model crates put the checkpoint's name in front.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QuantizedCheckpointError {
+    #[error(
+        "config.json records {0} quantization, but no tensor is quantized (no *{suffix})",
+        suffix = SCALE_SUFFIX
+    )]
+    NoQuantizedTensors(QuantFormat),
+    #[error("{first} and {more} more quantized tensors, but config.json records no quantization")]
+    Unrecorded { first: String, more: usize },
+    /// Quantizing at load asked of a checkpoint stored quantized.
+    #[error("already quantized ({0}): quantization applies to dense checkpoints")]
+    AlreadyQuantized(QuantFormat),
+}
+
+/// How a model's quantized layers load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadQuantization {
+    /// The format the checkpoint stores its quantized layers in; `None`: stored dense.
+    pub stored: Option<QuantConfig>,
+    /// The matmul of the quantized layers, stored or quantized at load; `None`: none are.
+    pub matmul: Option<MatmulPath>,
+}
+
+impl LoadQuantization {
+    /// Checks `recorded` (`config.json`'s record) against `checkpoint`'s tensors, refuses
+    /// to `quantize` a checkpoint stored quantized, and picks the matmul: `matmul` if
+    /// given, else the device's choice for `dtype` activations on `shape` (see [`probe`]).
+    pub fn new(
+        recorded: Option<QuantConfig>,
+        checkpoint: &Checkpoint,
+        quantize: Option<QuantConfig>,
+        matmul: Option<MatmulPath>,
+        dtype: Dtype,
+        shape: ProbeShape,
+    ) -> Result<LoadQuantization, QuantizedCheckpointError> {
+        let stored = match (recorded, stored_scales(checkpoint)) {
+            (Some(config), None) => {
+                return Err(QuantizedCheckpointError::NoQuantizedTensors(config.format))
+            }
+            (None, Some((first, count))) => {
+                return Err(QuantizedCheckpointError::Unrecorded {
+                    first,
+                    more: count - 1,
+                })
+            }
+            (recorded, _) => recorded,
+        };
+        if let (Some(stored), Some(_)) = (stored, quantize) {
+            return Err(QuantizedCheckpointError::AlreadyQuantized(stored.format));
+        }
+        let matmul = stored
+            .or(quantize)
+            .map(|config| matmul.unwrap_or_else(|| probe(config, dtype, shape)));
+        Ok(LoadQuantization { stored, matmul })
+    }
+}
+
 /// Whether `checkpoint` stores quantized layers: the first `<layer>.weight_scale`, and
 /// how many there are.
-pub fn stored_scales(checkpoint: &Checkpoint) -> Option<(String, usize)> {
+fn stored_scales(checkpoint: &Checkpoint) -> Option<(String, usize)> {
     let mut scales = checkpoint.names().filter(|n| n.ends_with(SCALE_SUFFIX));
     let first = scales.next()?.to_string();
     Some((first, 1 + scales.count()))
@@ -182,5 +241,54 @@ impl QuantReport {
             }
         }
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::QuantFormat;
+
+    #[test]
+    fn a_checkpoint_loads_quantized_only_as_recorded_and_once() {
+        let scales = |names: &[&str]| {
+            Checkpoint::from_arrays(names.iter().map(|n| (*n, Array::zeros(&[1], Dtype::U8))))
+        };
+        let (dense, quantized) = (scales(&[]), scales(&["a.weight_scale", "b.weight_scale"]));
+        let mxfp8 = Some(QuantConfig::new(QuantFormat::Mxfp8));
+        let shape = ProbeShape {
+            tokens: 1,
+            out: 32,
+            inp: 32,
+        };
+        let plan = |recorded, checkpoint, quantize| {
+            let forced = Some(MatmulPath::Dequantize);
+            LoadQuantization::new(recorded, checkpoint, quantize, forced, Dtype::F32, shape)
+        };
+        let err = plan(mxfp8, &dense, None).unwrap_err();
+        assert_eq!(
+            err,
+            QuantizedCheckpointError::NoQuantizedTensors(QuantFormat::Mxfp8)
+        );
+        let err = plan(None, &quantized, None).unwrap_err().to_string();
+        assert!(
+            err.starts_with("a.weight_scale and 1 more quantized tensors"),
+            "{err}"
+        );
+        let err = plan(mxfp8, &quantized, mxfp8).unwrap_err().to_string();
+        assert!(err.starts_with("already quantized (mxfp8)"), "{err}");
+
+        let loaded = plan(mxfp8, &quantized, None).unwrap();
+        assert_eq!(
+            (loaded.stored, loaded.matmul),
+            (mxfp8, Some(MatmulPath::Dequantize))
+        );
+        let loaded = plan(None, &dense, mxfp8).unwrap();
+        assert_eq!(
+            (loaded.stored, loaded.matmul),
+            (None, Some(MatmulPath::Dequantize))
+        );
+        let loaded = plan(None, &dense, None).unwrap();
+        assert_eq!((loaded.stored, loaded.matmul), (None, None));
     }
 }

@@ -108,7 +108,7 @@ fn affine_round_trip_error_is_within_half_a_step_or_the_clamped_range() {
 }
 
 fn affine_round_trip(config: QuantConfig) {
-    let steps = ((1 << config.bits) - 1) as f32;
+    let steps = ((1 << config.bits()) - 1) as f32;
     let group = config.group_size as usize;
     for (i, &(rows, cols)) in SHAPES.iter().enumerate() {
         if cols % config.group_size != 0 {
@@ -116,7 +116,7 @@ fn affine_round_trip(config: QuantConfig) {
         }
         let w = weights(rows, cols, 100 + i as u64);
         let q = config.quantize(&w).unwrap();
-        assert_eq!(q.weights.shape(), [rows, cols * config.bits / 32]);
+        assert_eq!(q.weights.shape(), [rows, cols * config.bits() / 32]);
         let back = floats(&q.dequantize(Some(Dtype::F32)));
         let scales = floats(&q.scales);
         let w = floats(&w);
@@ -211,7 +211,7 @@ fn microscaled_round_trip_error_is_within_rounding_of_the_group_scale() {
         for (i, &(rows, cols)) in SHAPES.iter().enumerate() {
             let w = weights(rows, cols, 200 + i as u64);
             let q = config.quantize(&w).unwrap();
-            assert_eq!(q.weights.shape(), [rows, cols * config.bits / 32]);
+            assert_eq!(q.weights.shape(), [rows, cols * config.bits() / 32]);
             assert_eq!(q.scales.dtype(), Dtype::U8);
             assert!(q.biases.is_none());
             let back = floats(&q.dequantize(Some(Dtype::F32)));
@@ -523,7 +523,7 @@ fn info_reports_the_mode_counts_and_bytes() {
         assert_eq!(q["mode"], format.name());
         assert_eq!(
             (&q["group_size"], &q["bits"]),
-            (&config.group_size.into(), &config.bits.into())
+            (&config.group_size.into(), &config.bits().into())
         );
         assert_eq!(
             (&q["quantized_layers"], &q["dense_layers"]),
@@ -548,7 +548,7 @@ fn info_reports_the_mode_counts_and_bytes() {
             .iter()
             .map(|&(out, inp)| {
                 out * inp * 4
-                    - out * inp * config.bits as usize / 8
+                    - out * inp * config.bits() as usize / 8
                     - out * inp / group * per_group_extra
             })
             .sum();
@@ -708,7 +708,7 @@ fn quantized_layers_load_whatever_the_matmul_path() {
         let loaded = weights::load(&source, options).unwrap();
         assert_eq!(loaded.quantization.matmul, Some(matmul));
         let config = loaded.model.config.quantization.as_ref();
-        assert_eq!(config.map(|q| q.mode), Some(QuantFormat::Mxfp8));
+        assert_eq!(config.map(|q| q.format), Some(QuantFormat::Mxfp8));
         let Linear::Quantized(q) = &loaded.model.layers[0].attention.to_q else {
             panic!("to_q is dense");
         };

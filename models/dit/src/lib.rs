@@ -45,6 +45,13 @@ pub enum DitError {
         model: String,
         report: Box<mlx::module::LoadReport>,
     },
+    /// A checkpoint (`model`: its directory or built-in name) whose quantization cannot be
+    /// loaded as asked.
+    #[error("{model}: {source}")]
+    Quantization {
+        model: String,
+        source: mlx::nn::quantize::QuantizedCheckpointError,
+    },
     /// A LoRA adapter file (`path`) that cannot be read or does not fit the model.
     #[error("{path}: {message}")]
     Adapter { path: PathBuf, message: String },

@@ -17,8 +17,8 @@ use crate::layers::timestep_frequencies;
 use crate::model::ZImage;
 use crate::teacache::{Coefficients, COEFFICIENTS_FILE};
 use crate::{DitError, Result};
-use mlx::nn::quant::{self, MatmulPath, ProbeShape, QuantConfig};
-use mlx::nn::quantize::{self, quantized_templates, stored_scales, SCALE_SUFFIX};
+use mlx::nn::quant::{MatmulPath, ProbeShape, QuantConfig};
+use mlx::nn::quantize::{self, quantized_templates, LoadQuantization};
 use mlx::nn::Linear;
 pub use mlx::nn::QuantReport;
 
@@ -106,7 +106,7 @@ pub struct LoadOptions {
     /// Quantize a dense checkpoint's linear layers in memory.
     pub quantize: Option<QuantConfig>,
     /// The matmul of quantized layers; `None` probes the device once (see
-    /// [`quant::probe`]). Tests force one path or the other.
+    /// [`mlx::nn::quant::probe`]). Tests force one path or the other.
     pub matmul: Option<MatmulPath>,
 }
 
@@ -151,31 +151,31 @@ pub fn load(source: &ModelSource, options: impl Into<LoadOptions>) -> Result<Loa
         *stored_dtypes.entry(array.dtype().to_string()).or_insert(0) += 1;
         stored_bytes += array.nbytes();
     }
-    let stored = stored_format(source, &config, &checkpoint)?;
-    if let (Some(stored), Some(_)) = (stored, options.quantize) {
-        return Err(DitError::Input(format!(
-            "{source} is already quantized ({}): quantization applies to dense checkpoints",
-            stored.mode
-        )));
-    }
-    let matmul = stored.or(options.quantize).map(|format| {
-        options
-            .matmul
-            .unwrap_or_else(|| quant::probe(format, options.dtype, probe_shape(&config)))
-    });
+    let LoadQuantization { stored, matmul } = LoadQuantization::new(
+        config.quantization,
+        &checkpoint,
+        options.quantize,
+        options.matmul,
+        options.dtype,
+        probe_shape(&config),
+    )
+    .map_err(|error| DitError::Quantization {
+        model: source.to_string(),
+        source: error,
+    })?;
     let mut model = ZImage::zeros(&config, options.dtype);
     let filled = match (stored, matmul) {
-        (Some(format), Some(matmul)) => fill_quantized(&mut model, checkpoint, format, matmul),
+        (Some(stored), Some(matmul)) => fill_quantized(&mut model, checkpoint, stored, matmul),
         _ => fill(&mut model, checkpoint, Vec::new()),
     };
     filled.map_err(|report| DitError::Checkpoint {
         model: source.to_string(),
         report: Box::new(report),
     })?;
-    if let (Some(format), Some(matmul)) = (options.quantize, matmul) {
-        let keeps_dense = |path: &str, linear: &Linear| ZImage::keeps_dense(path, linear, &format);
-        quantize::quantize_linears(model.linears_mut(), format, matmul, keeps_dense)?;
-        model.config.quantization = Some(format);
+    if let (Some(asked), Some(matmul)) = (options.quantize, matmul) {
+        let keeps_dense = |path: &str, linear: &Linear| ZImage::keeps_dense(path, linear, &asked);
+        quantize::quantize_linears(model.linears_mut(), asked, matmul, keeps_dense)?;
+        model.config.quantization = Some(asked);
     }
     mlx::eval(model.parameters().into_iter().map(|(_, a)| a))?;
     let quantization = report(&mut model, matmul);
@@ -236,42 +236,17 @@ fn report(model: &mut ZImage, matmul: Option<MatmulPath>) -> QuantReport {
     )
 }
 
-/// The format a checkpoint is quantized in, from `config.json`, checked against the
-/// tensors: quantized layers are those with a `<layer>.weight_scale`.
-fn stored_format(
-    source: &ModelSource,
-    config: &DitConfig,
-    checkpoint: &Checkpoint,
-) -> Result<Option<QuantConfig>> {
-    let message = match (config.quantization, stored_scales(checkpoint)) {
-        (Some(q), None) => format!(
-            "config.json records {} quantization, but no tensor is quantized (no *{SCALE_SUFFIX})",
-            q.mode
-        ),
-        (None, Some((name, count))) => format!(
-            "{name} and {} more quantized tensors, but config.json records no quantization",
-            count - 1
-        ),
-        (quantization, _) => return Ok(quantization),
-    };
-    let path = match source {
-        ModelSource::Dir(dir) => dir.join("config.json"),
-        ModelSource::Builtin(builtin) => PathBuf::from(builtin.name()),
-    };
-    Err(DitError::Config { path, message })
-}
-
 /// [`fill`]s `model` from a quantized checkpoint, its dense layers first made quantized
 /// wherever `checkpoint` holds `<layer>.weight_scale` (see
 /// [`quantize::quantized_templates`]).
 fn fill_quantized(
     model: &mut ZImage,
     checkpoint: Checkpoint,
-    format: QuantConfig,
+    stored: QuantConfig,
     matmul: MatmulPath,
 ) -> std::result::Result<(), LoadReport> {
     let dtype = model.dtype();
-    let problems = quantized_templates(model.linears_mut(), &checkpoint, format, matmul, dtype);
+    let problems = quantized_templates(model.linears_mut(), &checkpoint, stored, matmul, dtype);
     fill(model, checkpoint, problems)
 }
 

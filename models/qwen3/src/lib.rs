@@ -79,6 +79,12 @@ pub enum Qwen3Error {
         path: PathBuf,
         report: Box<mlx::module::LoadReport>,
     },
+    /// A checkpoint (`path`, its directory) whose quantization cannot be loaded as asked.
+    #[error("{path}: {source}")]
+    Quantization {
+        path: PathBuf,
+        source: mlx::nn::quantize::QuantizedCheckpointError,
+    },
     /// Arguments the model or tokenizer cannot take.
     #[error("{0}")]
     Input(String),

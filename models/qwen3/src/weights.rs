@@ -9,12 +9,13 @@
 //! `quantization` in `config.json`; a quantized embedding table, which mlx-lm writes, is
 //! dequantized at load) or quantized at load ([`LoadOptions::quantize`]).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use mlx::io::{load_checkpoint, save_checkpoint, Checkpoint};
 use mlx::module::LoadReport;
-use mlx::nn::quant::{self, MatmulPath, ProbeShape, QuantConfig};
-use mlx::nn::quantize::{self, quantized_templates, stored_scales, unquantizable, SCALE_SUFFIX};
+use mlx::nn::quant::{MatmulPath, ProbeShape, QuantConfig};
+use mlx::nn::quantize::{self, quantized_templates, unquantizable, LoadQuantization, SCALE_SUFFIX};
 use mlx::nn::{Dense, Linear, QuantReport};
 use mlx::ops::Quantized;
 use mlx::{random, Array, Dtype, Module};
@@ -43,7 +44,7 @@ pub struct LoadOptions {
     /// Quantize a dense checkpoint's linear layers in memory.
     pub quantize: Option<QuantConfig>,
     /// The matmul of quantized layers; `None` probes the device once (see
-    /// [`quant::probe`]).
+    /// [`mlx::nn::quant::probe`]).
     pub matmul: Option<MatmulPath>,
 }
 
@@ -199,16 +200,20 @@ fn fill_parts(
     let depth = options.depth(&config)?;
     let (checkpoint, mut unexpected, head) =
         base_model_tensors(quantize::from_mlx_names(checkpoint));
-    let stored = stored_quantization(&config, &checkpoint, origin)?;
-    if let (Some(stored), Some(_)) = (stored, options.quantize) {
-        return Err(Qwen3Error::Input(format!(
-            "{} is already quantized ({}): quantization applies to dense checkpoints",
-            origin.display(),
-            stored.mode
-        )));
-    }
+    let LoadQuantization { stored, matmul } = LoadQuantization::new(
+        config.quantization,
+        &checkpoint,
+        options.quantize,
+        options.matmul,
+        options.dtype,
+        probe_shape(&config),
+    )
+    .map_err(|source| Qwen3Error::Quantization {
+        path: origin.to_path_buf(),
+        source,
+    })?;
     let mut checkpoint = match stored {
-        Some(format) => dequantize_embeddings(checkpoint, format, options.dtype),
+        Some(stored) => dequantize_embeddings(checkpoint, stored, options.dtype),
         None => checkpoint,
     };
     // Layers past the depth asked for are dropped unread; past the config's count they
@@ -223,17 +228,12 @@ fn fill_parts(
     for name in &skipped {
         checkpoint.take(name);
     }
-    let matmul = stored.or(options.quantize).map(|format| {
-        options
-            .matmul
-            .unwrap_or_else(|| quant::probe(format, options.dtype, probe_shape(&config)))
-    });
     let mut model = Qwen3Model::zeros(&config, depth, options.dtype);
     let mut other = match (stored, matmul) {
-        (Some(format), Some(matmul)) => quantized_templates(
+        (Some(stored), Some(matmul)) => quantized_templates(
             model.linears_mut(),
             &checkpoint,
-            format,
+            stored,
             matmul,
             options.dtype,
         ),
@@ -241,7 +241,7 @@ fn fill_parts(
     };
     // Loading would convert integer tensors silently; a quantized layer's are checked
     // above.
-    let integer_params: Vec<String> = model
+    let integer_params: HashSet<String> = model
         .parameters()
         .into_iter()
         .filter(|(_, array)| !array.dtype().is_float())
@@ -252,9 +252,7 @@ fn fill_parts(
         checkpoint
             .iter()
             .chain(head_entry)
-            .filter(|(name, array)| {
-                !array.dtype().is_float() && !integer_params.iter().any(|p| p == name)
-            })
+            .filter(|(name, array)| !array.dtype().is_float() && !integer_params.contains(*name))
             .map(|(name, array)| (name.to_string(), format!("stored as {}", array.dtype()))),
     );
     let mut report = LoadReport::default();
@@ -280,10 +278,10 @@ fn fill_parts(
             report: Box::new(report),
         });
     }
-    if let (Some(format), Some(matmul)) = (options.quantize, matmul) {
-        let keeps_dense = |_: &str, linear: &Linear| unquantizable(linear, &format);
-        quantize::quantize_linears(model.linears_mut(), format, matmul, keeps_dense)?;
-        model.config.quantization = Some(format);
+    if let (Some(asked), Some(matmul)) = (options.quantize, matmul) {
+        let keeps_dense = |_: &str, linear: &Linear| unquantizable(linear, &asked);
+        quantize::quantize_linears(model.linears_mut(), asked, matmul, keeps_dense)?;
+        model.config.quantization = Some(asked);
     }
     mlx::eval(
         model
@@ -319,35 +317,11 @@ pub fn quant_report(model: &mut Qwen3Model) -> QuantReport {
     QuantReport::of(bytes, parameters, linears, config, matmul, keeps_dense)
 }
 
-/// The format the checkpoint is quantized in, from `config.json`, checked against the
-/// tensors: quantized layers are those with a `<layer>.weight_scale`.
-fn stored_quantization(
-    config: &Qwen3Config,
-    checkpoint: &Checkpoint,
-    origin: &Path,
-) -> Result<Option<QuantConfig>> {
-    let message = match (config.quantization, stored_scales(checkpoint)) {
-        (Some(q), None) => format!(
-            "config.json records {} quantization, but no tensor is quantized (no *{SCALE_SUFFIX})",
-            q.mode
-        ),
-        (None, Some((name, count))) => format!(
-            "{name} and {} more quantized tensors, but config.json records no quantization",
-            count - 1
-        ),
-        (quantization, _) => return Ok(quantization),
-    };
-    Err(Qwen3Error::Config {
-        path: origin.join("config.json"),
-        message,
-    })
-}
-
 /// The embedding table as a float one when it is stored quantized (mlx-lm quantizes it
 /// with the linear layers): an embedding is a lookup, kept dense here.
 fn dequantize_embeddings(
     mut checkpoint: Checkpoint,
-    format: QuantConfig,
+    config: QuantConfig,
     dtype: Dtype,
 ) -> Checkpoint {
     let name = |suffix: &str| format!("embed_tokens{suffix}");
@@ -362,9 +336,9 @@ fn dequantize_embeddings(
         weights,
         scales,
         biases: checkpoint.take(&name(".weight_qbias")),
-        group_size: format.group_size,
-        bits: format.bits,
-        mode: format.mode.mode(),
+        group_size: config.group_size,
+        bits: config.bits(),
+        mode: config.format.mlx_mode(),
     }
     .dequantize(Some(dtype));
     restored(checkpoint, (name(".weight"), table))

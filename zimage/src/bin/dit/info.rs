@@ -250,9 +250,9 @@ fn components_json(pipeline: &Pipeline) -> Value {
 pub fn quantization_json(q: &QuantReport, weights_bytes: usize) -> Value {
     let config = q.config.as_ref();
     json!({
-        "mode": config.map_or("none", |c| c.mode.name()),
+        "mode": config.map_or("none", |c| c.format.name()),
         "group_size": config.map(|c| c.group_size),
-        "bits": config.map(|c| c.bits),
+        "bits": config.map(|c| c.bits()),
         "quantized_layers": q.quantized,
         "dense_layers": q.dense.len(),
         "matmul": q.matmul.map(MatmulPath::name),
@@ -268,9 +268,9 @@ fn quantization_text(q: &QuantReport, dtype: Dtype) -> String {
     format!(
         "{}, group size {}, {} bits: {} linear layers quantized, {} dense; matmul by {}; \
          {:.1} MiB were they dense in {dtype}",
-        config.mode,
+        config.format,
         config.group_size,
-        config.bits,
+        config.bits(),
         q.quantized,
         q.dense.len(),
         q.matmul.map_or("", MatmulPath::name),
