@@ -12,7 +12,7 @@ use dit::lora::{self, Applied};
 use dit::weights::{
     self as dit_weights, Builtin, LoadOptions as DitLoadOptions, Loaded, ModelSource,
 };
-use mlx::nn::QuantConfig;
+use mlx::nn::{MatmulPath, QuantConfig};
 use mlx::{Array, Dtype, Module};
 use qwen3::{weights as qwen3_weights, Qwen3Config, Qwen3Model, Tokenizer};
 use vae::{AutoencoderKL, DiagonalGaussian, Tiling, VaeConfig};
@@ -32,6 +32,9 @@ pub struct LoadOptions {
     pub dtype: Dtype,
     /// Quantize the linear layers of a dense transformer and text encoder at load.
     pub quantize: Option<QuantConfig>,
+    /// How quantized layers (stored or quantized at load) compute; `None` probes the
+    /// device once per component (see [`mlx::nn::quant::probe`]).
+    pub matmul: Option<MatmulPath>,
     /// Keep the text encoder loaded between prompts (a server's choice); otherwise it is
     /// loaded for each encoding and dropped before denoising.
     pub keep_text_encoder: bool,
@@ -49,6 +52,7 @@ impl From<Dtype> for LoadOptions {
         LoadOptions {
             dtype,
             quantize: None,
+            matmul: None,
             keep_text_encoder: false,
             vae_encoder: false,
             loras: Vec::new(),
@@ -62,6 +66,13 @@ impl From<Dtype> for LoadOptions {
 pub struct LoraSpec {
     pub path: PathBuf,
     pub scale: f32,
+}
+
+impl std::fmt::Display for LoraSpec {
+    /// `FILE:SCALE`, as [`LoraSpec::parse`] reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.path.display(), self.scale)
+    }
 }
 
 impl LoraSpec {
@@ -92,9 +103,15 @@ enum EncoderSource {
 impl EncoderSource {
     /// The encoder with only the layers prompt embeddings run, quantized at load if
     /// `quantize` says so.
-    fn load(&self, dtype: Dtype, quantize: Option<QuantConfig>) -> Result<Qwen3Model> {
+    fn load(
+        &self,
+        dtype: Dtype,
+        quantize: Option<QuantConfig>,
+        matmul: Option<MatmulPath>,
+    ) -> Result<Qwen3Model> {
         let options = qwen3::LoadOptions {
             quantize,
+            matmul,
             ..qwen3::LoadOptions::text_encoder(dtype)
         };
         Ok(match self {
@@ -130,6 +147,7 @@ pub struct Pipeline {
     text: Option<TextStack>,
     dtype: Dtype,
     quantize: Option<QuantConfig>,
+    matmul: Option<MatmulPath>,
 }
 
 impl Pipeline {
@@ -144,6 +162,7 @@ impl Pipeline {
         };
         let dit_options = DitLoadOptions {
             quantize: options.quantize,
+            matmul: options.matmul,
             ..DitLoadOptions::from(options.dtype)
         };
         let (transformer, text, vae, scheduler) = match source {
@@ -199,6 +218,7 @@ impl Pipeline {
             text,
             dtype: options.dtype,
             quantize: options.quantize,
+            matmul: options.matmul,
         };
         for spec in &options.loras {
             let adapter = lora::read(&spec.path)?;
@@ -228,6 +248,12 @@ impl Pipeline {
     /// Whether prompts can be encoded (a pipeline, not a lone transformer).
     pub fn has_text_encoder(&self) -> bool {
         self.text.is_some()
+    }
+
+    /// The adapters applied at load, as a PNG records them: `FILE:SCALE, ...`.
+    pub fn loras_text(&self) -> Option<String> {
+        let specs: Vec<String> = self.adapters.iter().map(|(s, _)| s.to_string()).collect();
+        (!specs.is_empty()).then(|| specs.join(", "))
     }
 
     /// The transformer.
@@ -281,7 +307,7 @@ impl Pipeline {
     /// The text encoder with the layers prompt embeddings need, checked against the
     /// transformer's caption width.
     fn load_encoder(&self, source: &EncoderSource) -> Result<Qwen3Model> {
-        let encoder = source.load(self.dtype, self.quantize)?;
+        let encoder = source.load(self.dtype, self.quantize, self.matmul)?;
         check_caption_width(
             &source.name(),
             encoder.config.hidden_size,
@@ -389,7 +415,7 @@ pub fn load_text_encoder(source: &ModelSource, dtype: Dtype) -> Result<(Tokenize
             )
         }
     };
-    Ok((tokenizer, encoder.load(dtype, None)?))
+    Ok((tokenizer, encoder.load(dtype, None, None)?))
 }
 
 /// The text encoder and VAE that go with a built-in transformer: the encoder's width is

@@ -20,6 +20,9 @@ use crate::{Error, Result};
 
 /// Latent pixels per image pixel side: the VAE's downsampling factor.
 pub const VAE_SCALE: i32 = 8;
+/// The largest width or height drawn: a million image tokens, far past what any model
+/// was trained on, and small enough that token counts stay within `i32`.
+pub const MAX_SIDE: i32 = 16384;
 /// Steps drawn when none are asked for: Z-Image-Turbo's 9 (as its model card samples).
 pub const DEFAULT_STEPS: usize = 9;
 /// More steps than any schedule uses; a bound so a mistyped count is an error, not an
@@ -199,6 +202,12 @@ impl Request {
         {
             return Err(Error::Input(format!(
                 "width and height must be positive multiples of {multiple}, found {}x{}",
+                self.width, self.height
+            )));
+        }
+        if self.width > MAX_SIDE || self.height > MAX_SIDE {
+            return Err(Error::Input(format!(
+                "width and height must be at most {MAX_SIDE}, found {}x{}",
                 self.width, self.height
             )));
         }

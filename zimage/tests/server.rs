@@ -246,7 +246,11 @@ async fn a_folder_with_a_lora_serves_what_generate_draws() {
     let client = reqwest::Client::new();
     let body = json!({"prompt": "a red fox", "size": "32x32", "steps": 2, "seed": 3});
     let answer: Value = server.generate(&client, body).await.json().await.unwrap();
-    let served = decode_png(&pictures(&answer)[0].0).2;
+    let (_, _, served, text) = decode_png(&pictures(&answer)[0].0);
+    assert!(
+        text.contains(&("loras".into(), adapter.clone())),
+        "{text:?}"
+    );
     let args = [
         "--model",
         folder,

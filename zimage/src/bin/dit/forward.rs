@@ -68,6 +68,7 @@ pub fn run(args: Args) -> CliResult {
     };
     let options = LoadOptions {
         quantize: args.quantize.config()?,
+        matmul: args.quantize.matmul(),
         ..LoadOptions::from(compute_dtype(args.dtype)?)
     };
     let loaded = weights::load(&transformer_source(&args.model)?, options)?;

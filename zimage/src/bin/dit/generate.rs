@@ -181,6 +181,7 @@ pub fn run(args: Args) -> CliResult {
     let started = Instant::now();
     let options = LoadOptions {
         quantize: args.quantize.config()?,
+        matmul: args.quantize.matmul(),
         keep_text_encoder: args.keep_text_encoder,
         vae_encoder: pictures.is_some(),
         loras: args.loras.clone(),
@@ -276,7 +277,7 @@ pub fn run(args: Args) -> CliResult {
     if let Some(path) = &args.out {
         match &decoded {
             Some((image, _)) => {
-                let text = png_text(&args, width, height);
+                let text = png_text(&args, &pipeline, width, height);
                 let pictures = picture::to_rgb8(image)?;
                 for (picture, path) in pictures.iter().zip(batch_paths(path, pictures.len())) {
                     picture::write_png(&path, picture, &text)?;
@@ -413,10 +414,12 @@ fn check_flags(args: &Args) -> CliResult {
         sampler::check_strength(strength).map_err(|e| format!("--strength: {e}"))?;
     }
     for (flag, size) in [("--width", args.width), ("--height", args.height)] {
-        if let Some(size) = size.filter(|&s| s <= 0 || s % (2 * sampler::VAE_SCALE) != 0) {
+        let fits = |s: i32| s > 0 && s % (2 * sampler::VAE_SCALE) == 0 && s <= sampler::MAX_SIDE;
+        if let Some(size) = size.filter(|&s| !fits(s)) {
             return Err(format!(
-                "{flag} {size}: width and height must be positive multiples of {}",
-                2 * sampler::VAE_SCALE
+                "{flag} {size}: width and height must be positive multiples of {}, at most {}",
+                2 * sampler::VAE_SCALE,
+                sampler::MAX_SIDE
             )
             .into());
         }
@@ -692,7 +695,12 @@ fn teacache_report(options: &TeaCacheOptions) -> serde_json::Value {
 }
 
 /// The generation parameters a PNG carries.
-fn png_text(args: &Args, width: i32, height: i32) -> Vec<(&'static str, String)> {
+fn png_text(
+    args: &Args,
+    pipeline: &Pipeline,
+    width: i32,
+    height: i32,
+) -> Vec<(&'static str, String)> {
     picture::Parameters {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
@@ -708,14 +716,7 @@ fn png_text(args: &Args, width: i32, height: i32) -> Vec<(&'static str, String)>
         strength: args.image.as_ref().map(|_| strength(args)),
         image: args.image.as_ref().map(|p| p.display().to_string()),
         mask: args.mask.as_ref().map(|p| p.display().to_string()),
-        loras: (!args.loras.is_empty()).then(|| {
-            let specs: Vec<String> = args
-                .loras
-                .iter()
-                .map(|l| format!("{}:{}", l.path.display(), l.scale))
-                .collect();
-            specs.join(", ")
-        }),
+        loras: pipeline.loras_text(),
     }
     .text()
 }

@@ -49,6 +49,7 @@ pub fn run(args: Args) -> CliResult {
     let dtype = compute_dtype(args.dtype)?;
     let options = LoadOptions {
         quantize: args.quantize.config()?,
+        matmul: args.quantize.matmul(),
         keep_text_encoder: true,
         ..LoadOptions::from(dtype)
     };

@@ -1,7 +1,8 @@
 //! `--quantize MODE [--group-size N]` (alias `--fp8`): dense linear layers quantized at
-//! load, for the commands that load a model.
+//! load, and `--quantized-matmul` for how quantized layers compute, for the commands that
+//! load a model.
 
-use mlx::nn::{QuantConfig, QuantFormat};
+use mlx::nn::{MatmulPath, QuantConfig, QuantFormat};
 
 #[derive(clap::Args)]
 pub struct QuantizeArg {
@@ -13,6 +14,18 @@ pub struct QuantizeArg {
     /// affine8; the other modes fix theirs).
     #[arg(long, requires = "quantize")]
     group_size: Option<i32>,
+    /// How quantized layers compute: auto times MLX's quantized_matmul against
+    /// dequantize-then-matmul on the device once at load and takes the faster.
+    #[arg(long, value_enum, default_value = "auto")]
+    quantized_matmul: MatmulArg,
+}
+
+/// `--quantized-matmul`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MatmulArg {
+    Auto,
+    Kernel,
+    Dequantize,
 }
 
 impl QuantizeArg {
@@ -21,6 +34,15 @@ impl QuantizeArg {
         self.quantize
             .map(|mode| quant_config(mode, self.group_size))
             .transpose()
+    }
+
+    /// The matmul path asked for; `None` probes.
+    pub fn matmul(&self) -> Option<MatmulPath> {
+        match self.quantized_matmul {
+            MatmulArg::Auto => None,
+            MatmulArg::Kernel => Some(MatmulPath::Kernel),
+            MatmulArg::Dequantize => Some(MatmulPath::Dequantize),
+        }
     }
 }
 

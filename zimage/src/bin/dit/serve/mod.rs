@@ -73,6 +73,7 @@ pub fn run(args: Args) -> CliResult {
     let dtype = compute_dtype(args.dtype)?;
     let options = LoadOptions {
         quantize: args.quantize.config()?,
+        matmul: args.quantize.matmul(),
         // Prompts are encoded for every request: the encoder stays loaded.
         keep_text_encoder: true,
         loras: args.loras.clone(),
@@ -114,9 +115,13 @@ fn check_flags(args: &Args) -> CliResult {
         return Err("--queue must be at least 1".into());
     }
     let multiple = 2 * sampler::VAE_SCALE;
-    if args.max_size < multiple || args.max_size % multiple != 0 {
+    if args.max_size < multiple
+        || args.max_size % multiple != 0
+        || args.max_size > sampler::MAX_SIDE
+    {
         return Err(format!(
-            "--max-size must be a positive multiple of {multiple}, found {}",
+            "--max-size must be a positive multiple of {multiple}, at most {}, found {}",
+            sampler::MAX_SIDE,
             args.max_size
         )
         .into());

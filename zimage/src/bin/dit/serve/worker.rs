@@ -328,7 +328,7 @@ fn draw(pipeline: &Pipeline, job: &Job, stats: &Stats) -> Result<Images, Failure
             strength: None,
             image: None,
             mask: None,
-            loras: None,
+            loras: pipeline.loras_text(),
         };
         for rgb in picture::to_rgb8(&image)? {
             pictures.push((picture::png_bytes(&rgb, &parameters.text())?, seed));
