@@ -20,10 +20,7 @@ use zimage::prompt::MAX_SEQUENCE_LENGTH;
 use zimage::sampler::{self, Caption, Guidance, Noise, Request};
 
 mod common;
-use common::{fail, fixtures, path, relative_error, succeed};
-
-/// The bound of the acceptance criteria, in float32 on the CPU.
-const TOLERANCE: f32 = 1e-4;
+use common::{check, fail, fixtures, floats, path, relative_error, succeed};
 
 #[derive(Deserialize)]
 struct Cases {
@@ -56,18 +53,6 @@ fn reference(name: &str) -> BTreeMap<String, Array> {
     load_safetensors(edit_dir().join(format!("{name}.safetensors")))
         .unwrap()
         .tensors
-}
-
-fn floats(a: &Array) -> Vec<f32> {
-    a.astype(Dtype::F32).to_vec::<f32>().unwrap()
-}
-
-fn check(what: &str, ours: &Array, reference: &Array) -> f32 {
-    assert_eq!(ours.shape(), reference.shape(), "{what}: shape");
-    let err = relative_error(&floats(ours), &floats(reference));
-    eprintln!("{what}: max|ours - ref| / max|ref| = {err:.2e}");
-    assert!(err <= TOLERANCE, "{what}: {err:e}");
-    err
 }
 
 fn load(options: LoadOptions) -> Pipeline {

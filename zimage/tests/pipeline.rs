@@ -6,7 +6,7 @@
 use dit::teacache::TeaCacheOptions;
 use dit::weights::ModelSource;
 use mlx::io::load_safetensors;
-use mlx::{Array, Dtype};
+use mlx::Dtype;
 use serde::Deserialize;
 use vae::Tiling;
 use zimage::pipeline::Pipeline;
@@ -14,10 +14,7 @@ use zimage::prompt::MAX_SEQUENCE_LENGTH;
 use zimage::sampler::{self, Caption, Guidance, Noise, Request};
 
 mod common;
-use common::{fixtures, path, relative_error, succeed};
-
-/// The bound of the acceptance criteria, in float32 on the CPU.
-const TOLERANCE: f32 = 1e-4;
+use common::{check, fixtures, floats, path, succeed};
 
 #[derive(Deserialize)]
 struct Cases {
@@ -41,18 +38,6 @@ struct Case {
 fn cases() -> Vec<Case> {
     let text = std::fs::read_to_string(fixtures().join("cases.json")).unwrap();
     serde_json::from_str::<Cases>(&text).unwrap().cases
-}
-
-fn floats(a: &Array) -> Vec<f32> {
-    a.astype(Dtype::F32).to_vec::<f32>().unwrap()
-}
-
-fn check(what: &str, ours: &Array, reference: &Array) -> f32 {
-    assert_eq!(ours.shape(), reference.shape(), "{what}: shape");
-    let err = relative_error(&floats(ours), &floats(reference));
-    eprintln!("{what}: max|ours - ref| / max|ref| = {err:.2e}");
-    assert!(err <= TOLERANCE, "{what}: {err:e}");
-    err
 }
 
 fn guidance(case: &Case) -> Guidance {

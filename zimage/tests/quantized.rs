@@ -14,13 +14,9 @@ use mlx::{random, Array, Dtype};
 use serde_json::Value;
 
 mod common;
-use common::{fail, path, relative_error, succeed};
+use common::{fail, floats, path, relative_error, succeed};
 
 // === helpers ==================================================================================
-
-fn floats(a: &Array) -> Vec<f32> {
-    a.astype(Dtype::F32).to_vec::<f32>().unwrap()
-}
 
 /// `[rows, cols]` normal weights whose rows have scales spread over four decades, so
 /// groups see very different ranges, plus a few outliers as trained weights have.

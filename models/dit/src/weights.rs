@@ -279,26 +279,9 @@ pub fn check_new_target(dir: &Path) -> Result<()> {
 /// file, float tensors in `dtype`. A quantized layer's packed weight and byte scales keep
 /// their integer dtypes.
 pub fn save(model: &ZImage, dir: &Path, dtype: Dtype) -> Result<()> {
-    let tensors: Vec<(String, Array)> = model
-        .parameters()
-        .into_iter()
-        .map(|(name, array)| {
-            let stored = if array.dtype().is_float() {
-                array.astype(dtype)
-            } else {
-                array.clone()
-            };
-            (name, stored)
-        })
-        .collect();
     // A `Value` always serializes.
     let config = serde_json::to_string_pretty(&model.config.to_json()).unwrap_or_default();
-    save_checkpoint(
-        dir,
-        WEIGHTS_FILE,
-        tensors.iter().map(|(n, a)| (n, a)),
-        &config,
-    )?;
+    save_checkpoint(dir, WEIGHTS_FILE, model.parameters(), dtype, &config)?;
     Ok(())
 }
 

@@ -435,23 +435,6 @@ fn write_checkpoint(
             model.layers.len()
         )));
     }
-    if !dtype.is_float() {
-        return Err(Qwen3Error::Input(format!(
-            "checkpoints are written in a float dtype, not {dtype}"
-        )));
-    }
-    // A quantized layer's packed words and byte scales keep their integer dtypes.
-    let tensors: Vec<(String, Array)> = tensors
-        .into_iter()
-        .map(|(name, array)| {
-            let stored = if array.dtype().is_float() {
-                array.astype(dtype)
-            } else {
-                array.clone()
-            };
-            (name, stored)
-        })
-        .collect();
     let config = Qwen3Config {
         // MLX's names of float dtypes are PyTorch's.
         dtype: Some(dtype.name().to_string()),
@@ -460,12 +443,7 @@ fn write_checkpoint(
     };
     // A `Value` of plain JSON types always serializes.
     let text = serde_json::to_string_pretty(&config.to_json()).unwrap_or_default();
-    save_checkpoint(
-        dir,
-        WEIGHTS_FILE,
-        tensors.iter().map(|(n, a)| (n, a)),
-        &text,
-    )?;
+    save_checkpoint(dir, WEIGHTS_FILE, tensors, dtype, &text)?;
     Ok(())
 }
 

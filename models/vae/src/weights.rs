@@ -6,7 +6,7 @@ use std::path::Path;
 
 use mlx::io::{load_checkpoint, save_checkpoint, Checkpoint};
 use mlx::module::LoadReport;
-use mlx::{random, Array, Dtype, Module};
+use mlx::{random, Dtype, Module};
 
 use crate::config::VaeConfig;
 use crate::model::{AutoencoderKL, Parts};
@@ -98,19 +98,9 @@ impl AutoencoderKL {
                 dir.display()
             )));
         }
-        let tensors: Vec<(String, Array)> = self
-            .parameters()
-            .into_iter()
-            .map(|(name, array)| (name, array.astype(dtype)))
-            .collect();
         // A `Value` always serializes.
         let config = serde_json::to_string_pretty(&self.config.to_json()).unwrap_or_default();
-        save_checkpoint(
-            dir,
-            WEIGHTS_FILE,
-            tensors.iter().map(|(n, a)| (n, a)),
-            &config,
-        )?;
+        save_checkpoint(dir, WEIGHTS_FILE, self.parameters(), dtype, &config)?;
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::safetensors::{load_safetensors, save_safetensors};
-use crate::{Array, Error, Result};
+use crate::{Array, Dtype, Error, Result};
 
 /// All tensors of a checkpoint, by name, with the file each came from.
 #[derive(Debug, Default)]
@@ -221,17 +221,41 @@ pub fn holds_checkpoint(dir: &Path) -> bool {
 
 /// Writes a checkpoint directory as diffusers and transformers lay one out: the tensors in
 /// one safetensors file named `weights_file` (with PyTorch's `format` metadata) and
-/// `config` (JSON text) as `config.json`, creating `dir`. Arrays are written as they are:
-/// cast them first for another dtype.
+/// `config` (JSON text) as `config.json`, creating `dir`. Floating-point tensors are
+/// written in `dtype`; integer ones (a quantized layer's packed words and byte scales)
+/// keep theirs.
 pub fn save_checkpoint<'a, S: AsRef<str>>(
     dir: &Path,
     weights_file: &str,
     tensors: impl IntoIterator<Item = (S, &'a Array)>,
+    dtype: Dtype,
     config: &str,
 ) -> Result<()> {
+    if !dtype.is_float() {
+        return Err(Error::file(
+            dir,
+            None,
+            format!("checkpoints are written in a float dtype, not {dtype}"),
+        ));
+    }
+    let stored: Vec<(S, Array)> = tensors
+        .into_iter()
+        .map(|(name, array)| {
+            let array = if array.dtype().is_float() {
+                array.astype(dtype)
+            } else {
+                array.clone()
+            };
+            (name, array)
+        })
+        .collect();
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, None, e))?;
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    save_safetensors(dir.join(weights_file), tensors, &metadata)?;
+    save_safetensors(
+        dir.join(weights_file),
+        stored.iter().map(|(name, array)| (name.as_ref(), array)),
+        &metadata,
+    )?;
     let path = dir.join("config.json");
     std::fs::write(&path, format!("{config}\n")).map_err(|e| Error::file(&path, None, e))
 }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use mlx::{Array, Dtype};
 use serde_json::Value;
 
 pub fn dit(args: &[&str]) -> Output {
@@ -57,6 +58,24 @@ pub fn relative_error(ours: &[f32], reference: &[f32]) -> f32 {
         .zip(reference)
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     diff / scale
+}
+
+/// An array's values as float32.
+pub fn floats(a: &Array) -> Vec<f32> {
+    a.astype(Dtype::F32).to_vec::<f32>().unwrap()
+}
+
+/// The bound of every parity check against diffusers, float32 on the CPU.
+pub const TOLERANCE: f32 = 1e-4;
+
+/// Checks `ours` against diffusers' `reference` (same shape, relative error within
+/// [`TOLERANCE`]), prints the error and returns it.
+pub fn check(what: &str, ours: &Array, reference: &Array) -> f32 {
+    assert_eq!(ours.shape(), reference.shape(), "{what}: shape");
+    let err = relative_error(&floats(ours), &floats(reference));
+    eprintln!("{what}: max|ours - ref| / max|ref| = {err:.2e}");
+    assert!(err <= TOLERANCE, "{what}: {err:e}");
+    err
 }
 
 /// The pipeline's diffusers reference fixtures (see `fixtures/gen_fixtures.py`).

@@ -59,7 +59,9 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Start from tensor `latents` [B, 16, h, w] of this safetensors file instead of seeded
-    /// noise; the picture is then 8h x 8w.
+    /// noise; the picture is then 8h x 8w. With --image they are the noise mixed into the
+    /// picture's latents (and optional `encode_noise` the posterior's draw): what diffusers
+    /// draws from its generator, not its `latents=` argument, which skips the picture.
     #[arg(long)]
     init_latents: Option<PathBuf>,
     /// Image to image: start from this PNG or JPEG picture, resized down to multiples of 16
