@@ -9,12 +9,12 @@
 
 use std::path::Path;
 
-use image::imageops::FilterType;
-use image::{ImageFormat, RgbImage};
+use image::ImageFormat;
 use mlx::{random, Array, Dtype};
 use vae::Tiling;
 
 use crate::picture::Rgb8;
+use crate::resample;
 use crate::sampler::{InitImage, VAE_SCALE};
 use crate::{Error, Pipeline, Result};
 
@@ -54,8 +54,9 @@ pub fn read_picture(path: &Path) -> Result<Rgb8> {
     })
 }
 
-/// The picture cut down to multiples of [`SIDE_MULTIPLE`] on both sides, resized with a
-/// Lanczos filter (diffusers' default resampling); unchanged when it already fits.
+/// The picture cut down to multiples of [`SIDE_MULTIPLE`] on both sides, resized with PIL's
+/// Lanczos filter bit for bit (diffusers' default resampling, see [`resample`]); unchanged
+/// when it already fits.
 pub fn fit_sides(picture: &Rgb8) -> Result<Rgb8> {
     let (width, height) = (
         picture.width - picture.width % SIDE_MULTIPLE,
@@ -71,13 +72,16 @@ pub fn fit_sides(picture: &Rgb8) -> Result<Rgb8> {
     if (width, height) == (picture.width, picture.height) {
         return Ok(picture.clone());
     }
-    let image = RgbImage::from_raw(picture.width, picture.height, picture.pixels.clone())
-        .ok_or_else(|| pixel_count_error("picture", picture))?;
-    let resized = image::imageops::resize(&image, width, height, FilterType::Lanczos3);
     Ok(Rgb8 {
         width,
         height,
-        pixels: resized.into_raw(),
+        pixels: resample::lanczos_rgb8(
+            &picture.pixels,
+            picture.width,
+            picture.height,
+            width,
+            height,
+        ),
     })
 }
 

@@ -12,6 +12,7 @@
 //! - [`edit`]: image to image and inpainting inputs (pictures, masks, VAE encoding).
 //! - [`picture`]: decoded images to 8-bit RGB and PNG files with their parameters;
 //!   [`preview`]: a PNG of latents, for transformer-only checkpoints.
+//! - [`resample`]: Pillow's Lanczos resize, bit for bit (diffusers' preprocessing).
 
 pub mod edit;
 pub mod folder;
@@ -19,6 +20,7 @@ pub mod picture;
 pub mod pipeline;
 pub mod preview;
 pub mod prompt;
+pub mod resample;
 pub mod sampler;
 pub mod scheduler;
 
