@@ -117,17 +117,38 @@ pub fn image_tensor(picture: &Rgb8) -> Result<Array> {
     Ok(Array::from_slice(&values, &[1, h, w, 3]).transpose(&[0, 3, 1, 2]))
 }
 
-/// A mask picture as `[1, 1, H, W]` float32 of 0 and 1: PIL's grayscale
-/// (`(19595 R + 38470 G + 7471 B + 2¹⁵) >> 16`), 1 from 128 up (`v / 255 ≥ 0.5`).
+/// PIL's grayscale of one pixel: `(19595 R + 38470 G + 7471 B + 2¹⁵) >> 16`.
+fn luma(rgb: &[u8]) -> u8 {
+    let [r, g, b] = [rgb[0], rgb[1], rgb[2]].map(u32::from);
+    // At most (65536 · 255 + 2¹⁵) >> 16 = 255.
+    ((19595 * r + 38470 * g + 7471 * b + 0x8000) >> 16) as u8
+}
+
+/// A mask picture as diffusers' mask processor prepares it before binarizing: grayscale
+/// first (kept as three equal channels, whose grayscale is the value again), then cut and
+/// resized as [`fit_sides`] does the picture.
+pub fn fit_mask(mask: &Rgb8) -> Result<Rgb8> {
+    check_pixels("mask", mask)?;
+    let gray = Rgb8 {
+        pixels: mask
+            .pixels
+            .chunks_exact(3)
+            .flat_map(|rgb| [luma(rgb); 3])
+            .collect(),
+        ..mask.clone()
+    };
+    fit_sides(&gray)
+}
+
+/// A mask picture as `[1, 1, H, W]` float32 of 0 and 1: PIL's grayscale, 1 from 128 up
+/// (`v / 255 ≥ 0.5`).
 pub fn mask_tensor(mask: &Rgb8) -> Result<Array> {
     check_pixels("mask", mask)?;
     let values: Vec<f32> = mask
         .pixels
         .chunks_exact(3)
         .map(|rgb| {
-            let [r, g, b] = [rgb[0], rgb[1], rgb[2]].map(u32::from);
-            let luma = (19595 * r + 38470 * g + 7471 * b + 0x8000) >> 16;
-            if luma as f32 / 255.0 >= 0.5 {
+            if f32::from(luma(rgb)) / 255.0 >= 0.5 {
                 1.0
             } else {
                 0.0
@@ -226,6 +247,30 @@ pub fn init_image(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masks_turn_gray_before_they_are_resized() {
+        // 20x18 (cut to 16x16, so resized), colored: each pixel's three channels must come
+        // out equal, the grayscale of a resized gray picture.
+        let pixels: Vec<u8> = (0..20 * 18 * 3).map(|i| (i * 37 % 251) as u8).collect();
+        let mask = Rgb8 {
+            width: 20,
+            height: 18,
+            pixels,
+        };
+        let fitted = fit_mask(&mask).unwrap();
+        assert_eq!((fitted.width, fitted.height), (16, 16));
+        assert!(fitted
+            .pixels
+            .chunks_exact(3)
+            .all(|p| p[0] == p[1] && p[1] == p[2]));
+        assert_ne!(fitted, fit_sides(&mask).unwrap());
+        assert!(fit_mask(&Rgb8 {
+            pixels: vec![0; 5],
+            ..mask
+        })
+        .is_err());
+    }
 
     #[test]
     fn masks_take_pils_grayscale_and_the_top_left_pixel_of_each_cell() {

@@ -455,7 +455,7 @@ fn read_pictures(args: &Args) -> CliResultOf<Option<(Rgb8, Option<Rgb8>)>> {
     }
     let fitted =
         edit::fit_sides(&picture).map_err(|e| format!("--image {}: {e}", path.display()))?;
-    let mask = mask.as_ref().map(edit::fit_sides).transpose()?;
+    let mask = mask.as_ref().map(edit::fit_mask).transpose()?;
     Ok(Some((fitted, mask)))
 }
 
