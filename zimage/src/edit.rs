@@ -15,12 +15,11 @@ use vae::Tiling;
 
 use crate::picture::Rgb8;
 use crate::resample;
-use crate::sampler::{InitImage, VAE_SCALE};
+use crate::sampler::{self, InitImage, VAE_SCALE};
 use crate::{Error, Pipeline, Result};
 
-/// Picture sides are cut down to multiples of this: the VAE's 8x times the transformer's
-/// 2x2 patches.
-pub const SIDE_MULTIPLE: u32 = 2 * VAE_SCALE as u32;
+/// Picture sides are cut down to multiples of this ([`sampler::SIDE_MULTIPLE`]).
+pub const SIDE_MULTIPLE: u32 = sampler::SIDE_MULTIPLE as u32;
 
 /// How the picture's latents are drawn from the VAE's posterior: `mean + std · ε`, as
 /// diffusers' pipelines sample it with their generator.

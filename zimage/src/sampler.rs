@@ -20,9 +20,23 @@ use crate::{Error, Result};
 
 /// Latent pixels per image pixel side: the VAE's downsampling factor.
 pub const VAE_SCALE: i32 = 8;
+/// Picture sides are multiples of this: the VAE's 8x times the transformer's 2x2 patches.
+pub const SIDE_MULTIPLE: i32 = 2 * VAE_SCALE;
 /// The largest width or height drawn: a million image tokens, far past what any model
 /// was trained on, and small enough that token counts stay within `i32`.
 pub const MAX_SIDE: i32 = 16384;
+
+/// A picture side the sampler draws: a positive multiple of [`SIDE_MULTIPLE`] up to
+/// [`MAX_SIDE`].
+pub fn check_side(side: i32) -> Result<()> {
+    if side <= 0 || side % SIDE_MULTIPLE != 0 || side > MAX_SIDE {
+        return Err(Error::Input(format!(
+            "width and height must be positive multiples of {SIDE_MULTIPLE}, at most \
+             {MAX_SIDE}, found {side}"
+        )));
+    }
+    Ok(())
+}
 /// Steps drawn when none are asked for: Z-Image-Turbo's 9 (as its model card samples).
 pub const DEFAULT_STEPS: usize = 9;
 /// More steps than any schedule uses; a bound so a mistyped count is an error, not an
@@ -194,23 +208,8 @@ impl Request {
                 ))),
             };
         }
-        let multiple = VAE_SCALE * 2;
-        if self.width <= 0
-            || self.height <= 0
-            || self.width % multiple != 0
-            || self.height % multiple != 0
-        {
-            return Err(Error::Input(format!(
-                "width and height must be positive multiples of {multiple}, found {}x{}",
-                self.width, self.height
-            )));
-        }
-        if self.width > MAX_SIDE || self.height > MAX_SIDE {
-            return Err(Error::Input(format!(
-                "width and height must be at most {MAX_SIDE}, found {}x{}",
-                self.width, self.height
-            )));
-        }
+        check_side(self.width)?;
+        check_side(self.height)?;
         Ok((self.height / VAE_SCALE, self.width / VAE_SCALE))
     }
 

@@ -416,14 +416,8 @@ fn check_flags(args: &Args) -> CliResult {
         sampler::check_strength(strength).map_err(|e| format!("--strength: {e}"))?;
     }
     for (flag, size) in [("--width", args.width), ("--height", args.height)] {
-        let fits = |s: i32| s > 0 && s % (2 * sampler::VAE_SCALE) == 0 && s <= sampler::MAX_SIDE;
-        if let Some(size) = size.filter(|&s| !fits(s)) {
-            return Err(format!(
-                "{flag} {size}: width and height must be positive multiples of {}, at most {}",
-                2 * sampler::VAE_SCALE,
-                sampler::MAX_SIDE
-            )
-            .into());
+        if let Some(size) = size {
+            sampler::check_side(size).map_err(|e| format!("{flag} {size}: {e}"))?;
         }
     }
     Ok(())

@@ -167,11 +167,8 @@ fn parse_size(size: &str, limits: &Limits) -> Result<(i32, i32), ApiError> {
         .split_once('x')
         .and_then(|(w, h)| Some((side(w)?, side(h)?)))
         .ok_or_else(|| invalid("expected WIDTHxHEIGHT, such as \"1024x1024\"".into()))?;
-    let multiple = 2 * zimage::sampler::VAE_SCALE;
-    if w <= 0 || h <= 0 || w % multiple != 0 || h % multiple != 0 {
-        return Err(invalid(format!(
-            "width and height must be positive multiples of {multiple}"
-        )));
+    for side in [w, h] {
+        zimage::sampler::check_side(side).map_err(|e| invalid(e.to_string()))?;
     }
     if w > limits.max_size || h > limits.max_size {
         return Err(invalid(format!(

@@ -114,18 +114,7 @@ fn check_flags(args: &Args) -> CliResult {
     if args.queue == 0 {
         return Err("--queue must be at least 1".into());
     }
-    let multiple = 2 * sampler::VAE_SCALE;
-    if args.max_size < multiple
-        || args.max_size % multiple != 0
-        || args.max_size > sampler::MAX_SIDE
-    {
-        return Err(format!(
-            "--max-size must be a positive multiple of {multiple}, at most {}, found {}",
-            sampler::MAX_SIDE,
-            args.max_size
-        )
-        .into());
-    }
+    sampler::check_side(args.max_size).map_err(|e| format!("--max-size {}: {e}", args.max_size))?;
     if !(1..=sampler::MAX_STEPS).contains(&args.max_steps) {
         return Err(format!(
             "--max-steps must be between 1 and {}, found {}",
