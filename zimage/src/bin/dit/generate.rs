@@ -203,8 +203,14 @@ pub fn run(args: Args) -> CliResult {
             applied.layers
         );
     }
-    let noise = match &args.init_latents {
-        Some(path) => Noise::Given(read_latents(
+    // Read once: it holds the starting latents and, with --image, the posterior's draw.
+    let init_file = match &args.init_latents {
+        Some(path) => Some((path.as_path(), load_safetensors(path)?.tensors)),
+        None => None,
+    };
+    let noise = match &init_file {
+        Some((path, tensors)) => Noise::Given(latents_of(
+            tensors,
             path,
             pipeline.transformer().config.in_channels,
         )?),
@@ -216,7 +222,11 @@ pub fn run(args: Args) -> CliResult {
         Some((picture, mask)) => {
             request.width = picture.width as i32;
             request.height = picture.height as i32;
-            let (init, encode) = phase(|| init_image(&args, &pipeline, picture, mask.as_ref()))?;
+            let recorded = init_file
+                .as_ref()
+                .and_then(|(path, tensors)| Some((*path, tensors.get("encode_noise")?.clone())));
+            let (init, encode) =
+                phase(|| init_image(&args, &pipeline, picture, mask.as_ref(), recorded))?;
             (Some(init), Some(encode))
         }
         None => (None, None),
@@ -453,21 +463,15 @@ fn read_pictures(args: &Args) -> CliResultOf<Option<(Rgb8, Option<Rgb8>)>> {
     Ok(Some((fitted, mask)))
 }
 
-/// The encoded picture: its posterior drawn from `encode_noise` of --init-latents when
-/// that file has one, else from the seed.
+/// The encoded picture: its posterior drawn from `recorded` (tensor `encode_noise` of
+/// --init-latents, with its file) when that file has one, else from the seed.
 fn init_image(
     args: &Args,
     pipeline: &Pipeline,
     picture: &Rgb8,
     mask: Option<&Rgb8>,
+    recorded: Option<(&Path, Array)>,
 ) -> CliResultOf<InitImage> {
-    let recorded = match &args.init_latents {
-        Some(path) => load_safetensors(path)?
-            .tensors
-            .remove("encode_noise")
-            .map(|eps| (path, eps)),
-        None => None,
-    };
     let draw = match recorded {
         Some((path, eps)) => {
             // The posterior is the VAE's latents of the picture, [1, C, H/8, W/8]: checked
@@ -717,18 +721,17 @@ fn png_text(
     .text()
 }
 
-/// Tensor `name` of a safetensors file.
-pub fn read_tensor(path: &Path, name: &str) -> CliResultOf<Array> {
-    let file = load_safetensors(path)?;
-    file.tensors
-        .get(name)
-        .cloned()
-        .ok_or_else(|| format!("{}: no tensor `{name}`", path.display()).into())
-}
-
 /// Tensor `latents` `[B, channels, h, w]` (floating point, even h and w) of a file.
 pub fn read_latents(path: &Path, channels: i32) -> CliResultOf<Array> {
-    let latents = read_tensor(path, "latents")?;
+    latents_of(&load_safetensors(path)?.tensors, path, channels)
+}
+
+/// Tensor `latents` of the tensors of file `path`, checked as [`read_latents`] says.
+fn latents_of(tensors: &BTreeMap<String, Array>, path: &Path, channels: i32) -> CliResultOf<Array> {
+    let latents = tensors
+        .get("latents")
+        .cloned()
+        .ok_or_else(|| format!("{}: no tensor `latents`", path.display()))?;
     let shape = latents.shape();
     let fits =
         shape.len() == 4 && shape[0] >= 1 && shape[1] == channels && shape[2] >= 2 && shape[3] >= 2;
