@@ -230,42 +230,26 @@ mod tests {
 
     #[test]
     fn each_error_names_its_field() {
-        assert_eq!(
-            param_of(r#"{"prompt": "a", "sise": "64x64"}"#).as_deref(),
-            Some("sise")
-        );
-        assert_eq!(param_of(r#"{}"#).as_deref(), Some("prompt"));
-        assert_eq!(param_of(r#"{"prompt": 3}"#).as_deref(), Some("prompt"));
-        assert_eq!(
-            param_of(r#"{"prompt": "a", "steps": "8"}"#).as_deref(),
-            Some("steps")
-        );
-        assert_eq!(
-            param_of(r#"{"prompt": "a", "steps": -1}"#).as_deref(),
-            Some("steps")
-        );
-        assert_eq!(
-            param_of(r#"{"prompt": "a", "steps": 51}"#).as_deref(),
-            Some("steps")
-        );
-        assert_eq!(param_of(r#"{"prompt": "a", "n": 5}"#).as_deref(), Some("n"));
-        assert_eq!(param_of(r#"{"prompt": "a", "n": 0}"#).as_deref(), Some("n"));
-        assert_eq!(
-            param_of(r#"{"prompt": "a", "seed": 1.5}"#).as_deref(),
-            Some("seed")
-        );
-        assert_eq!(
-            param_of(r#"{"prompt": "a", "stream": "yes"}"#).as_deref(),
-            Some("stream")
-        );
-        assert_eq!(
-            param_of(r#"{"prompt": "a", "guidance_scale": -1}"#).as_deref(),
-            Some("guidance_scale")
-        );
-        assert_eq!(
-            param_of(r#"{"prompt": "a", "response_format": "url"}"#).as_deref(),
-            Some("response_format")
-        );
+        let cases = [
+            (r#"{"prompt": "a", "sise": "64x64"}"#, "sise"),
+            (r#"{}"#, "prompt"),
+            (r#"{"prompt": 3}"#, "prompt"),
+            (r#"{"prompt": "a", "steps": "8"}"#, "steps"),
+            (r#"{"prompt": "a", "steps": -1}"#, "steps"),
+            (r#"{"prompt": "a", "steps": 51}"#, "steps"),
+            (r#"{"prompt": "a", "n": 5}"#, "n"),
+            (r#"{"prompt": "a", "n": 0}"#, "n"),
+            (r#"{"prompt": "a", "seed": 1.5}"#, "seed"),
+            (r#"{"prompt": "a", "stream": "yes"}"#, "stream"),
+            (r#"{"prompt": "a", "guidance_scale": -1}"#, "guidance_scale"),
+            (
+                r#"{"prompt": "a", "response_format": "url"}"#,
+                "response_format",
+            ),
+        ];
+        for (body, param) in cases {
+            assert_eq!(param_of(body).as_deref(), Some(param), "{body}");
+        }
         for size in [
             "64x60", "0x64", "64", "64x", "x64", "+64x64", "64x64x64", "1024x64", " 64x64",
         ] {
