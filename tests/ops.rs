@@ -510,6 +510,18 @@ fn reductions_by_hand() {
 }
 
 #[test]
+fn finiteness() {
+    let x = f32_array(&[1.0, f32::NAN, f32::INFINITY, -f32::INFINITY, -0.0], &[5]);
+    assert_exact(&x.isfinite(), &[5], &[true, false, false, false, true]);
+    assert!(!x.all_finite().unwrap());
+    assert!(x.slice_axis(0, 4, 5).all_finite().unwrap());
+    // A NaN in bfloat16 too, and integers are always finite, as an empty array is.
+    assert!(!x.astype(Dtype::Bf16).all_finite().unwrap());
+    assert!(iota(&[3]).all_finite().unwrap());
+    assert!(Array::zeros(&[0, 4], Dtype::F32).all_finite().unwrap());
+}
+
+#[test]
 fn reductions_match_numpy() {
     let x = fx_input("reduce.x"); // [2, 3, 4], distinct values
     assert_fixture(&x.sum(&[0, 2], false), "reduce.sum_axes_0_2", F32);

@@ -266,6 +266,7 @@ const char* mlxs_unary_name(int op) {
     case MLXS_LOGICAL_NOT: return "logical_not";
     case MLXS_STOP_GRADIENT: return "stop_gradient";
     case MLXS_CONTIGUOUS: return "contiguous";
+    case MLXS_ISFINITE: return "isfinite";
   }
   return nullptr;
 }
@@ -452,6 +453,7 @@ int mlxs_unary(int op, const mlxs_array* a, mlxs_array** out) {
       case MLXS_LOGICAL_NOT: *out = wrap(mx::logical_not(x)); return;
       case MLXS_STOP_GRADIENT: *out = wrap(mx::stop_gradient(x)); return;
       case MLXS_CONTIGUOUS: *out = wrap(mx::contiguous(x)); return;
+      case MLXS_ISFINITE: *out = wrap(mx::isfinite(x)); return;
     }
     throw std::invalid_argument("unknown unary op " + std::to_string(op));
   });

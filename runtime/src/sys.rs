@@ -47,6 +47,7 @@ pub enum Unary {
     LogicalNot,
     StopGradient,
     Contiguous,
+    IsFinite,
 }
 
 /// Op codes of `mlxs_binary` (enum `mlxs_binary_op`, same order).

@@ -122,6 +122,8 @@ unary_methods! {
     stop_gradient => StopGradient;
     /// A row-major copy when the array is a strided view (a no-op otherwise).
     contiguous => Contiguous;
+    /// Whether each element is neither NaN nor infinite (always true for integers).
+    isfinite => IsFinite;
 }
 
 macro_rules! binary_methods {
@@ -318,6 +320,7 @@ mod tests {
             (Unary::LogicalNot, "logicalnot"),
             (Unary::StopGradient, "stopgradient"),
             (Unary::Contiguous, "contiguous"),
+            (Unary::IsFinite, "isfinite"),
         ];
         for (kind, expected) in unary {
             assert_eq!(name(sys::mlxs_unary_name, kind as i32), expected);

@@ -3,9 +3,9 @@
 use std::ptr;
 
 use crate::array::{invalid, op};
-use crate::ops::Axes;
+use crate::ops::{Axes, ALL};
 use crate::sys::{self, Reduce};
-use crate::Array;
+use crate::{Array, Result};
 
 #[track_caller]
 fn reduce(x: &Array, kind: Reduce, name: &'static str, axes: Axes<'_>, keepdims: bool) -> Array {
@@ -53,6 +53,12 @@ reductions! {
 }
 
 impl Array {
+    /// Whether no element is NaN or infinite (true for an empty array). Evaluates: for
+    /// checking what a user gave, or what a run produced, at its end.
+    pub fn all_finite(&self) -> Result<bool> {
+        self.isfinite().all(ALL, false).item::<bool>()
+    }
+
     /// Variance, dividing by `n - ddof`.
     #[track_caller]
     pub fn var<'a>(&self, axes: impl Into<Axes<'a>>, keepdims: bool, ddof: i32) -> Array {
