@@ -138,26 +138,26 @@ impl ZImage {
         let (ls, cs) = (latents.shape(), cap_feats.shape());
         if ls.len() != 4 || ls[1] != c.in_channels {
             return Err(DitError::Input(format!(
-                "latents must be [batch, {}, height, width], found {ls:?}",
+                "`latents` must be [batch, {}, height, width], found {ls:?}",
                 c.in_channels
             )));
         }
         if cs.len() != 3 || cs[0] != ls[0] || cs[2] != c.cap_feat_dim {
             return Err(DitError::Input(format!(
-                "caption features must be [{}, tokens, {}] (the model's cap_feat_dim), found {cs:?}",
+                "`cap_feats` must be [{}, tokens, {}] (the model's cap_feat_dim), found {cs:?}",
                 ls[0], c.cap_feat_dim
             )));
         }
         if cap_lens.len() != ls[0] as usize {
             return Err(DitError::Input(format!(
-                "{} caption lengths for a batch of {}",
+                "`cap_lens` holds {} lengths for a batch of {}",
                 cap_lens.len(),
                 ls[0]
             )));
         }
         if let Some(bad) = cap_lens.iter().find(|&&n| n > cs[1]) {
             return Err(DitError::Input(format!(
-                "a caption length of {bad} exceeds the {} caption tokens given",
+                "`cap_lens` holds {bad}, more than the {} tokens of `cap_feats`",
                 cs[1]
             )));
         }
@@ -166,8 +166,12 @@ impl ZImage {
 
     /// One forward pass: the velocity diffusers' transformer returns, `[B, C, H, W]`.
     ///
-    /// `t: [B]` is the value diffusers' transformer receives (before `t_scale`);
-    /// `cap_feats: [B, L, cap_feat_dim]` holds `cap_lens[i]` real tokens for item `i`.
+    /// `t: [B]` is the value diffusers' transformer receives (before `t_scale`), in
+    /// [0, 1] when a scheduler made it; other values are taken as diffusers takes them
+    /// (the sinusoidal embedding is defined for every `t`). `cap_feats: [B, L,
+    /// cap_feat_dim]` holds `cap_lens[i]` real tokens for item `i`. Every input is
+    /// floating point; NaN and infinities propagate as IEEE arithmetic has them (nothing
+    /// here evaluates the inputs to look).
     pub fn forward(
         &self,
         latents: &Array,
@@ -176,6 +180,26 @@ impl ZImage {
         cap_lens: &[i32],
     ) -> Result<Array> {
         let layout = self.layout(latents, cap_feats, cap_lens)?;
+        for (name, input) in [
+            ("latents", latents),
+            ("timestep", t),
+            ("cap_feats", cap_feats),
+        ] {
+            if !input.dtype().is_float() {
+                return Err(DitError::Input(format!(
+                    "`{name}` must be floating point, found {}",
+                    input.dtype()
+                )));
+            }
+        }
+        // `layout` checked that the latents are 4-D.
+        let [batch, _, _, _] = latents.dims();
+        if t.shape() != [batch] {
+            return Err(DitError::Input(format!(
+                "`timestep` must be [{batch}] (one per latent), found {:?}",
+                t.shape()
+            )));
+        }
         let seq = layout.sequence(&self.config);
         let cap_feats = fit_captions(cap_feats, layout.cap_len, self.dtype());
         let out = self.predict(latents, t, &cap_feats, &seq);

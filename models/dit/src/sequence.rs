@@ -21,7 +21,8 @@ use mlx::nn::rope::RopeTable;
 
 /// `n` rounded up to a multiple of 32.
 pub fn padded_len(n: i32) -> i32 {
-    (n + SEQ_MULTI_OF - 1) / SEQ_MULTI_OF * SEQ_MULTI_OF
+    // Saturating: a hostile length then fails the RoPE bounds check, not an overflow.
+    n.saturating_add(SEQ_MULTI_OF - 1) / SEQ_MULTI_OF * SEQ_MULTI_OF
 }
 
 /// The per-batch arrays the transformer's forward pass needs besides its inputs.
@@ -78,7 +79,7 @@ impl Layout {
         }
         if let Some(bad) = cap_lens.iter().find(|&&n| n < 1) {
             return Err(DitError::Input(format!(
-                "every caption needs at least one token, found a length of {bad}"
+                "every caption needs at least one token, found a `cap_lens` of {bad}"
             )));
         }
         let grid = (h / p, w / p);
@@ -90,6 +91,18 @@ impl Layout {
             return Err(DitError::Input(format!(
                 "{} caption tokens and a {}x{} token grid exceed the model's RoPE axes_lens {:?}",
                 cap_len, grid.0, grid.1, axes
+            )));
+        }
+        // The joint sequences, padded, index MLX arrays with 32-bit sizes (a config's
+        // axes_lens may allow a grid whose product does not fit).
+        let per_item = i64::from(grid.0) * i64::from(grid.1) + i64::from(cap_len) + 2 * 32;
+        if per_item * cap_lens.len() as i64 > i64::from(i32::MAX) {
+            return Err(DitError::Input(format!(
+                "a batch of {} with a {}x{} token grid and {cap_len} caption tokens overflows \
+                 32-bit sizes",
+                cap_lens.len(),
+                grid.0,
+                grid.1
             )));
         }
         Ok(Layout {
@@ -263,5 +276,26 @@ mod tests {
         assert!(Layout::new(&config, (8, 8), &[1100]).is_err());
         assert!(Layout::new(&config, (7, 8), &[4]).is_err());
         assert!(Layout::new(&config, (8, 8), &[0]).is_err());
+        assert!(Layout::new(&config, (8, 8), &[i32::MAX]).is_err());
+    }
+
+    #[test]
+    fn grids_whose_token_counts_overflow_i32_are_errors() {
+        // A config may allow RoPE tables this long; the grid's product still must fit.
+        let config = DitConfig {
+            axes_lens: vec![1024, 1 << 20, 1 << 20],
+            ..DitConfig::tiny()
+        };
+        let side = 2 * (1 << 16);
+        let message = match Layout::new(&config, (side, side), &[4]) {
+            Err(DitError::Input(message)) => message,
+            other => panic!("not an input error: {:?}", other.map(|l| l.x_len)),
+        };
+        assert!(
+            message.contains("65536x65536") && message.contains("32-bit"),
+            "{message}"
+        );
+        // One that fits is accepted.
+        assert!(Layout::new(&config, (2 * 1024, 2 * 1024), &[4]).is_ok());
     }
 }
