@@ -43,6 +43,14 @@ pub enum Error {
     /// The caller stopped the run (see [`sampler::generate_until`]).
     #[error("cancelled")]
     Cancelled,
+    /// The sampled latents hold NaN or infinities: weights holding them, or activations
+    /// past the compute dtype's range.
+    #[error(
+        "the latents hold NaN or infinite values after {steps} steps in {dtype}: the weights \
+         hold NaN or infinities, or the activations overflowed {dtype} (float16's range is \
+         the narrow one: bf16 and f32 have float32's)"
+    )]
+    NonFinite { steps: usize, dtype: mlx::Dtype },
     #[error("encoding a PNG: {0}")]
     Png(#[from] png::EncodingError),
     #[error(transparent)]

@@ -483,7 +483,13 @@ pub fn generate_until(
     if stopped.get() {
         return Err(Error::Cancelled);
     }
-    latents.check()?;
+    // A picture decoded from these would be black or noise, with no word of why.
+    if !latents.all_finite()? {
+        return Err(Error::NonFinite {
+            steps: schedule.len(),
+            dtype: model.dtype(),
+        });
+    }
     let changes = guided.or(plain).and_then(|denoiser| denoiser.changes);
     Ok(Generation {
         latents,

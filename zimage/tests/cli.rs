@@ -375,8 +375,162 @@ fn bad_input_is_one_clear_error() {
         &BTreeMap::new(),
     )
     .unwrap();
-    assert!(fail(&args).contains("exceeds"));
+    assert!(fail(&args).contains("`cap_lens` holds 9, more than the 4 tokens of `cap_feats`"));
     assert!(!out.exists());
+}
+
+#[test]
+fn numerical_bad_input_names_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write = |name: &str, tensors: &[(&str, &Array)]| {
+        let file = d.join(name);
+        save_safetensors(&file, tensors.iter().copied(), &BTreeMap::new()).unwrap();
+        file
+    };
+    let (latents, t) = (
+        Array::zeros(&[1, 16, 8, 8], Dtype::F32),
+        Array::zeros(&[1], Dtype::F32),
+    );
+    let caps = Array::zeros(&[1, 4, 64], Dtype::F32);
+    let nan = Array::full(&[1, 16, 8, 8], f32::NAN, Dtype::F32);
+    let out = d.join("out.safetensors");
+    let forward = |inputs: &[(&str, &Array)]| {
+        let file = write("inputs.safetensors", inputs);
+        dit(&[
+            "forward",
+            "--model",
+            "tiny",
+            "--inputs",
+            path(&file),
+            "--out",
+            path(&out),
+        ])
+    };
+    let forward_error = |inputs: &[(&str, &Array)]| {
+        let run = forward(inputs);
+        assert!(!run.status.success());
+        String::from_utf8_lossy(&run.stderr).into_owned()
+    };
+    let cases: [(&str, &Array, &str); 6] = [
+        (
+            "latents",
+            &latents.astype(Dtype::I32),
+            "`latents` must be floating point, found int32",
+        ),
+        ("latents", &nan, "`latents` holds NaN or infinite values"),
+        (
+            "latents",
+            &Array::zeros(&[16, 8, 8], Dtype::F32),
+            "`latents` must be [batch, 16",
+        ),
+        (
+            "timestep",
+            &Array::full(&[1], f32::INFINITY, Dtype::F32),
+            "`timestep` holds NaN",
+        ),
+        (
+            "timestep",
+            &Array::zeros(&[2], Dtype::F32),
+            "`timestep` must be [1]",
+        ),
+        (
+            "cap_feats",
+            &Array::zeros(&[1, 0, 64], Dtype::F32),
+            "at least one token",
+        ),
+    ];
+    for (name, bad, expected) in cases {
+        let mut inputs = vec![
+            ("latents", &latents),
+            ("timestep", &t),
+            ("cap_feats", &caps),
+        ];
+        inputs.iter_mut().find(|(n, _)| *n == name).unwrap().1 = bad;
+        let err = forward_error(&inputs);
+        assert!(
+            err.contains("inputs.safetensors") && err.contains(expected),
+            "{name}: {err}"
+        );
+    }
+    // Timesteps outside [0, 1] are what diffusers' transformer takes too: a finite answer.
+    for value in [-1.0f32, 2.5] {
+        let t = Array::full(&[1], value, Dtype::F32);
+        let run = forward(&[
+            ("latents", &latents),
+            ("timestep", &t),
+            ("cap_feats", &caps),
+        ]);
+        assert!(run.status.success(), "t = {value}");
+        assert!(load_safetensors(&out).unwrap().tensors["out"]
+            .all_finite()
+            .unwrap());
+    }
+
+    // Latents to decode or to start from, caption features.
+    let file = write("nan.safetensors", &[("latents", &nan), ("cap_feats", &nan)]);
+    let picture = d.join("p.png");
+    let err = fail(&[
+        "decode",
+        "--model",
+        "tiny",
+        "--latents",
+        path(&file),
+        "--out",
+        path(&picture),
+    ]);
+    assert!(
+        err.contains("nan.safetensors: `latents` holds NaN"),
+        "{err}"
+    );
+    let err = fail(&[&["generate", "--init-latents", path(&file)], &PROMPT[..]].concat());
+    assert!(
+        err.contains("nan.safetensors: `latents` holds NaN"),
+        "{err}"
+    );
+    let err = fail(&["generate", "--steps", "1", "--cap-feats", path(&file)]);
+    assert!(
+        err.contains("nan.safetensors: `cap_feats` holds NaN"),
+        "{err}"
+    );
+    let ints = write(
+        "ints.safetensors",
+        &[("latents", &latents.astype(Dtype::I32))],
+    );
+    let err = fail(&[&["generate", "--init-latents", path(&ints)], &PROMPT[..]].concat());
+    assert!(
+        err.contains("`latents` must be floating point, found int32"),
+        "{err}"
+    );
+
+    // NaN in a weight: the run says so instead of writing a black picture.
+    let pipeline = d.join("pipeline");
+    succeed(&["init", "--model", "tiny", "--out", path(&pipeline)]);
+    let weights = pipeline.join("transformer/diffusion_pytorch_model.safetensors");
+    let mut tensors = load_safetensors(&weights).unwrap().tensors;
+    let name = "layers.0.attention.to_q.weight";
+    let poisoned = tensors[name].astype(Dtype::F32) * f32::NAN;
+    tensors.insert(name.into(), poisoned);
+    save_safetensors(
+        &weights,
+        tensors.iter().map(|(k, v)| (k.as_str(), v)),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let model = ["--model", path(&pipeline)];
+    let err = fail(
+        &[
+            &["generate", "--steps", "2", "--out", path(&picture)],
+            &model[..],
+            &PROMPT,
+        ]
+        .concat(),
+    );
+    assert!(
+        err.contains("NaN or infinite values after 2 steps"),
+        "{err}"
+    );
+    assert!(!picture.exists());
 }
 
 #[test]

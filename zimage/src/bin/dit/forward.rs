@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use dit::weights::{self, LoadOptions, ModelSource};
+use dit::DitError;
 use mlx::io::{load_safetensors, save_safetensors};
 use mlx::Dtype;
 
+use crate::inputs;
 use crate::quantize_arg::QuantizeArg;
 use crate::{compute_dtype, model_source, transformer_source, CliResult, FloatDtype};
 
@@ -35,36 +37,25 @@ pub struct Args {
 pub fn run(args: Args) -> CliResult {
     mlx::compile::set_eager(args.no_compile);
     let file = load_safetensors(&args.inputs)?;
-    let get = |name: &str| {
-        file.tensors
-            .get(name)
-            .cloned()
-            .ok_or_else(|| format!("{}: no tensor `{name}`", args.inputs.display()))
-    };
+    let path = args.inputs.as_path();
+    let get = |name| inputs::required_float(&file.tensors, path, name);
     let (latents, t, cap_feats) = (get("latents")?, get("timestep")?, get("cap_feats")?);
-    let batch = latents.shape().first().copied().unwrap_or(0);
-    if t.shape() != [batch] {
-        return Err(format!(
-            "{}: `timestep` must be [{batch}] (one per latent), found {:?}",
-            args.inputs.display(),
-            t.shape()
-        )
-        .into());
-    }
+    // The model checks shapes; the lengths default to every caption token being real.
     let cap_lens = match file.tensors.get("cap_lens") {
-        Some(lens) if lens.dtype() == Dtype::I32 && lens.shape() == [batch] => {
-            lens.to_vec::<i32>()?
-        }
+        Some(lens) if lens.dtype() == Dtype::I32 && lens.ndim() == 1 => lens.to_vec::<i32>()?,
         Some(lens) => {
             return Err(format!(
-                "{}: `cap_lens` must be int32 [{batch}], found {} {:?}",
-                args.inputs.display(),
+                "{}: `cap_lens` must be int32 [batch], found {} {:?}",
+                path.display(),
                 lens.dtype(),
                 lens.shape()
             )
             .into())
         }
-        None => vec![cap_feats.dim(1).unwrap_or(0); batch.max(0) as usize],
+        None => {
+            let (batch, tokens) = (latents.dim(0), cap_feats.dim(1));
+            vec![tokens.unwrap_or(0); batch.unwrap_or(0).max(0) as usize]
+        }
     };
     let options = LoadOptions {
         quantize: args.quantize.config()?,
@@ -74,7 +65,12 @@ pub fn run(args: Args) -> CliResult {
     let loaded = weights::load(&transformer_source(&args.model)?, options)?;
     let out = loaded
         .model
-        .forward(&latents, &t, &cap_feats, &cap_lens)?
+        .forward(&latents, &t, &cap_feats, &cap_lens)
+        .map_err(|e| match e {
+            // Shapes and dtypes of the file's tensors: name it.
+            DitError::Input(message) => format!("{}: {message}", path.display()).into(),
+            other => Box::<dyn std::error::Error>::from(other),
+        })?
         .astype(Dtype::F32);
     save_safetensors(&args.out, [("out", &out)], &BTreeMap::new())?;
     println!("wrote `out` {:?} to {}", out.shape(), args.out.display());

@@ -19,6 +19,7 @@ use zimage::prompt::{PromptEmbeds, MAX_SEQUENCE_LENGTH};
 use zimage::sampler::{self, Caption, Guidance, InitImage, Noise, Request};
 use zimage::scheduler;
 
+use crate::inputs;
 use crate::quantize_arg::QuantizeArg;
 use crate::{compute_dtype, info, mib, model_source, CliResult, FloatDtype, TilingArg};
 
@@ -158,7 +159,7 @@ struct Phase {
 }
 
 /// Runs `f` as a phase: its wall time and the peak memory while it ran.
-fn phase<T>(f: impl FnOnce() -> CliResultOf<T>) -> CliResultOf<(T, Phase)> {
+fn phase<T>(f: impl FnOnce() -> CliResult<T>) -> CliResult<(T, Phase)> {
     memory::reset_peak_memory()?;
     let started = Instant::now();
     let value = f()?;
@@ -171,8 +172,6 @@ fn phase<T>(f: impl FnOnce() -> CliResultOf<T>) -> CliResultOf<(T, Phase)> {
         },
     ))
 }
-
-type CliResultOf<T> = Result<T, Box<dyn std::error::Error>>;
 
 pub fn run(args: Args) -> CliResult {
     mlx::compile::set_eager(args.no_compile);
@@ -222,9 +221,12 @@ pub fn run(args: Args) -> CliResult {
         Some((picture, mask)) => {
             request.width = picture.width as i32;
             request.height = picture.height as i32;
-            let recorded = init_file
-                .as_ref()
-                .and_then(|(path, tensors)| Some((*path, tensors.get("encode_noise")?.clone())));
+            let recorded = match &init_file {
+                Some((path, tensors)) => {
+                    inputs::float_tensor(tensors, path, "encode_noise")?.map(|eps| (*path, eps))
+                }
+                None => None,
+            };
             let (init, encode) =
                 phase(|| init_image(&args, &pipeline, picture, mask.as_ref(), recorded))?;
             (Some(init), Some(encode))
@@ -441,7 +443,7 @@ fn strength(args: &Args) -> f64 {
 
 /// `--image` and `--mask`, read, checked and cut down to multiples of 16 before a model is
 /// loaded.
-fn read_pictures(args: &Args) -> CliResultOf<Option<(Rgb8, Option<Rgb8>)>> {
+fn read_pictures(args: &Args) -> CliResult<Option<(Rgb8, Option<Rgb8>)>> {
     let Some(path) = &args.image else {
         return Ok(None);
     };
@@ -471,7 +473,7 @@ fn init_image(
     picture: &Rgb8,
     mask: Option<&Rgb8>,
     recorded: Option<(&Path, Array)>,
-) -> CliResultOf<InitImage> {
+) -> CliResult<InitImage> {
     let draw = match recorded {
         Some((path, eps)) => {
             // The posterior is the VAE's latents of the picture, [1, C, H/8, W/8]: checked
@@ -486,14 +488,13 @@ fn init_image(
                 picture.height as i32 / sampler::VAE_SCALE,
                 picture.width as i32 / sampler::VAE_SCALE,
             ];
-            if eps.shape() != expected || !eps.dtype().is_float() {
+            if eps.shape() != expected {
                 return Err(format!(
-                    "--init-latents {}: `encode_noise` must be floating point {expected:?} for \
-                     the {}x{} picture, found {} {:?}",
+                    "--init-latents {}: `encode_noise` must be {expected:?} for the {}x{} \
+                     picture, found {:?}",
                     path.display(),
                     picture.width,
                     picture.height,
-                    eps.dtype(),
                     eps.shape()
                 )
                 .into());
@@ -538,10 +539,7 @@ fn check_outputs(args: &Args) -> CliResult {
 
 /// The positive and negative captions: from `--cap-feats`, from the prompts through the
 /// text encoder, or (a transformer-only checkpoint without either) seeded random features.
-fn captions(
-    args: &Args,
-    pipeline: &Pipeline,
-) -> CliResultOf<(Caption, Caption, Option<Vec<usize>>)> {
+fn captions(args: &Args, pipeline: &Pipeline) -> CliResult<(Caption, Caption, Option<Vec<usize>>)> {
     let dim = pipeline.transformer().config.cap_feat_dim;
     let random = |seed| Caption::random(RANDOM_CAPTION_TOKENS, dim, seed);
     if let Some(path) = &args.cap_feats {
@@ -615,7 +613,7 @@ fn request(
     noise: Noise,
     caption: Caption,
     negative: Caption,
-) -> CliResultOf<Request> {
+) -> CliResult<Request> {
     let default_size = pipeline.default_size();
     let width = args.width.unwrap_or(default_size);
     let height = args.height.or(args.width).unwrap_or(default_size);
@@ -649,7 +647,7 @@ fn request(
     })
 }
 
-fn teacache_options(args: &Args, pipeline: &Pipeline) -> CliResultOf<TeaCacheOptions> {
+fn teacache_options(args: &Args, pipeline: &Pipeline) -> CliResult<TeaCacheOptions> {
     let mode = args.teacache.mode();
     let threshold = args.threshold.unwrap_or_else(|| mode.default_threshold());
     if !(threshold.is_finite() && threshold >= 0.0) {
@@ -722,16 +720,13 @@ fn png_text(
 }
 
 /// Tensor `latents` `[B, channels, h, w]` (floating point, even h and w) of a file.
-pub fn read_latents(path: &Path, channels: i32) -> CliResultOf<Array> {
+pub fn read_latents(path: &Path, channels: i32) -> CliResult<Array> {
     latents_of(&load_safetensors(path)?.tensors, path, channels)
 }
 
 /// Tensor `latents` of the tensors of file `path`, checked as [`read_latents`] says.
-fn latents_of(tensors: &BTreeMap<String, Array>, path: &Path, channels: i32) -> CliResultOf<Array> {
-    let latents = tensors
-        .get("latents")
-        .cloned()
-        .ok_or_else(|| format!("{}: no tensor `latents`", path.display()))?;
+fn latents_of(tensors: &BTreeMap<String, Array>, path: &Path, channels: i32) -> CliResult<Array> {
+    let latents = inputs::required_float(tensors, path, "latents")?;
     let shape = latents.shape();
     let fits =
         shape.len() == 4 && shape[0] >= 1 && shape[1] == channels && shape[2] >= 2 && shape[3] >= 2;
@@ -742,26 +737,18 @@ fn latents_of(tensors: &BTreeMap<String, Array>, path: &Path, channels: i32) -> 
         )
         .into());
     }
-    if !latents.dtype().is_float() {
-        return Err(format!(
-            "{}: `latents` must be floating point, found {}",
-            path.display(),
-            latents.dtype()
-        )
-        .into());
-    }
     Ok(latents)
 }
 
 /// Tensor `name` of a caption file as `[1, L, D]`, if present.
-fn read_caption(path: &Path, name: &str) -> CliResultOf<Option<Caption>> {
+fn read_caption(path: &Path, name: &str) -> CliResult<Option<Caption>> {
     let file = load_safetensors(path)?;
-    let Some(feats) = file.tensors.get(name) else {
+    let Some(feats) = inputs::float_tensor(&file.tensors, path, name)? else {
         return Ok(None);
     };
     let feats: Array = match feats.shape() {
         [_, _] => feats.expand_dims(0),
-        [1, _, _] => feats.clone(),
+        [1, _, _] => feats,
         shape => {
             return Err(format!(
                 "{}: `{name}` must be [L, cap_feat_dim] or [1, L, cap_feat_dim], found {shape:?}",
@@ -770,14 +757,6 @@ fn read_caption(path: &Path, name: &str) -> CliResultOf<Option<Caption>> {
             .into())
         }
     };
-    if !feats.dtype().is_float() {
-        return Err(format!(
-            "{}: `{name}` must be floating point, found {}",
-            path.display(),
-            feats.dtype()
-        )
-        .into());
-    }
     let [_, len, _] = feats.dims();
     Ok(Some(Caption { feats, len }))
 }

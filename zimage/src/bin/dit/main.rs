@@ -8,6 +8,7 @@ mod forward;
 mod generate;
 mod info;
 mod init;
+mod inputs;
 mod quantize;
 mod quantize_arg;
 mod serve;
@@ -157,7 +158,8 @@ impl TilingArg {
     }
 }
 
-pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+/// A command's result: its error is printed as one `error:` line.
+pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 /// Bytes as MiB, for reports.
 pub fn mib(bytes: usize) -> f64 {
