@@ -43,14 +43,15 @@ pub enum Error {
     /// The caller stopped the run (see [`sampler::generate_until`]).
     #[error("cancelled")]
     Cancelled,
-    /// The sampled latents hold NaN or infinities: weights holding them, or activations
-    /// past the compute dtype's range.
+    /// NaN or infinities where a picture was to come from (`what`: the latents after the
+    /// last step, the decoded image): weights holding them, or activations past the range
+    /// of the compute dtype.
     #[error(
-        "the latents hold NaN or infinite values after {steps} steps in {dtype}: the weights \
-         hold NaN or infinities, or the activations overflowed {dtype} (float16's range is \
-         the narrow one: bf16 and f32 have float32's)"
+        "NaN or infinite values in {what} ({dtype}): the weights hold some, or the \
+         activations overflowed {dtype} (float16's range is the narrow one: bf16 and f32 have \
+         float32's)"
     )]
-    NonFinite { steps: usize, dtype: mlx::Dtype },
+    NonFinite { what: String, dtype: mlx::Dtype },
     #[error("encoding a PNG: {0}")]
     Png(#[from] png::EncodingError),
     #[error(transparent)]

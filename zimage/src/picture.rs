@@ -24,6 +24,13 @@ pub fn to_rgb8(image: &Array) -> Result<Vec<Rgb8>> {
             "a decoded image must be [B, 3, H, W], found {shape:?}"
         )));
     }
+    // Clamping would turn NaN into a black picture and say nothing.
+    if !image.all_finite()? {
+        return Err(Error::NonFinite {
+            what: "the decoded image".into(),
+            dtype: image.dtype(),
+        });
+    }
     let [batch, _, h, w] = image.dims();
     let bytes = ((image.astype(Dtype::F32) / 2.0 + 0.5).clip(0.0, 1.0) * 255.0)
         .round()

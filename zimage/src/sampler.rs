@@ -486,7 +486,7 @@ pub fn generate_until(
     // A picture decoded from these would be black or noise, with no word of why.
     if !latents.all_finite()? {
         return Err(Error::NonFinite {
-            steps: schedule.len(),
+            what: format!("the latents after {} steps", schedule.len()),
             dtype: model.dtype(),
         });
     }

@@ -527,7 +527,40 @@ fn numerical_bad_input_names_the_tensor() {
         .concat(),
     );
     assert!(
-        err.contains("NaN or infinite values after 2 steps"),
+        err.contains("NaN or infinite values in the latents after 2 steps"),
+        "{err}"
+    );
+    assert!(!picture.exists());
+
+    // In the VAE's: the decoded image.
+    std::fs::remove_dir_all(&pipeline).unwrap();
+    succeed(&["init", "--model", "tiny", "--out", path(&pipeline)]);
+    let weights = pipeline.join("vae/diffusion_pytorch_model.safetensors");
+    let mut tensors = load_safetensors(&weights).unwrap().tensors;
+    let name = "decoder.conv_out.bias";
+    tensors.insert(name.into(), tensors[name].astype(Dtype::F32) * f32::NAN);
+    save_safetensors(
+        &weights,
+        tensors.iter().map(|(k, v)| (k.as_str(), v)),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let latents = write("latents.safetensors", &[("latents", &latents)]);
+    let err = fail(
+        &[
+            &[
+                "decode",
+                "--latents",
+                path(&latents),
+                "--out",
+                path(&picture),
+            ],
+            &model[..],
+        ]
+        .concat(),
+    );
+    assert!(
+        err.contains("NaN or infinite values in the decoded image"),
         "{err}"
     );
     assert!(!picture.exists());
