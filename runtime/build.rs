@@ -32,6 +32,9 @@ const CUDA_LIBS: &[&str] = &[
     "nvidia-cusparse==12.9.4.2",
     "nvidia-nccl-cu13==2.32.3",
     "nvidia-nvjitlink==13.5.37",
+    // Headers only: what cpp/fp8_gemm.cpp needs besides the ones above ship.
+    "nvidia-cuda-crt==13.5.37",
+    "nvidia-cuda-cccl==13.3.5.0.6",
 ];
 
 /// The NVIDIA driver's library. It comes with the driver, never with a wheel, so a machine
@@ -94,6 +97,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=PYTHONPATH");
     println!("cargo:rerun-if-changed=cpp/shim.cpp");
     println!("cargo:rerun-if-changed=cpp/shim.h");
+    println!("cargo:rerun-if-changed=cpp/fp8_gemm.cpp");
+    println!("cargo:rerun-if-changed=cpp/fp8_gemm.h");
 
     let request = match requested_backend() {
         Ok(request) => request,
@@ -122,6 +127,21 @@ fn main() {
     }
     if mlx.backend == Backend::Cuda {
         build.define("MLXS_CUDA", None);
+        match cuda_headers(&mlx) {
+            Ok(include) => {
+                // fmt: only for inline code of MLX's CUDA headers, none of it called.
+                build
+                    .define("MLXS_FP8", None)
+                    .define("FMT_HEADER_ONLY", None)
+                    .flag("-isystem")
+                    .flag(include.as_os_str())
+                    .file("cpp/fp8_gemm.cpp");
+            }
+            Err(why) => println!(
+                "cargo:warning=mlx: built without the FP8 tensor-core kernel (FP8 products \
+                 dequantize): {why}"
+            ),
+        }
     }
     build
         .cpp(true)
@@ -457,16 +477,53 @@ fn link(mlx: &Mlx, openblas: Option<&Path>) {
 
 /// What a CUDA `libmlx.so` needs beyond the CPU build: its CUDA libraries found at run time,
 /// and a way to link it where the NVIDIA driver is absent.
-fn link_cuda(mlx: &Mlx) -> Result<(), String> {
-    let libmlx = mlx.lib.join("libmlx.so");
-    // The wheel's site-packages-like root (`<root>/mlx/lib/libmlx.so`), where CUDA's
-    // libraries sit in `nvidia/*/lib` when pip installed them.
-    let root = mlx
-        .lib
+/// The wheel's site-packages-like root (`<root>/mlx/lib/libmlx.so`), where CUDA's libraries
+/// and headers sit in `nvidia/*/` when pip installed them.
+fn wheel_root(mlx: &Mlx) -> PathBuf {
+    mlx.lib
         .parent()
         .and_then(Path::parent)
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| mlx.lib.clone());
+        .unwrap_or_else(|| mlx.lib.clone())
+}
+
+/// The include directory with what cpp/fp8_gemm.cpp needs from CUDA (its runtime, cuBLASLt,
+/// crt and CCCL headers), from the wheels beside MLX or a CUDA toolkit; MLX's CUDA headers
+/// also include fmt's, from the system.
+fn cuda_headers(mlx: &Mlx) -> Result<PathBuf, String> {
+    let candidates = [
+        wheel_root(mlx).join("nvidia/cu13/include"),
+        PathBuf::from("/usr/local/cuda/include"),
+    ];
+    let needed = [
+        "cuda_runtime.h",
+        "cublasLt.h",
+        "crt/host_config.h",
+        "nv/target",
+    ];
+    let Some(include) = candidates
+        .iter()
+        .find(|dir| needed.iter().all(|file| dir.join(file).exists()))
+    else {
+        return Err(format!(
+            "none of {} has all of {needed:?} (the nvidia-cuda-* wheels or a CUDA toolkit)",
+            candidates.map(|c| c.display().to_string()).join(", ")
+        ));
+    };
+    let fmt = ["/usr/include", "/usr/local/include"]
+        .iter()
+        .map(Path::new)
+        .chain([include.as_path()])
+        .any(|dir| dir.join("fmt/format.h").exists());
+    if !fmt {
+        return Err("fmt's headers are missing (Debian: apt-get install libfmt-dev)".into());
+    }
+    Ok(include.clone())
+}
+
+fn link_cuda(mlx: &Mlx) -> Result<(), String> {
+    let libmlx = mlx.lib.join("libmlx.so");
+    let root = wheel_root(mlx);
     let closure = elf::resolve(&libmlx)?;
 
     // Libraries the loader would miss: look for them under the root, and give the binaries

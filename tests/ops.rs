@@ -1195,6 +1195,41 @@ fn affine_quantization_round_trip() {
 }
 
 #[test]
+fn e4m3_conversions_and_products() {
+    // Exactly representable E4M3 values and their bit patterns (sign, 4 exponent bits with
+    // bias 7, 3 mantissa bits): 1 = 0x38, -2 = 0xC0, 448 (the largest) = 0x7E, 2^-9 (the
+    // smallest subnormal) = 0x01, 0.
+    let values = [1.0f32, -2.0, 448.0, 1.0 / 512.0, 0.0, 1.125];
+    let bits = f32_array(&values, &[6]).to_fp8();
+    assert_exact(&bits, &[6], &[0x38u8, 0xC0, 0x7E, 0x01, 0x00, 0x39]);
+    assert_exact(&bits.from_fp8(Dtype::F32), &[6], &values);
+    // Rounding to nearest: 1.06 lies between 1 and 1.125.
+    let rounded = f32_array(&[1.06, 1.07], &[2]).to_fp8().from_fp8(Dtype::F32);
+    assert_exact(&rounded, &[2], &[1.0f32, 1.125]);
+
+    // The product of E4M3 matrices equals the float product of the values they hold
+    // (on the CPU it is that product; on an FP8 GPU, float32 accumulation of the same).
+    let x = random::normal(&[5, 32], Dtype::F32, &random::key(1)).to_fp8();
+    let w = random::normal(&[16, 32], Dtype::F32, &random::key(2)).to_fp8();
+    let expected = x.from_fp8(Dtype::F32).matmul(&w.from_fp8(Dtype::F32).t());
+    let product = mlx::ops::fp8_matmul(&x, &w, Dtype::F32);
+    assert_eq!(product.shape(), &[5, 16]);
+    let (got, want) = (f32s(&product), f32s(&expected));
+    for (g, e) in got.iter().zip(&want) {
+        assert!((g - e).abs() <= 1e-5 * e.abs().max(1.0), "{g} vs {e}");
+    }
+    // Operands that are not E4M3 matrices of one K are errors, not crashes.
+    let floats = mlx::ops::fp8_matmul(&x, &x.astype(Dtype::F32), Dtype::F32);
+    assert!(floats.check().is_err());
+    let narrow = mlx::ops::fp8_matmul(&x, &w.slice_axis(1, 0, 16), Dtype::F32);
+    let err = narrow.check().unwrap_err().to_string();
+    assert!(err.contains("fp8_matmul"), "{err}");
+    if mlx::default_device().is_ok_and(|d| d == mlx::Device::Cpu) {
+        assert!(!mlx::ops::fp8_kernel(16, 32));
+    }
+}
+
+#[test]
 fn mxfp8_quantization_round_trip() {
     let (w, shape) = quant_weights();
     let w_arr = f32_array(&w, &shape);

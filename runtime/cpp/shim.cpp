@@ -3,6 +3,10 @@
 
 #include "shim.h"
 
+#ifdef MLXS_FP8
+#include "fp8_gemm.h"
+#endif
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -763,6 +767,60 @@ int mlxs_quantized_matmul(
         x->a, w->a, scales->a, opt(biases), transpose != 0, group_size, bits,
         std::string(mode)));
   });
+}
+
+int mlxs_to_fp8(const mlxs_array* x, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::to_fp8(x->a)); });
+}
+
+int mlxs_from_fp8(const mlxs_array* x, int dtype, mlxs_array** out) {
+  return guard([&] { *out = wrap(mx::from_fp8(x->a, to_dtype(dtype))); });
+}
+
+namespace {
+
+// cuBLASLt's FP8 kernels read K-contiguous rows of 16-byte multiples and write rows of
+// N elements aligned as much.
+bool fp8_kernel_runs(const mx::Device& device, int n, int k) {
+#ifdef MLXS_FP8
+  return n % 16 == 0 && k % 16 == 0 && mlxs::fp8_gemm_supported(device);
+#else
+  (void)device, (void)n, (void)k;
+  return false;
+#endif
+}
+
+}  // namespace
+
+int mlxs_fp8_matmul(const mlxs_array* x, const mlxs_array* w, int dtype, mlxs_array** out) {
+  return guard([&] {
+    const mx::array& a = x->a;
+    const mx::array& b = w->a;
+    if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(1) || a.dtype() != mx::uint8 ||
+        b.dtype() != mx::uint8) {
+      throw std::invalid_argument(
+          "fp8_matmul takes uint8 E4M3 matrices x [M, K] and w [N, K]");
+    }
+    mx::Dtype d = to_dtype(dtype);
+#ifdef MLXS_FP8
+    mx::Stream stream = mx::default_stream(mx::default_device());
+    if (fp8_kernel_runs(stream.device, b.shape(0), a.shape(1))) {
+      *out = wrap(mlxs::fp8_gemm(a, b, d, stream));
+      return;
+    }
+#endif
+    auto product = mx::matmul(
+        mx::from_fp8(a, mx::float32), mx::transpose(mx::from_fp8(b, mx::float32)));
+    *out = wrap(mx::astype(product, d));
+  });
+}
+
+int mlxs_fp8_kernel(int n, int k) {
+  try {
+    return fp8_kernel_runs(mx::default_device(), n, k) ? 1 : 0;
+  } catch (...) {
+    return 0;
+  }
 }
 
 // --- random ---------------------------------------------------------------------------------

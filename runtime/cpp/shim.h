@@ -261,6 +261,16 @@ int mlxs_quantized_matmul(
     const mlxs_array* biases, int transpose, int group_size, int bits, const char* mode,
     mlxs_array** out);
 
+// E4M3 float8 as uint8 bit patterns: to and from any float dtype.
+int mlxs_to_fp8(const mlxs_array* x, mlxs_array** out);
+int mlxs_from_fp8(const mlxs_array* x, int dtype, mlxs_array** out);
+// x[M, K] · w[N, K]ᵀ for E4M3 operands, in `dtype`: on a GPU with FP8 tensor cores (CUDA
+// builds) cuBLASLt's FP8 kernel, elsewhere the dequantized product in float32.
+int mlxs_fp8_matmul(const mlxs_array* x, const mlxs_array* w, int dtype, mlxs_array** out);
+// 1 when mlxs_fp8_matmul of an [M, K] by [N, K] product runs the FP8 kernel on the default
+// device, 0 when it dequantizes.
+int mlxs_fp8_kernel(int n, int k);
+
 // --- random ---------------------------------------------------------------------------------
 
 int mlxs_random_key(uint64_t seed, mlxs_array** out);

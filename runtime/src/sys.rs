@@ -445,6 +445,15 @@ extern "C" {
         mode: *const c_char,
         out: *mut *mut mlxs_array,
     ) -> c_int;
+    pub fn mlxs_to_fp8(x: *const mlxs_array, out: *mut *mut mlxs_array) -> c_int;
+    pub fn mlxs_from_fp8(x: *const mlxs_array, dtype: c_int, out: *mut *mut mlxs_array) -> c_int;
+    pub fn mlxs_fp8_matmul(
+        x: *const mlxs_array,
+        w: *const mlxs_array,
+        dtype: c_int,
+        out: *mut *mut mlxs_array,
+    ) -> c_int;
+    pub fn mlxs_fp8_kernel(n: c_int, k: c_int) -> c_int;
 
     pub fn mlxs_random_key(seed: u64, out: *mut *mut mlxs_array) -> c_int;
     pub fn mlxs_random_split(

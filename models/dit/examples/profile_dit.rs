@@ -41,6 +41,17 @@ fn time(runs: usize, f: &dyn Fn() -> Vec<Array>) -> mlx::Result<(f64, usize)> {
     Ok((times[times.len() / 2], peak))
 }
 
+/// `x · wᵀ` with `x` quantized to E4M3 per token (row) and `w` already E4M3 with a scale
+/// per output channel (`w_scale: [1, out]`), compiled so that the quantization and the
+/// rescaling fuse around the FP8 product.
+#[mlx::graph]
+fn fp8_linear(x: &Array, w_fp8: &Array, w_scale: &Array) -> Array {
+    let x_scale = x.abs().max(-1, true).astype(Dtype::F32) / 448.0 + 1e-12;
+    let x_fp8 = (x.astype(Dtype::F32) / &x_scale).to_fp8();
+    let product = mlx::ops::fp8_matmul(&x_fp8, w_fp8, x.dtype());
+    (product * x_scale * w_scale).astype(x.dtype())
+}
+
 fn gib(bytes: usize) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
@@ -262,5 +273,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+
+    // E4M3 weights with a scale per output channel, activations with one per token: the
+    // product Hopper's FP8 tensor cores run.
+    let per_row = |x: &Array| x.abs().max(-1, true).astype(Dtype::F32) / 448.0 + 1e-12;
+    let w_scale = per_row(&source.weight);
+    let w_fp8 = (source.weight.astype(Dtype::F32) / &w_scale).to_fp8();
+    let x2 = attn_in.reshape(&[b * l, d]);
+    let x_scale = per_row(&x2);
+    let x_fp8 = (x2.astype(Dtype::F32) / &x_scale).to_fp8();
+    mlx::eval([&w_fp8, &w_scale, &x_fp8, &x_scale])?;
+    let kernel = if mlx::ops::fp8_kernel(hidden, d) {
+        "cuBLASLt FP8"
+    } else {
+        "dequantized"
+    };
+    let (ms, peak) = time(runs, &|| vec![mlx::ops::fp8_matmul(&x_fp8, &w_fp8, dtype)])?;
+    row(
+        &format!("  the same, fp8 product alone ({kernel})"),
+        (ms, peak),
+    );
+    println!(
+        "{:44} {:9.1} TFLOP/s",
+        "",
+        flops((b * l) as f64, hidden as f64, d as f64, ms)
+    );
+    let w_scale = w_scale.reshape(&[1, hidden]);
+    row(
+        "  the same, fp8 with per-token quantization",
+        time(runs, &|| vec![fp8_linear(&x2, &w_fp8, &w_scale)])?,
+    );
+    mlx::compile::set_eager(true);
+    row(
+        "  the same, fp8 with quantization, eager",
+        time(runs, &|| vec![fp8_linear(&x2, &w_fp8, &w_scale)])?,
+    );
+    mlx::compile::set_eager(false);
+    let reference = dense
+        .forward(&attn_in)
+        .reshape(&[b * l, hidden])
+        .astype(Dtype::F32);
+    let fp8 = fp8_linear(&x2, &w_fp8, &w_scale).astype(Dtype::F32);
+    let error =
+        (fp8 - &reference).abs().max(mlx::ALL, false) / reference.abs().max(mlx::ALL, false);
+    println!(
+        "{:44} {:9.2e} max |fp8 - {dtype}| / max |{dtype}|",
+        "",
+        error.item::<f32>()?
+    );
     Ok(())
 }

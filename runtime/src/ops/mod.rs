@@ -5,6 +5,7 @@
 
 mod arith;
 mod axes;
+mod fp8;
 mod index;
 mod linalg;
 mod quant;
@@ -13,6 +14,7 @@ mod shape;
 
 pub use arith::{where_, Operand};
 pub use axes::{Axes, ALL};
+pub use fp8::{fp8_kernel, fp8_matmul};
 pub use linalg::Conv2d;
 pub use quant::{QuantMode, Quantized};
 pub use shape::{concatenate, stack};

@@ -1,0 +1,17 @@
+// FP8 matrix products on CUDA GPUs through cuBLASLt (fp8_gemm.cpp; CUDA builds only).
+#pragma once
+
+#include "mlx/mlx.h"
+
+namespace mlxs {
+
+// Whether `device` is a GPU with E4M3 tensor cores (compute capability 8.9 or later).
+bool fp8_gemm_supported(const mlx::core::Device& device);
+
+// x[M, K] · w[N, K]ᵀ for uint8 arrays holding E4M3, accumulated in float32 and written in
+// `out`; K and N must be multiples of 16.
+mlx::core::array fp8_gemm(
+    const mlx::core::array& x, const mlx::core::array& w, mlx::core::Dtype out,
+    mlx::core::Stream stream);
+
+}  // namespace mlxs
