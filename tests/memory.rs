@@ -10,8 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use mlx::memory::{
-    active_memory, cache_memory, clear_cache, memory_limit, peak_memory, reset_peak_memory,
-    set_cache_limit, set_memory_limit, set_wired_limit,
+    active_memory, cache_memory, clear_cache, live_arrays, memory_limit, peak_memory,
+    reset_peak_memory, set_cache_limit, set_memory_limit, set_wired_limit,
 };
 use mlx::{Array, Dtype};
 
@@ -43,10 +43,22 @@ fn evaluated(n: i32) -> Array {
     a
 }
 
-/// Active memory once pending work has finished.
+/// Active memory once pending work has finished and its buffers are released: the
+/// scheduler frees a finished task's buffers after `synchronize` may have returned (the
+/// last test's arrays can still be leaving), so wait until two readings a moment apart
+/// agree.
 fn settled() -> usize {
     mlx::synchronize().unwrap();
-    active_memory()
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut last = active_memory();
+    loop {
+        std::thread::sleep(Duration::from_millis(5));
+        let active = active_memory();
+        if active == last || Instant::now() > deadline {
+            return active;
+        }
+        last = active;
+    }
 }
 
 /// Waits for pending work and for active memory to come down to `target`; returns the
@@ -112,6 +124,51 @@ fn dropped_arrays_return_active_memory_to_baseline() {
     assert_eq!(resident.sum(mlx::ALL, false).item::<f32>().unwrap(), 4096.0);
     drop(resident);
     assert_eq!(settle_to(baseline - 4096 * 4), baseline - 4096 * 4);
+}
+
+#[mlx::graph]
+fn scaled(x: &Array, k: i32) -> Array {
+    // Temporaries of the trace are tracers: alive (and counted) only while it runs.
+    let doubled = x * 2.0;
+    (&doubled + f64::from(k)).exp()
+}
+
+/// `live_arrays` counts every live handle (clones once each, failed arrays not at all) and
+/// comes back to its baseline once they are dropped: after ops, a compiled graph's traces
+/// and replays, a step loop, and a handle moved to another thread and dropped there.
+#[test]
+fn live_arrays_return_to_baseline() {
+    let _serial = serial();
+    let baseline = live_arrays();
+    let a = Array::ones(&[4], Dtype::F32);
+    let b = a.clone();
+    let c = &a * 2.0;
+    assert_eq!(live_arrays(), baseline + 3, "a, its clone and c");
+    let failed = Array::zeros(&[2, 3], Dtype::F32).matmul(&Array::zeros(&[4, 5], Dtype::F32));
+    assert!(failed.error().is_some());
+    assert_eq!(
+        live_arrays(),
+        baseline + 3,
+        "a failed array holds no handle"
+    );
+    drop(failed);
+
+    // Traces (two statics) and replays leave only their outputs.
+    let outputs: Vec<Array> = (0..10).map(|i| scaled(&c, i % 2)).collect();
+    mlx::eval(&outputs).unwrap();
+    assert_eq!(live_arrays(), baseline + 3 + 10, "the 10 outputs");
+    drop(outputs);
+
+    let mut x = c.clone();
+    for _ in mlx::steps(0..5) {
+        x = (&x + &a).maximum(0.0);
+    }
+    assert_eq!(x.to_vec::<f32>().unwrap(), vec![7.0; 4]);
+    assert_eq!(live_arrays(), baseline + 4, "the loop's result");
+
+    std::thread::spawn(move || drop(x)).join().unwrap();
+    drop((a, b, c));
+    assert_eq!(live_arrays(), baseline, "everything dropped");
 }
 
 /// The peak rises by at least a big array's size while it lives, stays up after it is

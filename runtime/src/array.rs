@@ -4,6 +4,7 @@ use std::ffi::c_int;
 use std::fmt;
 use std::panic::Location;
 use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::error::last_error;
@@ -45,9 +46,20 @@ unsafe impl Send for Array {}
 // SAFETY: as above; `&Array` only reads metadata or builds new nodes that reference it.
 unsafe impl Sync for Array {}
 
+/// Live handles ([`Repr::Live`]) of the process: one more for each made by
+/// [`Array::from_raw`] (every live handle, clones included, is made there), one fewer for
+/// each dropped.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Live `Array` handles in the process (see [`crate::memory::live_arrays`]).
+pub(crate) fn live_handles() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
 impl Drop for Array {
     fn drop(&mut self) {
         if let Repr::Live(ptr, tracked) = self.repr {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
             if let Some(id) = tracked {
                 crate::registry::untrack(id);
             }
@@ -83,9 +95,12 @@ impl Array {
     /// returns on success; it becomes a failed array rather than undefined behaviour).
     pub(crate) unsafe fn from_raw(ptr: *mut mlxs_array) -> Array {
         match NonNull::new(ptr) {
-            Some(ptr) => Array {
-                repr: Repr::Live(ptr, crate::registry::track(ptr.as_ptr())),
-            },
+            Some(ptr) => {
+                LIVE.fetch_add(1, Ordering::Relaxed);
+                Array {
+                    repr: Repr::Live(ptr, crate::registry::track(ptr.as_ptr())),
+                }
+            }
             None => Array::failed(Error::Runtime {
                 op: "shim",
                 message: "the shim returned no array".into(),

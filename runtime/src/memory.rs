@@ -36,6 +36,19 @@ pub fn cache_memory() -> usize {
     read(sys::mlxs_cache_memory)
 }
 
+/// `Array` handles alive now, in every thread: each live (not failed) [`crate::Array`],
+/// clones counted once each, including the tracers a graph function holds while it is
+/// being traced (they are dropped when the trace ends). Unlike
+/// [`crate::scope::live_report`], which counts only the arrays step loops track, this
+/// counts every array Rust code holds, so a leak of arrays anywhere shows here as steady
+/// growth. Arrays that MLX alone holds (the inputs of a pending graph, a compiled
+/// function's recorded graph) are not counted: their memory shows in [`active_memory`].
+///
+/// One relaxed atomic add and subtract per handle keep the count, so it is always on.
+pub fn live_arrays() -> usize {
+    crate::array::live_handles()
+}
+
 /// Starts a new peak measurement from the current active memory.
 #[track_caller]
 pub fn reset_peak_memory() -> Result<()> {
