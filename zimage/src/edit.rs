@@ -38,12 +38,18 @@ pub fn read_picture(path: &Path) -> Result<Rgb8> {
         source,
     };
     let bytes = std::fs::read(path).map_err(io)?;
+    decode_picture(path, &bytes)
+}
+
+/// Decodes a PNG or JPEG picture's bytes as [`read_picture`] does; errors name `path`, the
+/// file they came from.
+pub fn decode_picture(path: &Path, bytes: &[u8]) -> Result<Rgb8> {
     let not_a_picture = || Error::Input(format!("{}: not a PNG or JPEG picture", path.display()));
-    let format = image::guess_format(&bytes).map_err(|_| not_a_picture())?;
+    let format = image::guess_format(bytes).map_err(|_| not_a_picture())?;
     if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg) {
         return Err(not_a_picture());
     }
-    let decoded = image::load_from_memory_with_format(&bytes, format)
+    let decoded = image::load_from_memory_with_format(bytes, format)
         .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?
         .to_rgb8();
     Ok(Rgb8 {

@@ -105,13 +105,25 @@ impl Tokenizer {
             };
             Ok((path, text))
         };
-        let json_path = dir.join("tokenizer.json");
-        let json = crate::read_text(&json_path)?;
-        let (jinja_path, jinja) = optional("chat_template.jinja")?;
+        let json = crate::read_text(&dir.join("tokenizer.json"))?;
+        let (_, jinja) = optional("chat_template.jinja")?;
+        let (_, config) = optional("tokenizer_config.json")?;
+        Tokenizer::from_texts(dir, json, config, jinja)
+    }
+
+    /// The tokenizer of `dir` from its files' contents, as [`from_dir`](Self::from_dir)
+    /// reads them: `tokenizer.json`, `tokenizer_config.json` and `chat_template.jinja`
+    /// (the last two optional). Errors name the files in `dir`.
+    pub fn from_texts(
+        dir: &Path,
+        json: String,
+        config: Option<String>,
+        jinja: Option<String>,
+    ) -> Result<Tokenizer> {
         Tokenizer::from_files(Files {
-            json: (json_path, json),
-            config: optional("tokenizer_config.json")?,
-            jinja: jinja.map(|text| (jinja_path, text)),
+            json: (dir.join("tokenizer.json"), json),
+            config: (dir.join("tokenizer_config.json"), config),
+            jinja: jinja.map(|text| (dir.join("chat_template.jinja"), text)),
         })
     }
 
