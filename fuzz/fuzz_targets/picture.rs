@@ -1,0 +1,43 @@
+//! Input pictures (PNG, JPEG) as `dit generate --image/--mask` reads them: decoding, the
+//! cut to multiples of 16 with PIL's Lanczos resize, the mask's grayscale and binarizing,
+//! the tensors the VAE takes, and resizes to other sizes.
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use zimage::{edit, resample};
+
+fuzz_target!(|data: &[u8]| {
+    let path = Path::new("fuzz/picture.png");
+    let picture = match edit::decode_picture(path, data) {
+        Ok(picture) => picture,
+        Err(e) => {
+            assert!(e.to_string().contains("fuzz/picture.png"), "{e}");
+            return;
+        }
+    };
+    let (w, h) = (picture.width, picture.height);
+    assert_eq!(picture.pixels.len() as u64, u64::from(w) * u64::from(h) * 3);
+    if let Ok(fitted) = edit::fit_sides(&picture) {
+        assert_eq!((fitted.width % 16, fitted.height % 16), (0, 0));
+        assert_eq!(
+            fitted.pixels.len(),
+            (fitted.width * fitted.height * 3) as usize
+        );
+        let tensor = edit::image_tensor(&fitted).expect("a fitted picture is a tensor");
+        mlx::eval([&tensor]).expect("the picture's tensor evaluates");
+    }
+    if let Ok(mask) = edit::fit_mask(&picture) {
+        edit::check_mask(&mask, &mask).expect("a mask fits itself");
+        let tensor = edit::mask_tensor(&mask).expect("a fitted mask is a tensor");
+        mlx::eval([&tensor]).expect("the mask's tensor evaluates");
+    }
+    // Up and down by other factors than the cut.
+    for (out_w, out_h) in [(w / 3 + 1, h * 2), (w + 7, (h / 2).max(1)), (1, 1)] {
+        if u64::from(out_w) * u64::from(out_h) <= 1 << 20 {
+            let out = resample::lanczos_rgb8(&picture.pixels, w, h, out_w, out_h);
+            assert_eq!(out.len() as u64, u64::from(out_w) * u64::from(out_h) * 3);
+        }
+    }
+});
