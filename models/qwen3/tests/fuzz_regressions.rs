@@ -80,3 +80,18 @@ fn a_post_processor_template_with_undefined_pieces_is_refused_at_load() {
     );
     Tokenizer::from_texts(dir, json, None, None).unwrap();
 }
+
+/// `component_config`: serde_json's default float parser read `rope_theta`
+/// 100000218446744073709551616.0 one ulp above the nearest double (what Python's `float`
+/// and transformers read), so the config read differently after being written back. Floats
+/// are read correctly rounded now (serde_json's `float_roundtrip`).
+#[test]
+fn long_decimals_in_a_config_read_as_python_reads_them() {
+    let text = r#"{"num_hidden_layers": 3, "vocab_size": 605,
+        "rope_parameters": {"rope_theta": 100000218446744073709551616.0, "rope_type": "default"}}"#;
+    let config = qwen3::Qwen3Config::parse(text).unwrap();
+    // float("100000218446744073709551616.0") in Python.
+    assert_eq!(config.rope_theta, 1.0000021844674407e26);
+    let again = qwen3::Qwen3Config::parse(&config.to_json().to_string()).unwrap();
+    assert_eq!(again.rope_theta, config.rope_theta);
+}
