@@ -482,6 +482,19 @@ fn hand_built_file_loads() {
     assert_exact(&loaded.tensors["b"], &[2.0f32, 3.0, 4.0], &[3]);
 }
 
+/// Bytes in memory read as the same file does, and their errors name the origin given.
+#[test]
+fn bytes_read_as_the_file_does() {
+    let origin = Path::new("in-memory.safetensors");
+    let loaded = mlx::io::load_safetensors_from_bytes(origin, two_tensor_file()).unwrap();
+    assert_exact(&loaded.tensors["a"], &[0.0f32, 1.0], &[2]);
+    assert_exact(&loaded.tensors["b"], &[2.0f32, 3.0, 4.0], &[3]);
+    let mut cut = two_tensor_file();
+    cut.truncate(cut.len() - 6);
+    let result = mlx::io::load_safetensors_from_bytes(origin, cut);
+    assert_file_error(result, origin, Some("b"));
+}
+
 /// Empty, cut short, or with a header length past the end: errors naming the file.
 #[test]
 fn empty_and_truncated_files() {

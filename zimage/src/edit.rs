@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use image::ImageFormat;
+use image::{ImageDecoder, ImageFormat};
 use mlx::{random, Array, Dtype};
 use vae::Tiling;
 
@@ -38,13 +38,36 @@ pub fn read_picture(path: &Path) -> Result<Rgb8> {
         source,
     };
     let bytes = std::fs::read(path).map_err(io)?;
+    decode_picture(path, &bytes)
+}
+
+/// The most pixels an input picture may have: 4096x4096, 65,536 image tokens, sixteen
+/// times the 1024x1024 Z-Image was trained at. The limit is checked on the file's header,
+/// before decoding: a file of a few hundred bytes can claim a picture of gigabytes.
+pub const MAX_PICTURE_PIXELS: u64 = 1 << 24;
+
+/// Decodes a PNG or JPEG picture's bytes as [`read_picture`] does; errors name `path`, the
+/// file they came from. Pictures of more than [`MAX_PICTURE_PIXELS`] are refused.
+pub fn decode_picture(path: &Path, bytes: &[u8]) -> Result<Rgb8> {
     let not_a_picture = || Error::Input(format!("{}: not a PNG or JPEG picture", path.display()));
-    let format = image::guess_format(&bytes).map_err(|_| not_a_picture())?;
+    let format = image::guess_format(bytes).map_err(|_| not_a_picture())?;
     if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg) {
         return Err(not_a_picture());
     }
-    let decoded = image::load_from_memory_with_format(&bytes, format)
-        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?
+    let failed = |e: image::ImageError| Error::Input(format!("{}: {e}", path.display()));
+    let decoder = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
+        .into_decoder()
+        .map_err(failed)?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > MAX_PICTURE_PIXELS {
+        return Err(Error::Input(format!(
+            "{}: the picture is {width}x{height} pixels, more than the {MAX_PICTURE_PIXELS} \
+             (4096x4096) an input picture may have; scale it down",
+            path.display()
+        )));
+    }
+    let decoded = image::DynamicImage::from_decoder(decoder)
+        .map_err(failed)?
         .to_rgb8();
     Ok(Rgb8 {
         width: decoded.width(),

@@ -87,6 +87,12 @@ impl ModelDir {
         Err(Error::Input(format!("{}: {what}", dir.display())))
     }
 
+    /// The pipeline folder `root` as `text`, its `model_index.json`, describes it (every
+    /// component's folder must exist); errors name `root`'s `model_index.json`.
+    pub fn from_index(root: &Path, text: &str) -> Result<PipelineDirs> {
+        parse_index(root, &root.join(MODEL_INDEX), text)
+    }
+
     /// The transformer's checkpoint directory.
     pub fn transformer(&self) -> &Path {
         match self {
@@ -98,12 +104,16 @@ impl ModelDir {
 
 /// Checks `model_index.json` and that every component's folder exists.
 fn read_index(root: &Path, index: &Path) -> Result<PipelineDirs> {
+    parse_index(root, index, &read_text(index)?)
+}
+
+/// Checks `text`, the contents of `index`, and that every component's folder exists.
+fn parse_index(root: &Path, index: &Path, text: &str) -> Result<PipelineDirs> {
     let config_error = |message: String| Error::Config {
         path: index.to_path_buf(),
         message,
     };
-    let value: Value =
-        serde_json::from_str(&read_text(index)?).map_err(|e| config_error(e.to_string()))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| config_error(e.to_string()))?;
     let class = value.get("_class_name").and_then(Value::as_str);
     match class {
         Some(class) if PIPELINE_CLASSES.contains(&class) => {}

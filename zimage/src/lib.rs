@@ -12,8 +12,10 @@
 //! - [`edit`]: image to image and inpainting inputs (pictures, masks, VAE encoding).
 //! - [`picture`]: decoded images to 8-bit RGB and PNG files with their parameters;
 //!   [`preview`]: a PNG of latents, for transformer-only checkpoints.
+//! - [`api`]: the request body of `dit serve`'s images API.
 //! - [`resample`]: Pillow's Lanczos resize, bit for bit (diffusers' preprocessing).
 
+pub mod api;
 pub mod edit;
 pub mod folder;
 pub mod picture;

@@ -101,14 +101,16 @@ impl DitConfig {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<DitConfig> {
         let text = crate::read_text(path)?;
-        let config: DitConfig = serde_json::from_str(&text).map_err(|e| DitError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        config.validate().map_err(|message| DitError::Config {
+        DitConfig::parse(&text).map_err(|message| DitError::Config {
             path: path.to_path_buf(),
             message,
-        })?;
+        })
+    }
+
+    /// Parses and checks the text of a `config.json`.
+    pub fn parse(text: &str) -> std::result::Result<DitConfig, String> {
+        let config: DitConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
         Ok(config)
     }
 

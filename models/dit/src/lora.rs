@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use mlx::io::load_safetensors;
+use mlx::io::{load_safetensors, Safetensors};
 use mlx::{Array, Dtype};
 
 use crate::model::ZImage;
@@ -235,7 +235,12 @@ struct Pieces {
 /// Reads an adapter file (either layout); every key that is no LoRA tensor, every module
 /// missing its down or up matrix and every malformed tensor is an error, all named at once.
 pub fn read(path: &Path) -> Result<Adapter> {
-    let file = load_safetensors(path)?;
+    from_safetensors(path, load_safetensors(path)?)
+}
+
+/// The adapter in `file`, a safetensors file read from `path` (what errors name), checked
+/// as [`read`] checks it.
+pub fn from_safetensors(path: &Path, file: Safetensors) -> Result<Adapter> {
     let (default_alpha, rslora) = metadata_alpha(path, &file.metadata)?;
     let mut modules: BTreeMap<String, Pieces> = BTreeMap::new();
     let mut unknown = Vec::new();

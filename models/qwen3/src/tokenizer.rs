@@ -105,13 +105,25 @@ impl Tokenizer {
             };
             Ok((path, text))
         };
-        let json_path = dir.join("tokenizer.json");
-        let json = crate::read_text(&json_path)?;
-        let (jinja_path, jinja) = optional("chat_template.jinja")?;
+        let json = crate::read_text(&dir.join("tokenizer.json"))?;
+        let (_, jinja) = optional("chat_template.jinja")?;
+        let (_, config) = optional("tokenizer_config.json")?;
+        Tokenizer::from_texts(dir, json, config, jinja)
+    }
+
+    /// The tokenizer of `dir` from its files' contents, as [`from_dir`](Self::from_dir)
+    /// reads them: `tokenizer.json`, `tokenizer_config.json` and `chat_template.jinja`
+    /// (the last two optional). Errors name the files in `dir`.
+    pub fn from_texts(
+        dir: &Path,
+        json: String,
+        config: Option<String>,
+        jinja: Option<String>,
+    ) -> Result<Tokenizer> {
         Tokenizer::from_files(Files {
-            json: (json_path, json),
-            config: optional("tokenizer_config.json")?,
-            jinja: jinja.map(|text| (jinja_path, text)),
+            json: (dir.join("tokenizer.json"), json),
+            config: (dir.join("tokenizer_config.json"), config),
+            jinja: jinja.map(|text| (dir.join("chat_template.jinja"), text)),
         })
     }
 
@@ -134,10 +146,19 @@ impl Tokenizer {
             path: path.to_path_buf(),
             message,
         };
+        // Syntax first: `tokenizers` 0.22 panics on a syntax error inside `"decoder"`
+        // (found by fuzzing) instead of returning it.
+        serde_json::from_str::<serde::de::IgnoredAny>(&json)
+            .map_err(|e| bad(&origin, format!("not JSON: {}", crate::one_line(e))))?;
         let mut inner =
             tokenizers::Tokenizer::from_str(&json).map_err(|e| bad(&origin, crate::one_line(e)))?;
         // transformers turns off what tokenizer.json may set unless a call asks for it
         // (`set_truncation_and_padding`); `prompt_ids` truncates by itself.
+        if let Some(processor) = inner.get_post_processor() {
+            let processor =
+                serde_json::to_value(processor).map_err(|e| bad(&origin, e.to_string()))?;
+            check_templates(&processor).map_err(|m| bad(&origin, m))?;
+        }
         inner.with_padding(None);
         inner
             .with_truncation(None)
@@ -292,6 +313,44 @@ impl Tokenizer {
             .collect::<std::result::Result<Vec<i32>, _>>()
             .map_err(|e| self.failure(format!("a token id does not fit in int32: {e}")))?;
         Ok(PromptIds { ids, dropped })
+    }
+}
+
+/// Every special token that a `TemplateProcessing` post-processor (also one inside a
+/// `Sequence`) puts in its templates must be one of its `special_tokens`, and its `single`
+/// template must not use the second sequence. `tokenizers` 0.22
+/// reads such a processor unchecked and panics when it applies it (found by fuzzing).
+fn check_templates(processor: &Value) -> std::result::Result<(), String> {
+    match processor.get("type").and_then(Value::as_str) {
+        Some("Sequence") => processor
+            .get("processors")
+            .and_then(Value::as_array)
+            .map_or(Ok(()), |list| list.iter().try_for_each(check_templates)),
+        Some("TemplateProcessing") => {
+            let defined = processor.get("special_tokens").and_then(Value::as_object);
+            for template in ["single", "pair"] {
+                let pieces = processor.get(template).and_then(Value::as_array);
+                for piece in pieces.into_iter().flatten() {
+                    let sequence = piece.pointer("/Sequence/id").and_then(Value::as_str);
+                    if template == "single" && sequence == Some("B") {
+                        return Err("the post-processor's `single` template uses the second \
+                                    sequence ($B), which one text does not have"
+                            .into());
+                    }
+                    let Some(id) = piece.pointer("/SpecialToken/id").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    if !defined.is_some_and(|d| d.contains_key(id)) {
+                        return Err(format!(
+                            "the post-processor's `{template}` template uses the special token \
+                             `{id}`, which its `special_tokens` do not define"
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -143,13 +143,16 @@ impl VaeConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let config_error = |message: String| VaeError::Config {
+        VaeConfig::parse(&text).map_err(|message| VaeError::Config {
             path: path.to_path_buf(),
             message,
-        };
-        let config: VaeConfig =
-            serde_json::from_str(&text).map_err(|e| config_error(e.to_string()))?;
-        config.validate().map_err(config_error)?;
+        })
+    }
+
+    /// Parses and checks the text of a `config.json`.
+    pub fn parse(text: &str) -> std::result::Result<VaeConfig, String> {
+        let config: VaeConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
         Ok(config)
     }
 

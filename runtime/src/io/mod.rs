@@ -4,4 +4,6 @@ mod checkpoint;
 mod safetensors;
 
 pub use self::checkpoint::{holds_checkpoint, load_checkpoint, save_checkpoint, Checkpoint};
-pub use self::safetensors::{load_safetensors, save_safetensors, Safetensors};
+pub use self::safetensors::{
+    load_safetensors, load_safetensors_from_bytes, save_safetensors, Safetensors,
+};

@@ -38,7 +38,37 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Safetensors> {
     // arrays it does not own (they are not donatable). The usual mmap caveat stands: the
     // file must not be truncated by someone else while mapped.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::file(path, None, e))?;
-    let map = Arc::new(map);
+    parse(path, Arc::new(Backing::Map(map)))
+}
+
+/// Reads safetensors data already in memory, as [`load_safetensors`] reads a file: the
+/// tensors' arrays share `bytes` (kept alive by them) and errors name `origin`, the file
+/// or source the bytes came from.
+pub fn load_safetensors_from_bytes(
+    origin: impl AsRef<Path>,
+    bytes: Vec<u8>,
+) -> Result<Safetensors> {
+    parse(origin.as_ref(), Arc::new(Backing::Bytes(bytes)))
+}
+
+/// What arrays read from safetensors data point into: a mapped file or bytes in memory.
+enum Backing {
+    Map(Mmap),
+    Bytes(Vec<u8>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Map(map) => map,
+            Backing::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+fn parse(path: &Path, map: Arc<Backing>) -> Result<Safetensors> {
     // One parse validates the header: every tensor's offsets fit its shape and dtype, and
     // together they tile the data exactly.
     let (header_len, header) = SafeTensors::read_metadata(&map[..]).map_err(|e| {
@@ -169,10 +199,10 @@ fn st_dtype_of(dtype: Dtype) -> Result<StDtype, String> {
 unsafe extern "C" fn release_map(ctx: *mut c_void) {
     // SAFETY: `ctx` came from `Arc::into_raw` in `tensor_to_array`, once per array, and MLX
     // calls this exactly once per array.
-    drop(unsafe { Arc::from_raw(ctx.cast_const().cast::<Mmap>()) });
+    drop(unsafe { Arc::from_raw(ctx.cast_const().cast::<Backing>()) });
 }
 
-fn tensor_to_array(map: &Arc<Mmap>, info: &TensorInfo, data: &[u8]) -> Result<Array, String> {
+fn tensor_to_array(map: &Arc<Backing>, info: &TensorInfo, data: &[u8]) -> Result<Array, String> {
     let dtype = dtype_of(info.dtype)?;
     let shape = info
         .shape
@@ -186,7 +216,7 @@ fn tensor_to_array(map: &Arc<Mmap>, info: &TensorInfo, data: &[u8]) -> Result<Ar
     let mut out = ptr::null_mut();
     let status = if aligned && !data.is_empty() {
         let ctx = Arc::into_raw(Arc::clone(map)).cast_mut().cast::<c_void>();
-        // SAFETY: `data` points into the map, which `ctx` keeps alive until the shim
+        // SAFETY: `data` points into the backing bytes, which `ctx` keeps alive until the shim
         // releases it (once, whether or not the call succeeds); its length matches shape and
         // dtype (checked by the safetensors parser).
         unsafe {

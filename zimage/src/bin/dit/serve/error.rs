@@ -117,6 +117,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A refused request body: 400, or 404 for another model.
+impl From<zimage::api::BodyError> for ApiError {
+    fn from(error: zimage::api::BodyError) -> ApiError {
+        match error {
+            zimage::api::BodyError::ModelNotFound(id) => ApiError::model_not_found(&id),
+            invalid => ApiError::invalid(invalid.param(), invalid.to_string()),
+        }
+    }
+}
+
 /// A pipeline error: the request's fault (400) or the server's (500).
 impl From<zimage::Error> for ApiError {
     fn from(error: zimage::Error) -> ApiError {

@@ -1,12 +1,11 @@
 //! `dit serve`: OpenAI's images API over a pipeline loaded once. One worker thread owns
 //! the pipeline ([`worker`]); handlers queue jobs for it and answer when they are done or
-//! stream their progress ([`routes`]); request bodies are read field by field ([`api`]);
+//! stream their progress ([`routes`]); request bodies are read field by field (`zimage::api`);
 //! errors take OpenAI's shape ([`error`]).
 //!
 //! Shutdown (SIGINT or SIGTERM): the listener stops accepting, the running request
 //! finishes, the queued ones are answered 503, and the command exits 0.
 
-mod api;
 mod error;
 mod routes;
 mod worker;
@@ -23,9 +22,9 @@ use zimage::sampler;
 
 use crate::quantize_arg::QuantizeArg;
 use crate::{compute_dtype, model_source, CliResult, FloatDtype};
-use api::Limits;
 use routes::AppState;
 use worker::{Stats, Worker};
+use zimage::api::Limits;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -20,9 +20,9 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::api::{self, Generation, Limits};
 use super::error::ApiError;
 use super::worker::{Event, Images, Job, ModelInfo, Stats};
+use zimage::api::{self, Generation, Limits};
 
 /// Larger bodies are refused (413): a request is a prompt and a few numbers.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -181,7 +181,7 @@ async fn generations(State(state): State<Arc<AppState>>, request: Request) -> Re
     let seed = || state.seeds.hash_one((log.id, SystemTime::now()));
     let generation = match api::parse(&body, &state.limits, seed) {
         Ok(generation) => generation,
-        Err(error) => return log.finish(error),
+        Err(error) => return log.finish(ApiError::from(error)),
     };
     log.generation = Some((
         format!("{}x{}", generation.width, generation.height),

@@ -20,8 +20,8 @@ use zimage::pipeline::{LoadOptions, Pipeline};
 use zimage::prompt::MAX_SEQUENCE_LENGTH;
 use zimage::sampler::{self, Caption, Guidance, Noise, Request};
 
-use super::api::Generation;
 use super::error::ApiError;
+use zimage::api::Generation;
 
 /// What a handler hears about its job.
 #[derive(Debug)]

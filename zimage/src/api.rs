@@ -1,10 +1,41 @@
-//! The body of `POST /v1/images/generations` (OpenAI's images API with Z-Image's sampling
-//! fields), read field by field so that every error names the field at fault.
+//! The body of `dit serve`'s `POST /v1/images/generations` (OpenAI's images API with
+//! Z-Image's sampling fields), read field by field so that every error names the field at
+//! fault. The server turns a [`BodyError`] into OpenAI's error object.
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::error::ApiError;
+/// Why a request body is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// A body the client must change (HTTP 400), naming the field at fault when there is
+    /// one.
+    #[error("{message}")]
+    Invalid {
+        param: Option<String>,
+        message: String,
+    },
+    /// `model` names another model than the server's (HTTP 404).
+    #[error("the model `{0}` does not exist: this server runs one model")]
+    ModelNotFound(String),
+}
+
+impl BodyError {
+    fn invalid(param: Option<&str>, message: impl Into<String>) -> BodyError {
+        BodyError::Invalid {
+            param: param.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+
+    /// The request field at fault.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            BodyError::Invalid { param, .. } => param.as_deref(),
+            BodyError::ModelNotFound(_) => Some("model"),
+        }
+    }
+}
 
 /// Images one request may ask for.
 pub const MAX_IMAGES: usize = 4;
@@ -58,14 +89,14 @@ pub fn parse(
     body: &[u8],
     limits: &Limits,
     random_seed: impl FnOnce() -> u64,
-) -> Result<Generation, ApiError> {
+) -> Result<Generation, BodyError> {
     let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(None, format!("the body is not valid JSON: {e}")))?;
+        .map_err(|e| BodyError::invalid(None, format!("the body is not valid JSON: {e}")))?;
     let Value::Object(fields) = value else {
-        return Err(ApiError::invalid(None, "the body must be a JSON object"));
+        return Err(BodyError::invalid(None, "the body must be a JSON object"));
     };
     if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::invalid(
+        return Err(BodyError::invalid(
             Some(unknown),
             format!(
                 "unknown field `{unknown}`; the fields are {}",
@@ -74,23 +105,23 @@ pub fn parse(
         ));
     }
     let prompt: String = field(&fields, "prompt")?
-        .ok_or_else(|| ApiError::invalid(Some("prompt"), "`prompt` is required"))?;
+        .ok_or_else(|| BodyError::invalid(Some("prompt"), "`prompt` is required"))?;
     if let Some(model) = field::<String>(&fields, "model")? {
         if model != limits.model {
-            return Err(ApiError::model_not_found(&model));
+            return Err(BodyError::ModelNotFound(model));
         }
     }
     match field::<String>(&fields, "response_format")?.as_deref() {
         None | Some("b64_json") => {}
         Some("url") => {
-            return Err(ApiError::invalid(
+            return Err(BodyError::invalid(
                 Some("response_format"),
                 "`response_format` \"url\" is not supported: this server keeps no files; \
                  use \"b64_json\"",
             ))
         }
         Some(other) => {
-            return Err(ApiError::invalid(
+            return Err(BodyError::invalid(
                 Some("response_format"),
                 format!("`response_format` must be \"b64_json\", found {other:?}"),
             ))
@@ -103,14 +134,14 @@ pub fn parse(
     };
     let n = field::<usize>(&fields, "n")?.unwrap_or(1);
     if !(1..=MAX_IMAGES).contains(&n) {
-        return Err(ApiError::invalid(
+        return Err(BodyError::invalid(
             Some("n"),
             format!("`n` must be between 1 and {MAX_IMAGES}, found {n}"),
         ));
     }
     let steps = field::<usize>(&fields, "steps")?.unwrap_or(limits.default_steps);
     if !(1..=limits.max_steps).contains(&steps) {
-        return Err(ApiError::invalid(
+        return Err(BodyError::invalid(
             Some("steps"),
             format!(
                 "`steps` must be between 1 and {}, found {steps}",
@@ -120,7 +151,7 @@ pub fn parse(
     }
     let guidance_scale = field::<f32>(&fields, "guidance_scale")?.unwrap_or(0.0);
     if !(guidance_scale.is_finite() && guidance_scale >= 0.0) {
-        return Err(ApiError::invalid(
+        return Err(BodyError::invalid(
             Some("guidance_scale"),
             format!("`guidance_scale` must be a non-negative number, found {guidance_scale}"),
         ));
@@ -145,19 +176,19 @@ pub fn parse(
 fn field<T: DeserializeOwned>(
     fields: &Map<String, Value>,
     name: &str,
-) -> Result<Option<T>, ApiError> {
+) -> Result<Option<T>, BodyError> {
     match fields.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => serde_json::from_value(value.clone())
             .map(Some)
-            .map_err(|e| ApiError::invalid(Some(name), format!("`{name}`: {e}"))),
+            .map_err(|e| BodyError::invalid(Some(name), format!("`{name}`: {e}"))),
     }
 }
 
 /// `"WxH"`, each side a multiple of 16 (the VAE's 8 times the transformer's 2x2
 /// patches) and at most the server's limit.
-fn parse_size(size: &str, limits: &Limits) -> Result<(i32, i32), ApiError> {
-    let invalid = |why: String| ApiError::invalid(Some("size"), format!("`size` {size:?}: {why}"));
+fn parse_size(size: &str, limits: &Limits) -> Result<(i32, i32), BodyError> {
+    let invalid = |why: String| BodyError::invalid(Some("size"), format!("`size` {size:?}: {why}"));
     let side = |s: &str| {
         s.parse::<i32>()
             .ok()
@@ -168,7 +199,7 @@ fn parse_size(size: &str, limits: &Limits) -> Result<(i32, i32), ApiError> {
         .and_then(|(w, h)| Some((side(w)?, side(h)?)))
         .ok_or_else(|| invalid("expected WIDTHxHEIGHT, such as \"1024x1024\"".into()))?;
     for side in [w, h] {
-        zimage::sampler::check_side(side).map_err(|e| invalid(e.to_string()))?;
+        crate::sampler::check_side(side).map_err(|e| invalid(e.to_string()))?;
     }
     if w > limits.max_size || h > limits.max_size {
         return Err(invalid(format!(
@@ -193,12 +224,12 @@ mod tests {
         }
     }
 
-    fn parse_str(body: &str) -> Result<Generation, ApiError> {
+    fn parse_str(body: &str) -> Result<Generation, BodyError> {
         parse(body.as_bytes(), &limits(), || 7)
     }
 
     fn param_of(body: &str) -> Option<String> {
-        parse_str(body).unwrap_err().param
+        parse_str(body).unwrap_err().param().map(str::to_owned)
     }
 
     #[test]
@@ -257,7 +288,7 @@ mod tests {
             assert_eq!(param_of(&body).as_deref(), Some("size"), "{size}");
         }
         let wrong_model = parse_str(r#"{"prompt": "a", "model": "dall-e-3"}"#).unwrap_err();
-        assert_eq!(wrong_model.status, axum::http::StatusCode::NOT_FOUND);
+        assert_eq!(wrong_model, BodyError::ModelNotFound("dall-e-3".into()));
     }
 
     #[test]
@@ -271,8 +302,10 @@ mod tests {
             "{\"prompt\": \"a\"} x",
         ] {
             let error = parse_str(body).unwrap_err();
-            assert_eq!(error.status, axum::http::StatusCode::BAD_REQUEST, "{body}");
-            assert_eq!(error.param, None, "{body}");
+            assert!(
+                matches!(error, BodyError::Invalid { param: None, .. }),
+                "{body}"
+            );
         }
     }
 }
