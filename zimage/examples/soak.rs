@@ -128,44 +128,22 @@ fn verdict(what: &str, samples: &[Sample], warmup: usize) -> Vec<String> {
     };
     let mut problems = Vec::new();
     for s in samples.iter().filter(|s| s.done > warmup) {
-        let mut check = |name: &str, ok: bool, now: String, then: String| {
-            if !ok {
+        // (what, now, after warm-up, how far apart they may be)
+        let measures = [
+            ("active bytes", s.active, reference.active, ACTIVE_TOLERANCE),
+            ("cache bytes", s.cache, reference.cache, CACHE_TOLERANCE),
+            ("live arrays", s.arrays, reference.arrays, 0),
+            ("tracked arrays", s.tracked, reference.tracked, 0),
+            ("traces", s.traces as usize, reference.traces as usize, 0),
+        ];
+        for (name, now, then, tolerance) in measures {
+            if now.abs_diff(then) > tolerance {
                 problems.push(format!(
                     "{what} {}: {name} {now}, after warm-up {then}",
                     s.done
                 ));
             }
-        };
-        check(
-            "active bytes",
-            s.active.abs_diff(reference.active) <= ACTIVE_TOLERANCE,
-            s.active.to_string(),
-            reference.active.to_string(),
-        );
-        check(
-            "cache bytes",
-            s.cache.abs_diff(reference.cache) <= CACHE_TOLERANCE,
-            s.cache.to_string(),
-            reference.cache.to_string(),
-        );
-        check(
-            "live arrays",
-            s.arrays == reference.arrays,
-            s.arrays.to_string(),
-            reference.arrays.to_string(),
-        );
-        check(
-            "tracked arrays",
-            s.tracked == reference.tracked,
-            s.tracked.to_string(),
-            reference.tracked.to_string(),
-        );
-        check(
-            "traces",
-            s.traces == reference.traces,
-            s.traces.to_string(),
-            reference.traces.to_string(),
-        );
+        }
     }
     problems
 }
