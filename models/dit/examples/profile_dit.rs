@@ -41,12 +41,18 @@ fn time(runs: usize, f: &dyn Fn() -> Vec<Array>) -> mlx::Result<(f64, usize)> {
     Ok((times[times.len() / 2], peak))
 }
 
+/// Float32 scales, one per row, that bring the row's largest magnitude to E4M3's largest
+/// finite value, 448 (a tiny floor keeps all-zero rows finite).
+fn e4m3_scale(x: &Array) -> Array {
+    x.abs().max(-1, true).astype(Dtype::F32) / 448.0 + 1e-12
+}
+
 /// `x · wᵀ` with `x` quantized to E4M3 per token (row) and `w` already E4M3 with a scale
 /// per output channel (`w_scale: [1, out]`), compiled so that the quantization and the
 /// rescaling fuse around the FP8 product.
 #[mlx::graph]
 fn fp8_linear(x: &Array, w_fp8: &Array, w_scale: &Array) -> Array {
-    let x_scale = x.abs().max(-1, true).astype(Dtype::F32) / 448.0 + 1e-12;
+    let x_scale = e4m3_scale(x);
     let x_fp8 = (x.astype(Dtype::F32) / &x_scale).to_fp8();
     let product = mlx::ops::fp8_matmul(&x_fp8, w_fp8, x.dtype());
     (product * x_scale * w_scale).astype(x.dtype())
@@ -276,11 +282,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // E4M3 weights with a scale per output channel, activations with one per token: the
     // product Hopper's FP8 tensor cores run.
-    let per_row = |x: &Array| x.abs().max(-1, true).astype(Dtype::F32) / 448.0 + 1e-12;
-    let w_scale = per_row(&source.weight);
+    let w_scale = e4m3_scale(&source.weight);
     let w_fp8 = (source.weight.astype(Dtype::F32) / &w_scale).to_fp8();
     let x2 = attn_in.reshape(&[b * l, d]);
-    let x_scale = per_row(&x2);
+    let x_scale = e4m3_scale(&x2);
     let x_fp8 = (x2.astype(Dtype::F32) / &x_scale).to_fp8();
     mlx::eval([&w_fp8, &w_scale, &x_fp8, &x_scale])?;
     let kernel = if mlx::ops::fp8_kernel(hidden, d) {
