@@ -97,6 +97,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=PYTHONPATH");
     println!("cargo:rerun-if-changed=cpp/shim.cpp");
     println!("cargo:rerun-if-changed=cpp/shim.h");
+    println!("cargo:rerun-if-changed=cpp/kernels.cpp");
+    println!("cargo:rerun-if-changed=cpp/kernels.h");
     println!("cargo:rerun-if-changed=cpp/fp8_gemm.cpp");
     println!("cargo:rerun-if-changed=cpp/fp8_gemm.h");
 
@@ -150,6 +152,7 @@ fn main() {
         .flag("-isystem")
         .flag(mlx.include.as_os_str())
         .file("cpp/shim.cpp")
+        .file("cpp/kernels.cpp")
         .warnings(true)
         .extra_warnings(true)
         .compile("mlx_shim");

@@ -3,6 +3,8 @@
 
 #include "shim.h"
 
+#include "kernels.h"
+
 #ifdef MLXS_FP8
 #include "fp8_gemm.h"
 #endif
@@ -721,6 +723,22 @@ int mlxs_rope(
   return guard([&] {
     std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
     *out = wrap(mx::fast::rope(x->a, dims, traditional != 0, b, scale, offset, opt(freqs)));
+  });
+}
+
+int mlxs_rope_table(
+    const mlxs_array* x, const mlxs_array* cos, const mlxs_array* sin, const mlxs_array* weight,
+    float eps, mlxs_array** out) {
+  return guard([&] { *out = wrap(mlxs::rope_table(x->a, cos->a, sin->a, opt(weight), eps)); });
+}
+
+int mlxs_residual_rms_norm(
+    const mlxs_array* x, const mlxs_array* y, const mlxs_array* y_weight, float y_eps,
+    const mlxs_array* gate, const mlxs_array* out_weight, float out_eps, const mlxs_array* scale,
+    mlxs_vec** out) {
+  return guard([&] {
+    *out = new mlxs_vec{mlxs::residual_rms_norm(
+        opt(x), y->a, opt(y_weight), y_eps, opt(gate), opt(out_weight), out_eps, opt(scale))};
   });
 }
 

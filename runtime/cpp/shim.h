@@ -243,6 +243,16 @@ int mlxs_rope(
 int mlxs_rope_dynamic(
     const mlxs_array* x, int dims, int traditional, int has_base, float base, float scale,
     const mlxs_array* offset, const mlxs_array* freqs, mlxs_array** out);
+// Interleaved-pair RoPE by per-token tables, after an RMSNorm over each head when `weight`
+// is not null (kernels.h: one kernel on CUDA GPUs).
+int mlxs_rope_table(
+    const mlxs_array* x, const mlxs_array* cos, const mlxs_array* sin, const mlxs_array* weight,
+    float eps, mlxs_array** out);
+// kernels.h's residual_rms_norm; null for an absent array. Out: {h}, {out} or {h, out}.
+int mlxs_residual_rms_norm(
+    const mlxs_array* x, const mlxs_array* y, const mlxs_array* y_weight, float y_eps,
+    const mlxs_array* gate, const mlxs_array* out_weight, float out_eps, const mlxs_array* scale,
+    mlxs_vec** out);
 // `mask_mode` is "" (no mask or an array mask) or "causal".
 int mlxs_sdpa(
     const mlxs_array* q, const mlxs_array* k, const mlxs_array* v, float scale,

@@ -405,6 +405,26 @@ extern "C" {
         freqs: *const mlxs_array,
         out: *mut *mut mlxs_array,
     ) -> c_int;
+    pub fn mlxs_rope_table(
+        x: *const mlxs_array,
+        cos: *const mlxs_array,
+        sin: *const mlxs_array,
+        weight: *const mlxs_array,
+        eps: f32,
+        out: *mut *mut mlxs_array,
+    ) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    pub fn mlxs_residual_rms_norm(
+        x: *const mlxs_array,
+        y: *const mlxs_array,
+        y_weight: *const mlxs_array,
+        y_eps: f32,
+        gate: *const mlxs_array,
+        out_weight: *const mlxs_array,
+        out_eps: f32,
+        scale: *const mlxs_array,
+        out: *mut *mut mlxs_vec,
+    ) -> c_int;
     pub fn mlxs_sdpa(
         q: *const mlxs_array,
         k: *const mlxs_array,

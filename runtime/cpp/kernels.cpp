@@ -1,0 +1,423 @@
+// Fused kernels of our own for MLX's CUDA backend. MLX's compiler fuses element-wise chains
+// but stops at reductions and gathers; where a model's hot path is made of those, one
+// kernel here does the whole of it. The kernels are CUDA source that MLX JIT-compiles with
+// NVRTC at first use and caches with its own kernels; on other devices the same
+// computation is composed of MLX operations.
+
+#include "kernels.h"
+
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "mlx/mlx.h"
+
+namespace mx = mlx::core;
+
+namespace mlxs {
+namespace {
+
+std::string shape_string(const mx::array& a) {
+  std::string s = "[";
+  for (int i = 0; i < static_cast<int>(a.ndim()); ++i) {
+    s += (i ? ", " : "") + std::to_string(a.shape(i));
+  }
+  return s + "]";
+}
+
+bool on_cuda_gpu() {
+  return fused_kernels_enabled() && mx::default_device().type == mx::Device::gpu;
+}
+
+std::string float_literal(float v) {
+  char literal[64];
+  std::snprintf(literal, sizeof literal, "%a", v);
+  return literal;
+}
+
+void replace(std::string& src, const std::string& what, const std::string& with) {
+  for (auto at = src.find(what); at != std::string::npos; at = src.find(what, at + with.size())) {
+    src.replace(at, what.size(), with);
+  }
+}
+
+// Device code shared by the kernels below (MLX puts it ahead of the kernel).
+constexpr const char* kHeader = R"(
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+template <int V, typename T>
+__device__ inline void load_pack(const T* p, float (&out)[V]) {
+  const Pack<T, V> pack = *reinterpret_cast<const Pack<T, V>*>(p);
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    out[k] = static_cast<float>(pack.v[k]);
+  }
+}
+
+template <int V, typename T>
+__device__ inline void store_pack(T* p, const float (&in)[V]) {
+  Pack<T, V> pack;
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    pack.v[k] = static_cast<T>(in[k]);
+  }
+  *reinterpret_cast<Pack<T, V>*>(p) = pack;
+}
+
+template <typename U>
+__device__ inline float at(const U* p, long i) {
+  return static_cast<float>(p[i]);
+}
+
+// The sum of every thread's `v` in the block, for each thread.
+__device__ inline float block_sum(float v, float* partial) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    v += __shfl_xor_sync(0xffffffff, v, offset);
+  }
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) {
+    partial[threadIdx.x / 32] = v;
+  }
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < blockDim.x / 32; ++w) {
+    total += partial[w];
+  }
+  return total;
+}
+
+// One row of D channels by one block of THREADS threads, each holding its packs of V
+// channels in registers from the first read to the last write.
+template <int V, int D, int THREADS, bool RESIDUAL, bool GATE, bool OUT, bool SCALE,
+          typename T, typename TW, typename TG, typename TO, typename TS>
+__device__ void residual_rms_norm_row(
+    long row, long tokens, const T* x, const T* y, const TW* y_weight, const TG* gate,
+    const TO* out_weight, const TS* scale, T* h, T* o, float y_eps, float out_eps,
+    float* partial) {
+  constexpr int PACKS = (D / V + THREADS - 1) / THREADS;
+  const long base = row * D;
+  const long item = (row / tokens) * D;
+  float v[PACKS][V];
+  float ss = 0.0f;
+#pragma unroll
+  for (int c = 0; c < PACKS; ++c) {
+    const int i = (threadIdx.x + c * THREADS) * V;
+    if (i < D) {
+      load_pack<V>(y + base + i, v[c]);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        ss += v[c][k] * v[c][k];
+      }
+    }
+  }
+  if constexpr (RESIDUAL) {
+    const float inv = rsqrtf(block_sum(ss, partial) / D + y_eps);
+    ss = 0.0f;
+#pragma unroll
+    for (int c = 0; c < PACKS; ++c) {
+      const int i = (threadIdx.x + c * THREADS) * V;
+      if (i < D) {
+        float xs[V];
+        load_pack<V>(x + base + i, xs);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          float u = v[c][k] * inv * at(y_weight, i + k);
+          if constexpr (GATE) {
+            u *= at(gate, item + i + k);
+          }
+          // The stream is stored in T; the next norm reads what was stored.
+          v[c][k] = static_cast<float>(static_cast<T>(xs[k] + u));
+          ss += v[c][k] * v[c][k];
+        }
+        store_pack<V>(h + base + i, v[c]);
+      }
+    }
+  }
+  if constexpr (OUT) {
+    const float inv = rsqrtf(block_sum(ss, partial) / D + out_eps);
+#pragma unroll
+    for (int c = 0; c < PACKS; ++c) {
+      const int i = (threadIdx.x + c * THREADS) * V;
+      if (i < D) {
+        float out[V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          out[k] = v[c][k] * inv * at(out_weight, i + k);
+          if constexpr (SCALE) {
+            out[k] *= at(scale, item + i + k);
+          }
+        }
+        store_pack<V>(o + base + i, out);
+      }
+    }
+  }
+}
+// One warp per row of D channels (one head of one token); each lane holds its packs of V
+// channels (V even: whole pairs), and the warp reduces the sum of squares by shuffles.
+// The table row is the token's, shared by its heads.
+template <int V, int D, bool NORM, typename T, typename TC, typename TS, typename TW>
+__device__ void rope_row(
+    long row, long heads, const T* x, const TC* cos_t, const TS* sin_t, const TW* weight,
+    T* out, float eps) {
+  constexpr int PACKS = (D / V + 31) / 32;
+  const int lane = threadIdx.x % 32;
+  const long base = row * D;
+  const long t = (row / heads) * D;
+  float v[PACKS][V];
+  float ss = 0.0f;
+#pragma unroll
+  for (int c = 0; c < PACKS; ++c) {
+    const int i = (lane + 32 * c) * V;
+    if (i < D) {
+      load_pack<V>(x + base + i, v[c]);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        ss += v[c][k] * v[c][k];
+      }
+    }
+  }
+  float inv = 1.0f;
+  if constexpr (NORM) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      ss += __shfl_xor_sync(0xffffffff, ss, offset);
+    }
+    inv = rsqrtf(ss / D + eps);
+  }
+#pragma unroll
+  for (int c = 0; c < PACKS; ++c) {
+    const int i = (lane + 32 * c) * V;
+    if (i < D) {
+      float o[V];
+#pragma unroll
+      for (int k = 0; k < V; k += 2) {
+        float a = v[c][k] * inv;
+        float b = v[c][k + 1] * inv;
+        if constexpr (NORM) {
+          a *= at(weight, i + k);
+          b *= at(weight, i + k + 1);
+        }
+        o[k] = a * at(cos_t, t + i + k) + b * at(sin_t, t + i + k);
+        o[k + 1] = b * at(cos_t, t + i + k + 1) + a * at(sin_t, t + i + k + 1);
+      }
+      store_pack<V>(out + base + i, o);
+    }
+  }
+}
+)";
+
+// Packs of 4 channels (8 bytes of bfloat16) where the head size and the pointers allow,
+// else single pairs.
+std::string rope_table_source(bool norm, float eps) {
+  std::string src = R"(
+  const long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const long heads = x_shape[2];
+  if (row >= (long)x_shape[0] * x_shape[1] * heads) {
+    return;
+  }
+  const auto* w = WEIGHT;
+  const unsigned long addresses =
+      reinterpret_cast<unsigned long>(x) | reinterpret_cast<unsigned long>(out);
+  if (VEC == 4 && addresses % (4 * sizeof(T)) == 0) {
+    rope_row<4, D, NORM>(row, heads, x, cos_t, sin_t, w, out, EPS);
+  } else {
+    rope_row<2, D, NORM>(row, heads, x, cos_t, sin_t, w, out, EPS);
+  }
+)";
+  replace(src, "WEIGHT", norm ? "weight" : "static_cast<const float*>(nullptr)");
+  replace(src, "EPS", float_literal(eps));
+  return src;
+}
+
+// The largest head the kernel's registers hold (16 channels a lane).
+constexpr int kMaxKernelHeadDim = 512;
+
+bool kernel_fits(const mx::array& x, const mx::array& cos, const mx::array& sin) {
+  if (!on_cuda_gpu() || x.ndim() != 4 || !mx::issubdtype(x.dtype(), mx::floating)) {
+    return false;
+  }
+  int d = x.shape(3);
+  mx::Shape table{x.shape(0), x.shape(1), 1, d};
+  double threads = 32.0 * x.shape(0) * x.shape(1) * x.shape(2);
+  return d % 2 == 0 && d <= kMaxKernelHeadDim && cos.shape() == table &&
+      sin.shape() == table && threads < 2147483647.0;
+}
+
+mx::array rope_table_kernel(
+    const mx::array& x, const mx::array& cos, const mx::array& sin,
+    const std::optional<mx::array>& weight, float eps) {
+  bool norm = weight.has_value();
+  std::vector<std::string> names{"x", "cos_t", "sin_t"};
+  std::vector<mx::array> inputs{x, cos, sin};
+  if (norm) {
+    names.push_back("weight");
+    inputs.push_back(*weight);
+  }
+  auto kernel = mx::fast::cuda_kernel(
+      norm ? "mlxs_rms_norm_rope_table" : "mlxs_rope_table", names, {"out"},
+      rope_table_source(norm, eps), kHeader);
+  int threads = 32 * x.shape(0) * x.shape(1) * x.shape(2);
+  int d = x.shape(3);
+  return kernel(
+      inputs, {x.shape()}, {x.dtype()}, {threads, 1, 1}, {128, 1, 1},
+      {{"D", d}, {"VEC", d % 4 == 0 ? 4 : 2}, {"NORM", norm}, {"T", x.dtype()}}, std::nullopt,
+      false, {})[0];
+}
+
+mx::array rope_table_composed(
+    const mx::array& x, const mx::array& cos, const mx::array& sin,
+    const std::optional<mx::array>& weight, float eps) {
+  mx::array y = weight ? mx::fast::rms_norm(x, weight, eps) : x;
+  int d = y.shape(-1);
+  std::vector<int> swap(d);
+  for (int i = 0; i < d; ++i) {
+    swap[i] = i ^ 1;
+  }
+  mx::array swapped = mx::take(y, mx::array(swap.data(), {d}, mx::int32), -1);
+  mx::array rotated = mx::astype(y, mx::float32) * cos + mx::astype(swapped, mx::float32) * sin;
+  return mx::astype(rotated, x.dtype());
+}
+
+constexpr int kResidualThreads = 256;
+// Rows up to this many channels fit the kernel's registers (32 a thread).
+constexpr int kMaxResidualDim = 32 * kResidualThreads;
+
+// Packs of 16 bytes where the rows allow them, checked on the pointers at run time (MLX's
+// small buffers may be less aligned), else channel by channel.
+std::string residual_rms_norm_source(bool residual, bool out, float y_eps, float out_eps) {
+  std::string src = R"(
+  __shared__ float partial[32];
+  T* h_out = H_OUT;
+  T* o_out = O_OUT;
+  const unsigned long addresses = reinterpret_cast<unsigned long>(x) |
+      reinterpret_cast<unsigned long>(y) | reinterpret_cast<unsigned long>(h_out) |
+      reinterpret_cast<unsigned long>(o_out);
+  if (VEC > 1 && addresses % 16 == 0) {
+    residual_rms_norm_row<VEC, D, THREADS, RESIDUAL, GATE, OUT, SCALE>(
+        blockIdx.x, y_shape[1], x, y, y_weight, gate, out_weight, scale, h_out, o_out,
+        Y_EPS, OUT_EPS, partial);
+  } else {
+    residual_rms_norm_row<1, D, THREADS, RESIDUAL, GATE, OUT, SCALE>(
+        blockIdx.x, y_shape[1], x, y, y_weight, gate, out_weight, scale, h_out, o_out,
+        Y_EPS, OUT_EPS, partial);
+  }
+)";
+  replace(src, "H_OUT", residual ? "h" : "static_cast<T*>(nullptr)");
+  replace(src, "O_OUT", out ? "o" : "static_cast<T*>(nullptr)");
+  replace(src, "Y_EPS", float_literal(y_eps));
+  replace(src, "OUT_EPS", float_literal(out_eps));
+  return src;
+}
+
+// A per-item modulation that broadcasts as [B, 1, D], or none.
+bool modulation_fits(const std::optional<mx::array>& m, const mx::array& y) {
+  return !m || m->shape() == mx::Shape{y.shape(0), 1, y.shape(2)};
+}
+
+// A norm's weight of one value per channel, or none (MLX's own norm reports the others).
+bool weight_fits(const std::optional<mx::array>& w, const mx::array& y) {
+  return !w || w->shape() == mx::Shape{y.shape(2)};
+}
+
+}  // namespace
+
+bool fused_kernels_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("MLX_RS_FUSED_KERNELS");
+    return mx::cu::is_available() && !(v && std::string(v) == "0");
+  }();
+  return enabled;
+}
+
+std::vector<mx::array> residual_rms_norm(
+    const std::optional<mx::array>& x, const mx::array& y,
+    const std::optional<mx::array>& y_weight, float y_eps, const std::optional<mx::array>& gate,
+    const std::optional<mx::array>& out_weight, float out_eps,
+    const std::optional<mx::array>& scale) {
+  if (!x && !out_weight) {
+    throw std::invalid_argument("[residual_rms_norm] neither a residual nor a norm to compute");
+  }
+  if (x && x->shape() != y.shape()) {
+    throw std::invalid_argument(
+        "[residual_rms_norm] the residual " + shape_string(*x) + " and the sublayer's output " +
+        shape_string(y) + " differ in shape");
+  }
+  bool fits = on_cuda_gpu() && y.ndim() == 3 && mx::issubdtype(y.dtype(), mx::floating) &&
+      (!x || x->dtype() == y.dtype()) && modulation_fits(gate, y) &&
+      modulation_fits(scale, y) && (!x || y_weight) && weight_fits(y_weight, y) &&
+      weight_fits(out_weight, y) && y.shape(2) <= kMaxResidualDim &&
+      static_cast<double>(y.shape(0)) * y.shape(1) * kResidualThreads < 2147483647.0;
+  if (!fits) {
+    std::vector<mx::array> outs;
+    mx::array h = y;
+    if (x) {
+      mx::array normed = mx::fast::rms_norm(y, y_weight, y_eps);
+      h = *x + (gate ? *gate * normed : normed);
+      outs.push_back(h);
+    }
+    if (out_weight) {
+      mx::array o = mx::fast::rms_norm(h, out_weight, out_eps);
+      outs.push_back(scale ? o * *scale : o);
+    }
+    return outs;
+  }
+  bool residual = x.has_value(), out = out_weight.has_value();
+  mx::array one = mx::array(1.0f);
+  std::vector<std::string> names{"x", "y", "y_weight", "gate", "out_weight", "scale"};
+  // Absent inputs are a scalar the kernel never reads.
+  std::vector<mx::array> inputs{
+      residual ? *x : y,       y, residual ? *y_weight : one, gate ? *gate : one,
+      out ? *out_weight : one, scale ? *scale : one};
+  std::vector<std::string> out_names;
+  if (residual) {
+    out_names.push_back("h");
+  }
+  if (out) {
+    out_names.push_back("o");
+  }
+  auto kernel = mx::fast::cuda_kernel(
+      "mlxs_residual_rms_norm", names, out_names,
+      residual_rms_norm_source(residual, out, y_eps, out_eps), kHeader);
+  int rows = y.shape(0) * y.shape(1);
+  int d = y.shape(2);
+  int pack = 16 / static_cast<int>(mx::size_of(y.dtype()));
+  std::vector<mx::Shape> shapes(out_names.size(), y.shape());
+  std::vector<mx::Dtype> dtypes(out_names.size(), y.dtype());
+  return kernel(
+      inputs, shapes, dtypes, {rows * kResidualThreads, 1, 1}, {kResidualThreads, 1, 1},
+      {{"D", d},
+       {"VEC", d % pack == 0 ? pack : 1},
+       {"THREADS", kResidualThreads},
+       {"RESIDUAL", residual},
+       {"GATE", gate.has_value()},
+       {"OUT", out},
+       {"SCALE", scale.has_value()},
+       {"T", y.dtype()}},
+      std::nullopt, false, {});
+}
+
+mx::array rope_table(
+    const mx::array& x, const mx::array& cos, const mx::array& sin,
+    const std::optional<mx::array>& weight, float eps) {
+  if (x.ndim() == 0 || x.shape(-1) % 2 != 0) {
+    throw std::invalid_argument(
+        "[rope_table] the last axis holds pairs: its length must be even, found shape " +
+        shape_string(x));
+  }
+  if (weight && (weight->ndim() != 1 || weight->shape(0) != x.shape(-1))) {
+    throw std::invalid_argument(
+        "[rope_table] the norm's weight must be [" + std::to_string(x.shape(-1)) +
+        "], one per channel of a head");
+  }
+  if (kernel_fits(x, cos, sin)) {
+    return rope_table_kernel(x, cos, sin, weight, eps);
+  }
+  return rope_table_composed(x, cos, sin, weight, eps);
+}
+
+}  // namespace mlxs

@@ -1,0 +1,36 @@
+// Fused kernels of our own for MLX's CUDA backend, JIT-compiled through MLX's custom-kernel
+// support (mlx::core::fast::cuda_kernel), with the same computation composed of MLX
+// operations on every other device.
+
+#pragma once
+
+#include <optional>
+
+#include "mlx/array.h"
+
+namespace mlxs {
+
+// Interleaved-pair rotary embedding by per-token tables, optionally after an RMSNorm over
+// each head: x: [B, L, H, D]; cos, sin: [B, L, 1, D] (each pair's angle repeated over its
+// two channels, sin negated on the first); weight: [D]. Computes
+// `y = norm(x)`, `out = y * cos + swap_pairs(y) * sin` in float32, in x's dtype.
+mlx::core::array rope_table(
+    const mlx::core::array& x, const mlx::core::array& cos, const mlx::core::array& sin,
+    const std::optional<mlx::core::array>& weight, float eps);
+
+// The RMSNorms around a transformer sublayer, over the last axis of y: [B, L, D]:
+// `h = x + gate * rms_norm(y, y_weight, y_eps)` when x is given (else `h = y`), rounded to
+// y's dtype, then `out = rms_norm(h, out_weight, out_eps) * scale` when out_weight is given.
+// gate and scale broadcast against [B, 1, D] (per-item modulation) and may be absent.
+// Returns {h} (no out_weight), {out} (no x) or {h, out}.
+std::vector<mlx::core::array> residual_rms_norm(
+    const std::optional<mlx::core::array>& x, const mlx::core::array& y,
+    const std::optional<mlx::core::array>& y_weight, float y_eps,
+    const std::optional<mlx::core::array>& gate,
+    const std::optional<mlx::core::array>& out_weight, float out_eps,
+    const std::optional<mlx::core::array>& scale);
+
+// Whether the kernels of this file run (CUDA GPUs, unless MLX_RS_FUSED_KERNELS=0).
+bool fused_kernels_enabled();
+
+}  // namespace mlxs
