@@ -25,6 +25,46 @@ impl RmsNorm {
     pub fn forward(&self, x: &Array) -> Array {
         fast::rms_norm(x, Some(&self.weight), self.eps)
     }
+
+    /// `forward(x) · scale`, a per-item modulation `scale: [B, 1, D]` (plain `forward`
+    /// without one); one kernel on CUDA GPUs.
+    #[track_caller]
+    pub fn forward_scaled(&self, x: &Array, scale: Option<&Array>) -> Array {
+        match scale {
+            Some(scale) => fast::rms_norm_scaled(x, (&self.weight, self.eps), scale),
+            None => self.forward(x),
+        }
+    }
+
+    /// The residual stream after a sublayer: `x + gate · forward(y)` (see
+    /// [`fast::residual_rms_norm`]).
+    #[track_caller]
+    pub fn add_normed(&self, x: &Array, y: &Array, gate: Option<&Array>) -> Array {
+        fast::residual_rms_norm(x, y, (&self.weight, self.eps), gate, None).0
+    }
+
+    /// [`add_normed`](RmsNorm::add_normed), and the next sublayer's input
+    /// `next.forward_scaled(h, scale)` from it, in one pass: `(h, next input)`.
+    #[track_caller]
+    pub fn add_normed_then(
+        &self,
+        x: &Array,
+        y: &Array,
+        gate: Option<&Array>,
+        next: &RmsNorm,
+        scale: Option<&Array>,
+    ) -> (Array, Array) {
+        let next_norm = (&next.weight, next.eps);
+        let (h, input) = fast::residual_rms_norm(
+            x,
+            y,
+            (&self.weight, self.eps),
+            gate,
+            Some((next_norm, scale)),
+        );
+        let input = input.unwrap_or_else(|| next.forward_scaled(&h, scale));
+        (h, input)
+    }
 }
 
 /// `(x - mean) / sqrt(var + eps) · weight + bias` over the last axis; without weight and
@@ -107,6 +147,104 @@ impl GroupNorm {
 mod tests {
     use super::*;
     use crate::random;
+
+    /// `x · rsqrt(mean(x²) + eps) · w` over rows of `d`, in float64.
+    fn rms_rows(x: &[f64], w: &[f32], d: usize, eps: f64) -> Vec<f64> {
+        x.chunks(d)
+            .flat_map(|row| {
+                let ms = row.iter().map(|v| v * v).sum::<f64>() / d as f64;
+                let inv = 1.0 / (ms + eps).sqrt();
+                row.iter().zip(w).map(move |(v, &w)| v * inv * f64::from(w))
+            })
+            .collect()
+    }
+
+    fn values(a: &Array) -> Vec<f64> {
+        a.to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    }
+
+    fn max_error(got: &Array, want: &[f64]) -> f64 {
+        let got = values(got);
+        assert_eq!(got.len(), want.len());
+        got.iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// The residual stream's norms (on a CUDA GPU, the fused kernel's packed and unpacked
+    /// paths) against float64, with and without modulation.
+    #[test]
+    fn residual_norms_match_a_float64_reference() {
+        let (b, l) = (2, 3);
+        for d in [8, 100, 3840] {
+            let (du, rows) = (d as usize, (b * l) as usize);
+            let norm = |seed: u64, eps: f32| RmsNorm {
+                weight: random::uniform(0.5, 1.5, &[d], Dtype::F32, &random::key(seed)),
+                eps,
+            };
+            let (first, next) = (norm(1, 1e-5), norm(2, 1e-6));
+            let x = random::normal(&[b, l, d], Dtype::F32, &random::key(3));
+            let y = random::normal(&[b, l, d], Dtype::F32, &random::key(4)) * 4.0;
+            let gate = random::normal(&[b, 1, d], Dtype::F32, &random::key(5));
+            let scale = random::normal(&[b, 1, d], Dtype::F32, &random::key(6)) + 1.0;
+            let (xs, ys, gs, ss) = (values(&x), values(&y), values(&gate), values(&scale));
+            let fw = first.weight.to_vec::<f32>().unwrap();
+            let nw = next.weight.to_vec::<f32>().unwrap();
+            // Row r belongs to batch item r / l, whose modulation is row r / l of gate.
+            let per_item = |m: &[f64], i: usize| m[(i / du) / l as usize * du + i % du];
+            for modulated in [false, true] {
+                let (g, s) = if modulated {
+                    (Some(&gate), Some(&scale))
+                } else {
+                    (None, None)
+                };
+                let normed = rms_rows(&ys, &fw, du, 1e-5);
+                let h: Vec<f64> = (0..rows * du)
+                    .map(|i| {
+                        let gate = if modulated { per_item(&gs, i) } else { 1.0 };
+                        xs[i] + gate * normed[i]
+                    })
+                    .collect();
+                let o: Vec<f64> = rms_rows(&h, &nw, du, 1e-6)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| if modulated { v * per_item(&ss, i) } else { v })
+                    .collect();
+                let (got_h, got_o) = first.add_normed_then(&x, &y, g, &next, s);
+                let what = format!("d {d}, modulated {modulated}");
+                assert!(max_error(&got_h, &h) < 1e-5, "{what}: h");
+                assert!(max_error(&got_o, &o) < 1e-5, "{what}: next input");
+                assert!(max_error(&first.add_normed(&x, &y, g), &h) < 1e-5, "{what}");
+                let scaled: Vec<f64> = rms_rows(&xs, &nw, du, 1e-6)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| if modulated { v * per_item(&ss, i) } else { v })
+                    .collect();
+                assert!(
+                    max_error(&next.forward_scaled(&x, s), &scaled) < 1e-5,
+                    "{what}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn residual_norms_name_misfit_shapes() {
+        let norm = RmsNorm::ones(8, 1e-5, Dtype::F32);
+        let x = Array::zeros(&[1, 3, 8], Dtype::F32);
+        let y = Array::zeros(&[1, 4, 8], Dtype::F32);
+        let err = norm
+            .add_normed(&x, &y, None)
+            .error()
+            .expect("misfit")
+            .to_string();
+        assert!(err.contains("differ in shape"), "{err}");
+    }
 
     /// Against a float64 two-pass reference, on values with a large mean (where a
     /// one-pass variance loses digits), for several group sizes and a bfloat16 input.
