@@ -34,17 +34,17 @@ impl Attention {
         let [b, l, d] = x.dims();
         let head_dim = d / self.heads;
         let split_heads = |t: Array| t.reshape(&[b, l, self.heads, head_dim]);
-        let norm = |t: Array, weight: &Option<Array>| match weight {
-            Some(w) => fast::rms_norm(&t, Some(w), QK_NORM_EPS),
-            None => t,
+        let norm_rope = |t: Array, weight: &Option<Array>| match weight {
+            Some(w) => rope.apply_after_norm(&split_heads(t), w, QK_NORM_EPS),
+            None => rope.apply(&split_heads(t)),
         };
-        let q = norm(split_heads(self.to_q.forward(x)), &self.norm_q);
-        let k = norm(split_heads(self.to_k.forward(x)), &self.norm_k);
+        let q = norm_rope(self.to_q.forward(x), &self.norm_q);
+        let k = norm_rope(self.to_k.forward(x), &self.norm_k);
         let v = split_heads(self.to_v.forward(x));
         let heads_first = |t: &Array| t.transpose(&[0, 2, 1, 3]);
         let attended = fast::scaled_dot_product_attention(
-            &heads_first(&rope.apply(&q)),
-            &heads_first(&rope.apply(&k)),
+            &heads_first(&q),
+            &heads_first(&k),
             &heads_first(&v),
             1.0 / (head_dim as f32).sqrt(),
             mask.map_or(Mask::None, Mask::Array),
@@ -124,19 +124,13 @@ impl Block {
         ])
     }
 
-    fn attention_input(&self, x: &Array, modulation: Option<&[Array; 4]>) -> Array {
-        let normed = self.attention_norm1.forward(x);
-        match modulation {
-            Some([scale_msa, ..]) => normed * scale_msa,
-            None => normed,
-        }
-    }
-
     /// The attention's input: the normed, modulated hidden states (TeaCache watches how
     /// much the first main block's changes between steps).
     #[mlx::graph]
     pub fn modulated_input(&self, x: &Array, adaln: Option<&Array>) -> Array {
-        self.attention_input(x, self.modulation_params(adaln).as_ref())
+        let modulation = self.modulation_params(adaln);
+        self.attention_norm1
+            .forward_scaled(x, modulation.as_ref().map(|[scale_msa, ..]| scale_msa))
     }
 
     /// `x: [batch, tokens, dim]`; `adaln: [batch, min(dim, 256)]` for modulated blocks.
@@ -149,24 +143,21 @@ impl Block {
         adaln: Option<&Array>,
     ) -> Array {
         let modulation = self.modulation_params(adaln);
-        let attn_in = self.attention_input(x, modulation.as_ref());
-        let attn_out = self
-            .attention_norm2
-            .forward(&self.attention.forward(&attn_in, mask, rope));
-        match modulation {
-            Some([_, gate_msa, scale_mlp, gate_mlp]) => {
-                let x = x + gate_msa * attn_out;
-                let ff_in = self.ffn_norm1.forward(&x) * scale_mlp;
-                let ff_out = self.ffn_norm2.forward(&self.feed_forward.forward(&ff_in));
-                &x + gate_mlp * ff_out
-            }
-            None => {
-                let x = x + attn_out;
-                let ff_in = self.ffn_norm1.forward(&x);
-                let ff_out = self.ffn_norm2.forward(&self.feed_forward.forward(&ff_in));
-                &x + ff_out
-            }
-        }
+        let [scale_msa, gate_msa, scale_mlp, gate_mlp] = match &modulation {
+            Some(m) => m.each_ref().map(Some),
+            None => [None; 4],
+        };
+        let attn_in = self.attention_norm1.forward_scaled(x, scale_msa);
+        let attn_out = self.attention.forward(&attn_in, mask, rope);
+        let (x, ff_in) = self.attention_norm2.add_normed_then(
+            x,
+            &attn_out,
+            gate_msa,
+            &self.ffn_norm1,
+            scale_mlp,
+        );
+        let ff_out = self.feed_forward.forward(&ff_in);
+        self.ffn_norm2.add_normed(&x, &ff_out, gate_mlp)
     }
 }
 
