@@ -3,8 +3,11 @@
 //! compiled MLX graph is one opaque launch sequence).
 //!
 //! ```text
-//! cargo run --release -p dit --example profile_dit -- [turbo|small] [width] [layers]
+//! cargo run --release -p dit --example profile_dit -- [turbo|small] [width] [layers] [--save FILE]
 //! ```
+//!
+//! `--save FILE` writes the compiled forward's output (`velocity`) to a safetensors file:
+//! two runs, one with `MLX_RS_FUSED_KERNELS=0`, compare the fused kernels with MLX's own.
 //!
 //! Random weights of the Z-Image-Turbo transformer's shapes (or `small`'s), a 128-token
 //! caption, bfloat16 on a GPU (float32 on the CPU). Each row is the median of several
@@ -63,7 +66,12 @@ fn gib(bytes: usize) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let save = match args.iter().position(|a| a == "--save") {
+        Some(i) if i + 1 < args.len() => Some(args.drain(i..i + 2).nth(1).unwrap_or_default()),
+        Some(_) => return Err("--save takes a file".into()),
+        None => None,
+    };
     let size = args.first().map_or("turbo", String::as_str);
     let mut config = match size {
         "small" => DitConfig::small(),
@@ -132,6 +140,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             runs,
             &|| vec![model.predict(&latents, &t, &cap_feats, &seq)],
         )?,
+    );
+    if let Some(path) = &save {
+        let out = model.predict(&latents, &t, &cap_feats, &seq);
+        mlx::io::save_safetensors(path, [("velocity", &out)], &Default::default())?;
+    }
+
+    // The host's share: building and encoding the step's graph, with the GPU left to run
+    // it. A step whose encoding takes as long as its run is bound by the host.
+    let encode = {
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            mlx::synchronize()?;
+            let started = Instant::now();
+            let out = model.predict(&latents, &t, &cap_feats, &seq);
+            mlx::async_eval([&out])?;
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+            mlx::eval([&out])?;
+        }
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    println!(
+        "{:44} {encode:9.2}",
+        "forward, compiled: host time to encode"
     );
     mlx::compile::set_eager(true);
     row(
@@ -232,6 +264,73 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  rope table apply (one of q, k)",
         time(runs, &|| vec![rope.apply(&x4)])?,
     );
+    let rms_w = Array::ones(&[head_dim], dtype);
+    row(
+        "  per-head RMSNorm + rope (one of q, k)",
+        time(runs, &|| vec![rope.apply_after_norm(&x4, &rms_w, 1e-5)])?,
+    );
+    // The same in float32 on the CPU, where it is composed of MLX's operations.
+    let device = mlx::default_device()?;
+    let compare = || -> mlx::Result<f32> {
+        let fused = rope.apply_after_norm(&x4.astype(Dtype::F32), &rms_w, 1e-5);
+        mlx::eval([&fused])?;
+        mlx::set_default_device(Device::Cpu)?;
+        let composed = rope.apply_after_norm(&x4.astype(Dtype::F32), &rms_w, 1e-5);
+        let error =
+            (&composed - &fused).abs().max(mlx::ALL, false) / composed.abs().max(mlx::ALL, false);
+        error.item::<f32>()
+    };
+    match compare() {
+        Ok(error) => println!(
+            "{:44} {error:9.2e} max |{device:?} - cpu| / max |cpu| (float32)",
+            ""
+        ),
+        Err(e) => println!("  comparison with the CPU failed: {e}"),
+    }
+    mlx::set_default_device(device)?;
+
+    // The fused residual-and-norms step against the CPU's composition, in float32.
+    let norm = |seed: u64| mlx::nn::RmsNorm {
+        weight: random::uniform(0.5, 1.5, &[d], Dtype::F32, &random::key(seed)),
+        eps: 1e-5,
+    };
+    let (norm_a, norm_b) = (norm(30), norm(31));
+    let modulation = |seed: u64| random::normal(&[b, 1, d], Dtype::F32, &random::key(seed));
+    let (gate, scale) = (modulation(32), modulation(33));
+    let (x32, y32) = (tokens.astype(Dtype::F32), attn_in.astype(Dtype::F32) * 3.0);
+    let residual = || {
+        let (h, next) = norm_a.add_normed_then(&x32, &y32, Some(&gate), &norm_b, Some(&scale));
+        mlx::concatenate(&[&h, &next], -1)
+    };
+    let compare = || -> mlx::Result<f32> {
+        let fused = residual();
+        mlx::eval([&fused])?;
+        mlx::set_default_device(Device::Cpu)?;
+        let composed = residual();
+        let error =
+            (&composed - &fused).abs().max(mlx::ALL, false) / composed.abs().max(mlx::ALL, false);
+        error.item::<f32>()
+    };
+    match compare() {
+        Ok(error) => println!(
+            "{:44} {error:9.2e} residual + norms: max |{device:?} - cpu| / max |cpu|",
+            ""
+        ),
+        Err(e) => println!("  comparison with the CPU failed: {e}"),
+    }
+    mlx::set_default_device(device)?;
+    let (x16, y16) = (tokens.clone(), attn_in.clone());
+    let (norm_a, norm_b) = (&block.attention_norm2, &block.ffn_norm1);
+    let gate16 = gate.astype(dtype);
+    let scale16 = scale.astype(dtype);
+    row(
+        "  residual + two norms + modulation",
+        time(runs, &|| {
+            let (h, next) =
+                norm_a.add_normed_then(&x16, &y16, Some(&gate16), norm_b, Some(&scale16));
+            vec![h, next]
+        })?,
+    );
     let w = random::normal(&[d, d], dtype, &random::key(20));
     let w3 = random::normal(&[3 * d, d], dtype, &random::key(21));
     mlx::eval([&w, &w3])?;
@@ -247,7 +346,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     row("  q, k, v as three projections", (ms3, peak3));
     let (msf, peakf) = time(runs, &|| vec![attn_in.matmul(&w3.t())])?;
     row("  q, k, v as one fused projection", (msf, peakf));
-    let rms_w = Array::ones(&[head_dim], dtype);
     row(
         "  per-head RMSNorm",
         time(runs, &|| vec![fast::rms_norm(&x4, Some(&rms_w), 1e-5)])?,
