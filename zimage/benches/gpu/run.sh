@@ -8,7 +8,8 @@
 #   source .gpu/p2/setup.sh && bash zimage/benches/gpu/run.sh [turbo|small|all] [STEPS]
 #
 # turbo: the Z-Image-Turbo transformer (dim 3840, 30 layers) at 1024x1024; small: the
-# built-in small size at 512x512; both with a 128-token caption, bfloat16. Results go to
+# built-in small size at 512x512; both with a 128-token caption, bfloat16. MODES picks dit's
+# runs (default: MODES="compiled eager mxfp8 affine8"). Results go to
 # $OUT (or /tmp/zbench/out) as JSON, and a table is printed last.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,7 +23,7 @@ bench() { # size width cap_dim
     local size=$1 width=$2 dim=$3 model=$work/$1
     [ -f "$model/config.json" ] || python3 "$here/reference.py" make --size "$size" --out "$model"
     python3 "$here/reference.py" caps --dim "$dim" --len 128 --out "$work/$size-caps.safetensors"
-    for mode in compiled eager mxfp8 affine8; do
+    for mode in ${MODES:-compiled eager mxfp8 affine8}; do
         local flag=""
         case $mode in eager) flag=--no-compile ;; mxfp8|affine8) flag="--fp8 $mode" ;; esac
         "$BIN/dit" generate --model "$model" --cap-feats "$work/$size-caps.safetensors" \
