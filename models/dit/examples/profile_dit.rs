@@ -61,6 +61,28 @@ fn fp8_linear(x: &Array, w_fp8: &Array, w_scale: &Array) -> Array {
     (product * x_scale * w_scale).astype(x.dtype())
 }
 
+/// Prints how far `f` computed on the default device is from `f` on the CPU (float32
+/// inputs: the fused kernels against MLX's composition of the same computation).
+fn against_cpu(what: &str, f: &dyn Fn() -> Array) -> mlx::Result<()> {
+    let device = mlx::default_device()?;
+    let compare = || -> mlx::Result<f32> {
+        let here = f();
+        mlx::eval([&here])?;
+        mlx::set_default_device(Device::Cpu)?;
+        let cpu = f();
+        let error = (&cpu - &here).abs().max(mlx::ALL, false) / cpu.abs().max(mlx::ALL, false);
+        error.item::<f32>()
+    };
+    match compare() {
+        Ok(error) => println!(
+            "{:44} {error:9.2e} {what}: max |{device:?} - cpu| / max |cpu|",
+            ""
+        ),
+        Err(e) => println!("  {what}: the comparison with the CPU failed: {e}"),
+    }
+    mlx::set_default_device(device)
+}
+
 fn gib(bytes: usize) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
@@ -270,24 +292,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         time(runs, &|| vec![rope.apply_after_norm(&x4, &rms_w, 1e-5)])?,
     );
     // The same in float32 on the CPU, where it is composed of MLX's operations.
-    let device = mlx::default_device()?;
-    let compare = || -> mlx::Result<f32> {
-        let fused = rope.apply_after_norm(&x4.astype(Dtype::F32), &rms_w, 1e-5);
-        mlx::eval([&fused])?;
-        mlx::set_default_device(Device::Cpu)?;
-        let composed = rope.apply_after_norm(&x4.astype(Dtype::F32), &rms_w, 1e-5);
-        let error =
-            (&composed - &fused).abs().max(mlx::ALL, false) / composed.abs().max(mlx::ALL, false);
-        error.item::<f32>()
-    };
-    match compare() {
-        Ok(error) => println!(
-            "{:44} {error:9.2e} max |{device:?} - cpu| / max |cpu| (float32)",
-            ""
-        ),
-        Err(e) => println!("  comparison with the CPU failed: {e}"),
-    }
-    mlx::set_default_device(device)?;
+    against_cpu("per-head RMSNorm + rope", &|| {
+        rope.apply_after_norm(&x4.astype(Dtype::F32), &rms_w, 1e-5)
+    })?;
 
     // The fused residual-and-norms step against the CPU's composition, in float32.
     let norm = |seed: u64| mlx::nn::RmsNorm {
@@ -302,23 +309,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (h, next) = norm_a.add_normed_then(&x32, &y32, Some(&gate), &norm_b, Some(&scale));
         mlx::concatenate(&[&h, &next], -1)
     };
-    let compare = || -> mlx::Result<f32> {
-        let fused = residual();
-        mlx::eval([&fused])?;
-        mlx::set_default_device(Device::Cpu)?;
-        let composed = residual();
-        let error =
-            (&composed - &fused).abs().max(mlx::ALL, false) / composed.abs().max(mlx::ALL, false);
-        error.item::<f32>()
-    };
-    match compare() {
-        Ok(error) => println!(
-            "{:44} {error:9.2e} residual + norms: max |{device:?} - cpu| / max |cpu|",
-            ""
-        ),
-        Err(e) => println!("  comparison with the CPU failed: {e}"),
-    }
-    mlx::set_default_device(device)?;
+    against_cpu("residual + norms", &residual)?;
     let (x16, y16) = (tokens.clone(), attn_in.clone());
     let (norm_a, norm_b) = (&block.attention_norm2, &block.ffn_norm1);
     let gate16 = gate.astype(dtype);
