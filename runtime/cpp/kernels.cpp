@@ -324,6 +324,12 @@ bool weight_fits(const std::optional<mx::array>& w, const mx::array& y) {
   return !w || w->shape() == mx::Shape{y.shape(2)};
 }
 
+// The kernel writes y's dtype, which is what MLX's type promotion gives only when every
+// operand has it.
+bool dtype_fits(const std::optional<mx::array>& a, const mx::array& y) {
+  return !a || a->dtype() == y.dtype();
+}
+
 }  // namespace
 
 bool fused_kernels_enabled() {
@@ -348,7 +354,8 @@ std::vector<mx::array> residual_rms_norm(
         shape_string(y) + " differ in shape");
   }
   bool fits = on_cuda_gpu() && y.ndim() == 3 && mx::issubdtype(y.dtype(), mx::floating) &&
-      (!x || x->dtype() == y.dtype()) && modulation_fits(gate, y) &&
+      dtype_fits(x, y) && dtype_fits(y_weight, y) && dtype_fits(gate, y) &&
+      dtype_fits(out_weight, y) && dtype_fits(scale, y) && modulation_fits(gate, y) &&
       modulation_fits(scale, y) && (!x || y_weight) && weight_fits(y_weight, y) &&
       weight_fits(out_weight, y) && y.shape(2) <= kMaxResidualDim &&
       static_cast<double>(y.shape(0)) * y.shape(1) * kResidualThreads < 2147483647.0;

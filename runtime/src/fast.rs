@@ -180,7 +180,7 @@ fn residual_norm_op(
     let (out_weight, out_eps) = next.map_or((None, 0.0), |(w, e)| (Some(w), e));
     let slots = [x, Some(y), y_weight, gate, out_weight, scale];
     let present: Vec<&Array> = slots.iter().flatten().copied().collect();
-    let parts = present.len().max(1);
+    let outputs = usize::from(x.is_some()) + usize::from(next.is_some());
     crate::array_list::op_list("residual_rms_norm", &present, |r, out| {
         // `r` holds the present slots in order: hand each its handle, null for the rest.
         let mut handles = r.iter().copied();
@@ -195,7 +195,7 @@ fn residual_norm_op(
             )
         }
     })
-    .unwrap_or_else(|error| vec![Array::failed(error); parts])
+    .unwrap_or_else(|error| vec![Array::failed(error); outputs])
 }
 
 /// The mask of [`scaled_dot_product_attention`].
