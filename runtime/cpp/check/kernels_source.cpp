@@ -1,0 +1,91 @@
+// Writes every variant of runtime/cpp/kernels.cpp's CUDA kernels as one CUDA file, with the
+// signatures MLX's fast::cuda_kernel gives them (inputs, then `<name>_shape` where the
+// source uses it, then outputs; template arguments as constants), for check_kernels to
+// compile. It includes kernels.cpp itself to reach the source builders.
+
+#include "../kernels.cpp"
+
+#include <iostream>
+
+namespace {
+
+struct Input {
+  std::string name;
+  std::string type;
+};
+
+void kernel(
+    const std::string& name, const std::vector<Input>& inputs,
+    const std::vector<std::string>& outputs, const std::string& out_type,
+    const std::string& constants, const std::string& body) {
+  std::cout << "namespace " << name << " {\n__global__ void kernel(\n";
+  std::string params;
+  for (const auto& in : inputs) {
+    params += "    const " + in.type + "* " + in.name + ",\n";
+    if (body.find(in.name + "_shape") != std::string::npos) {
+      params += "    const __grid_constant__ Shape " + in.name + "_shape,\n";
+    }
+  }
+  for (const auto& out : outputs) {
+    params += "    " + out_type + "* " + out + ",\n";
+  }
+  params.resize(params.size() - 2);
+  std::cout << params << ") {\n" << constants << body << "}\n}  // namespace " << name << "\n\n";
+}
+
+std::string flag(const char* name, bool v) {
+  return std::string("  constexpr bool ") + name + " = " + (v ? "true" : "false") + ";\n";
+}
+
+std::string number(const char* name, int v) {
+  return std::string("  constexpr int ") + name + " = " + std::to_string(v) + ";\n";
+}
+
+}  // namespace
+
+int main() {
+  std::cout << "namespace mlx::core::cu {\n" << mlxs::kHeader << "\n";
+  int n = 0;
+  for (const char* t : {"__nv_bfloat16", "float"}) {
+    std::string type = t;
+    int pack = type == "float" ? 4 : 8;
+    for (bool norm : {false, true}) {
+      for (int d : {128, 64, 6}) {
+        std::vector<Input> in{{"x", type}, {"cos_t", "float"}, {"sin_t", "float"}};
+        if (norm) {
+          in.push_back({"weight", type});
+        }
+        kernel(
+            "rope_" + std::to_string(n++), in, {"out"}, type,
+            number("D", d) + number("VEC", d % 4 == 0 ? 4 : 2) + flag("NORM", norm) +
+                "  using T = " + type + ";\n",
+            mlxs::rope_table_source(norm, 1e-5f));
+      }
+    }
+    for (int v = 0; v < 16; ++v) {
+      bool residual = v & 1, gate = v & 2, out = v & 4, scale = v & 8;
+      if (!residual && !out) {
+        continue;
+      }
+      for (int d : {3840, 100}) {
+        std::vector<Input> in{{"x", type}, {"y", type}, {"y_weight", type},
+                              {"gate", type}, {"out_weight", type}, {"scale", type}};
+        std::vector<std::string> outs;
+        if (residual) {
+          outs.push_back("h");
+        }
+        if (out) {
+          outs.push_back("o");
+        }
+        kernel(
+            "residual_" + std::to_string(n++), in, outs, type,
+            number("D", d) + number("VEC", d % pack == 0 ? pack : 1) +
+                number("THREADS", mlxs::kResidualThreads) + flag("RESIDUAL", residual) +
+                flag("GATE", gate) + flag("OUT", out) + flag("SCALE", scale) +
+                "  using T = " + type + ";\n",
+            mlxs::residual_rms_norm_source(residual, out, 1e-5f, 1e-6f));
+      }
+    }
+  }
+  std::cout << "}  // namespace mlx::core::cu\n";
+}
