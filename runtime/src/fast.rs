@@ -127,29 +127,35 @@ pub fn rope_table(x: &Array, cos: &Array, sin: &Array, norm: Option<(&Array, f32
 /// An RMSNorm's weight and epsilon.
 pub type Norm<'a> = (&'a Array, f32);
 
-/// The RMSNorms around a transformer sublayer, one kernel on CUDA GPUs: for a sublayer's
-/// output `y: [B, L, D]` and the residual stream `x`, `h = x + gate · rms_norm(y)`; then,
-/// with `next`, the next sublayer's input `rms_norm_next(h) · scale`. `gate` and `scale`
-/// are per-item modulations of `[B, 1, D]` (or absent); `h` is rounded to `y`'s dtype as
-/// it is stored, and the next norm reads the rounded value.
+/// The residual stream after a transformer sublayer, one kernel on CUDA GPUs: for the
+/// sublayer's output `y: [B, L, D]` and the stream `x`, `x + gate · rms_norm(y)`, with
+/// `gate` a per-item modulation of `[B, 1, D]` (or absent).
 ///
-/// Returns `h`, and with `next` also the next input. The kernel reads each input once (a
-/// block per row, its channels held in registers) where MLX runs two norms and two
-/// element-wise kernels; elsewhere (other devices, other shapes, `MLX_RS_FUSED_KERNELS=0`)
-/// it is composed of those.
+/// The kernel reads each input once (a block per row, its channels held in registers)
+/// where MLX runs a norm and an element-wise kernel; elsewhere (other devices, other
+/// shapes or dtypes, `MLX_RS_FUSED_KERNELS=0`) it is composed of those.
 #[track_caller]
-pub fn residual_rms_norm(
+pub fn residual_rms_norm(x: &Array, y: &Array, norm: Norm<'_>, gate: Option<&Array>) -> Array {
+    let mut outs = residual_norm_op(Some(x), y, Some(norm), gate, None, None).into_iter();
+    outs.next().unwrap_or_else(|| missing_output(y))
+}
+
+/// [`residual_rms_norm`] and the next sublayer's input from its result `h`,
+/// `rms_norm_next(h) · scale`, in one kernel on CUDA GPUs: `(h, next input)`. `h` is
+/// rounded to `y`'s dtype as it is stored, and the next norm reads the rounded value.
+#[track_caller]
+pub fn residual_rms_norm_then(
     x: &Array,
     y: &Array,
     norm: Norm<'_>,
     gate: Option<&Array>,
-    next: Option<(Norm<'_>, Option<&Array>)>,
-) -> (Array, Option<Array>) {
-    let (next_norm, scale) = next.map_or((None, None), |(n, s)| (Some(n), s));
-    let mut outs = residual_norm_op(Some(x), y, Some(norm), gate, next_norm, scale).into_iter();
+    next: Norm<'_>,
+    scale: Option<&Array>,
+) -> (Array, Array) {
+    let mut outs = residual_norm_op(Some(x), y, Some(norm), gate, Some(next), scale).into_iter();
     let h = outs.next().unwrap_or_else(|| missing_output(y));
-    let next = next.map(|_| outs.next().unwrap_or_else(|| missing_output(y)));
-    (h, next)
+    let input = outs.next().unwrap_or_else(|| missing_output(y));
+    (h, input)
 }
 
 /// `rms_norm(x) · scale` (`scale: [B, 1, D]`, a per-item modulation), one kernel on CUDA

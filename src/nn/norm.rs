@@ -36,11 +36,11 @@ impl RmsNorm {
         }
     }
 
-    /// The residual stream after a sublayer: `x + gate · forward(y)` (see
-    /// [`fast::residual_rms_norm`]).
+    /// The residual stream after a sublayer: `x + gate · forward(y)` (one kernel on CUDA
+    /// GPUs: [`fast::residual_rms_norm`]).
     #[track_caller]
     pub fn add_normed(&self, x: &Array, y: &Array, gate: Option<&Array>) -> Array {
-        fast::residual_rms_norm(x, y, (&self.weight, self.eps), gate, None).0
+        fast::residual_rms_norm(x, y, (&self.weight, self.eps), gate)
     }
 
     /// [`add_normed`](RmsNorm::add_normed), and the next sublayer's input
@@ -54,16 +54,14 @@ impl RmsNorm {
         next: &RmsNorm,
         scale: Option<&Array>,
     ) -> (Array, Array) {
-        let next_norm = (&next.weight, next.eps);
-        let (h, input) = fast::residual_rms_norm(
+        fast::residual_rms_norm_then(
             x,
             y,
             (&self.weight, self.eps),
             gate,
-            Some((next_norm, scale)),
-        );
-        let input = input.unwrap_or_else(|| next.forward_scaled(&h, scale));
-        (h, input)
+            (&next.weight, next.eps),
+            scale,
+        )
     }
 }
 
