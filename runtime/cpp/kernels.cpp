@@ -238,7 +238,8 @@ std::string rope_table_source(bool norm, float eps) {
 constexpr int kMaxKernelHeadDim = 512;
 
 bool kernel_fits(const mx::array& x, const mx::array& cos, const mx::array& sin) {
-  if (!on_cuda_gpu() || x.ndim() != 4 || !mx::issubdtype(x.dtype(), mx::floating)) {
+  if (!on_cuda_gpu() || x.ndim() != 4 || x.size() == 0 ||
+      !mx::issubdtype(x.dtype(), mx::floating)) {
     return false;
   }
   int d = x.shape(3);
@@ -353,7 +354,8 @@ std::vector<mx::array> residual_rms_norm(
         "[residual_rms_norm] the residual " + shape_string(*x) + " and the sublayer's output " +
         shape_string(y) + " differ in shape");
   }
-  bool fits = on_cuda_gpu() && y.ndim() == 3 && mx::issubdtype(y.dtype(), mx::floating) &&
+  bool fits = on_cuda_gpu() && y.ndim() == 3 && y.size() > 0 &&
+      mx::issubdtype(y.dtype(), mx::floating) &&
       dtype_fits(x, y) && dtype_fits(y_weight, y) && dtype_fits(gate, y) &&
       dtype_fits(out_weight, y) && dtype_fits(scale, y) && modulation_fits(gate, y) &&
       modulation_fits(scale, y) && (!x || y_weight) && weight_fits(y_weight, y) &&

@@ -11,8 +11,8 @@ a list of [C, 1, H/8, W/8], one caption of `cap-len` tokens) eagerly or under to
 and prints one JSON line: ms per forward (median of the timed runs, CUDA events) and the peak
 memory torch allocated. `kernels` runs the same forward once under torch.profiler and writes
 every CUDA kernel it launched with its count and total time: which GEMM, attention and fused
-kernels diffusers runs, to set beside `ncu`'s list for `dit`. Run it where diffusers and torch with CUDA are installed (the GPU
-machine: see run.sh).
+kernels diffusers runs, to set beside `ncu`'s list for `dit`. Run it where diffusers and
+torch with CUDA are installed (the GPU machine: see run.sh).
 """
 
 import argparse
