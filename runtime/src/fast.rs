@@ -103,7 +103,7 @@ pub fn rope_at(x: &Array, rope: Rope<'_>, offset: &Array) -> Array {
 
 /// Rotary embedding of consecutive channel pairs by per-token tables, after an RMSNorm
 /// over each head when `norm` gives its weight and epsilon: `x: [B, L, H, D]`, `cos` and
-/// `sin` of `[B, L, 1, D]` laid out as [`crate::nn::rope::RopeTable`] holds them. Computes
+/// `sin` of `[B, L, 1, D]` laid out as `mlx::nn::rope::RopeTable` holds them. Computes
 /// `y = rms_norm(x)`, `y · cos + swap_pairs(y) · sin` in float32 and returns `x`'s dtype.
 ///
 /// On a CUDA GPU this is one kernel of ours (a warp per head, reading `x` once and writing
