@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 use mlx::fast::{self, Mask, Rope};
-use mlx::ops::{concatenate, stack, where_, Conv2d, QuantMode, Quantized, ALL};
+use mlx::ops::{concatenate, stack, where_, Conv2d, Fp8Rows, QuantMode, Quantized, ALL};
 use mlx::{random, Array, Dtype, Element};
 use serde_json::Value;
 
@@ -1207,25 +1207,151 @@ fn e4m3_conversions_and_products() {
     let rounded = f32_array(&[1.06, 1.07], &[2]).to_fp8().from_fp8(Dtype::F32);
     assert_exact(&rounded, &[2], &[1.0f32, 1.125]);
 
-    // The product of E4M3 matrices equals the float product of the values they hold
-    // (on the CPU it is that product; on an FP8 GPU, float32 accumulation of the same).
-    let x = random::normal(&[5, 32], Dtype::F32, &random::key(1)).to_fp8();
-    let w = random::normal(&[16, 32], Dtype::F32, &random::key(2)).to_fp8();
-    let expected = x.from_fp8(Dtype::F32).matmul(&w.from_fp8(Dtype::F32).t());
-    let product = mlx::ops::fp8_matmul(&x, &w, Dtype::F32);
-    assert_eq!(product.shape(), &[5, 16]);
-    let (got, want) = (f32s(&product), f32s(&expected));
-    for (g, e) in got.iter().zip(&want) {
-        assert!((g - e).abs() <= 1e-5 * e.abs().max(1.0), "{g} vs {e}");
+    // The product of E4M3 rows equals the product of the values they stand for, each row
+    // times its scale, computed here in float64: on the CPU the float32 product of the
+    // dequantized operands; on an FP8 GPU cuBLASLt's kernel, whose fast accumulation keeps
+    // fewer bits (about 2^-13 of the sum), with the scales in the epilogue.
+    // K = 384 is three of the blocks of 128 that Hopper's kernels scale by; rows and
+    // channels of different magnitudes make each scale count.
+    for (m, n, k) in [(5, 16, 32), (6, 32, 384)] {
+        let spread = |rows: i32, seed: u64| {
+            let by_row = random::uniform(0.01, 10.0, &[rows, 1], Dtype::F32, &random::key(seed));
+            random::normal(&[rows, k], Dtype::F32, &random::key(seed + 1)) * by_row
+        };
+        let x = Fp8Rows::quantize(&spread(m, 1));
+        let w = Fp8Rows::quantize(&(spread(n, 3) * 0.1));
+        let (xv, wv) = (
+            f32s(&x.dequantize(Dtype::F32)),
+            f32s(&w.dequantize(Dtype::F32)),
+        );
+        let product = mlx::ops::fp8_matmul(&x, &w, Dtype::F32);
+        assert_eq!(product.shape(), &[m, n]);
+        let got = f32s(&product);
+        let tolerance = if mlx::ops::fp8_kernel(n, k) {
+            1e-3
+        } else {
+            1e-5
+        };
+        let (n, k) = (n as usize, k as usize);
+        for (i, g) in got.iter().enumerate() {
+            let (row, col) = (&xv[i / n * k..][..k], &wv[i % n * k..][..k]);
+            let dot = |f: fn(f64) -> f64| -> f64 {
+                row.iter()
+                    .zip(col)
+                    .map(|(a, b)| f(f64::from(*a) * f64::from(*b)))
+                    .sum()
+            };
+            let (exact, magnitude) = (dot(|v| v), dot(f64::abs));
+            assert!(
+                (f64::from(*g) - exact).abs() <= tolerance * magnitude,
+                "[{m}, {k}] x [{n}, {k}] output {i}: {g} vs {exact}"
+            );
+        }
     }
-    // Operands that are not E4M3 matrices of one K are errors, not crashes.
-    let floats = mlx::ops::fp8_matmul(&x, &x.astype(Dtype::F32), Dtype::F32);
-    assert!(floats.check().is_err());
-    let narrow = mlx::ops::fp8_matmul(&x, &w.slice_axis(1, 0, 16), Dtype::F32);
-    let err = narrow.check().unwrap_err().to_string();
-    assert!(err.contains("fp8_matmul"), "{err}");
+    let x = Fp8Rows::quantize(&random::normal(&[5, 32], Dtype::F32, &random::key(1)));
+    let w = Fp8Rows::quantize(&random::normal(&[16, 32], Dtype::F32, &random::key(2)));
+    // Operands that are not E4M3 rows of one K with a scale each are errors, not crashes.
+    let floats = Fp8Rows {
+        values: x.values.astype(Dtype::F32),
+        scales: x.scales.clone(),
+    };
+    assert!(mlx::ops::fp8_matmul(&floats, &w, Dtype::F32)
+        .check()
+        .is_err());
+    let narrow = Fp8Rows {
+        values: w.values.slice_axis(1, 0, 16),
+        scales: w.scales.clone(),
+    };
+    let err = mlx::ops::fp8_matmul(&x, &narrow, Dtype::F32)
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("fp8_matmul") && err.contains("[16, 16] uint8"),
+        "{err}"
+    );
+    let unscaled = Fp8Rows {
+        values: w.values.clone(),
+        scales: w.scales.slice_axis(0, 0, 8),
+    };
+    let err = mlx::ops::fp8_matmul(&x, &unscaled, Dtype::F32)
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("scales [M]") && err.contains("[8] float32"),
+        "{err}"
+    );
     if mlx::default_device().is_ok_and(|d| d == mlx::Device::Cpu) {
         assert!(!mlx::ops::fp8_kernel(16, 32));
+    }
+}
+
+/// Checks per-row E4M3 quantization of `x` (`[rows, k]` float32 values `v`): each scale is
+/// the row's largest magnitude over 448, and each value comes back within half an E4M3
+/// step (3 mantissa bits; subnormal steps below 2^-6 of the scale).
+fn check_fp8_rows(v: &[f32], rows: usize, k: usize, q: &Fp8Rows) {
+    assert_eq!(q.values.dtype(), Dtype::U8);
+    assert_eq!(q.values.shape(), &[rows as i32, k as i32]);
+    assert_eq!(q.scales.shape(), &[rows as i32]);
+    let scales = f32s(&q.scales);
+    let back = f32s(&q.dequantize(Dtype::F32));
+    let mut worst = 0.0f32;
+    for r in 0..rows {
+        let row = &v[r * k..(r + 1) * k];
+        let amax = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let expected = if amax > 0.0 { amax / 448.0 } else { 1.0 };
+        assert_eq!(scales[r], expected, "row {r}");
+        for (i, (x, b)) in row.iter().zip(&back[r * k..]).enumerate() {
+            let step = (x.abs() / scales[r]).max(2f32.powi(-6)) / 8.0 * scales[r];
+            let err = (x - b).abs();
+            assert!(
+                err <= step / 2.0 * 1.0001,
+                "row {r} [{i}]: {x} came back as {b}"
+            );
+            worst = worst.max(err / step);
+        }
+    }
+    // Rounding really happened.
+    assert!(worst > 0.3, "worst error {worst} steps");
+}
+
+#[test]
+fn fp8_rows_quantize_to_the_nearest_e4m3_step_of_their_scale() {
+    // Rows of 4096 and 100 values (the kernel's packed and single-value paths on a GPU),
+    // a row of zeros (scale 1), a row with one large value.
+    for k in [4096usize, 100] {
+        let rows = 6;
+        let mut v = f32s(&random::normal(
+            &[rows as i32, k as i32],
+            Dtype::F32,
+            &random::key(7),
+        ));
+        v[..k].iter_mut().for_each(|x| *x = 0.0);
+        v[k] = 3.0e4;
+        v[2 * k..3 * k].iter_mut().for_each(|x| *x *= 1e-3);
+        let x = f32_array(&v, &[rows as i32, k as i32]);
+        check_fp8_rows(&v, rows, k, &Fp8Rows::quantize(&x));
+        // bfloat16 rows quantize the values they hold.
+        let bf16 = x.astype(Dtype::Bf16);
+        let held = f32s(&bf16.astype(Dtype::F32));
+        check_fp8_rows(&held, rows, k, &Fp8Rows::quantize(&bf16));
+    }
+    // Leading axes are rows too.
+    let q = Fp8Rows::quantize(&Array::ones(&[2, 3, 16], Dtype::F32));
+    assert_eq!(q.scales.shape(), &[2, 3]);
+    assert_exact(&q.values.reshape(&[96]), &[96], &[0x7Eu8; 96]);
+    // What cannot be quantized by rows is an error naming the op.
+    for bad in [
+        Array::ones(&[4], Dtype::I32),
+        Array::zeros(&[2, 0], Dtype::F32),
+    ] {
+        let err = Fp8Rows::quantize(&bad)
+            .values
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fp8_quantize"), "{err}");
     }
 }
 

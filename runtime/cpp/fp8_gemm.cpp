@@ -12,6 +12,7 @@
 
 #include <map>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -82,6 +83,12 @@ const Lt& lt() {
 // Hopper's recommended cuBLAS workspace.
 constexpr uint64_t kWorkspace = 32u << 20;
 
+// Where the row and channel scales are applied: in the epilogue by cuBLASLt's outer-vector
+// scaling where it has a kernel for the GPU, else after the product, in one element-wise
+// pass that MLX's compiler may fuse with what follows. (On the H200 test machine its
+// heuristic finds no kernel for outer vectors, nor for 1x128 block scales.)
+enum class Scaling { Outer, After };
+
 // The descriptors and algorithm of one product shape, made once. Row-major
 // out[M, N] = x[M, K] · w[N, K]ᵀ is column-major outᵀ = w · xᵀ: A = w (transposed), B = x,
 // the "TN" layout cuBLASLt's FP8 kernels require.
@@ -91,13 +98,14 @@ struct Plan {
   cublasLtMatmulHeuristicResult_t algo;
 };
 
-const Plan& plan(int m, int n, int k, mx::Dtype out) {
+// A plan, or nullptr where cuBLASLt has no kernel for it on this GPU.
+const Plan* plan(int m, int n, int k, mx::Dtype out, Scaling scaling) {
   static std::mutex mutex;
-  static std::map<std::tuple<int, int, int, int>, Plan> plans;
+  static std::map<std::tuple<int, int, int, int, Scaling>, std::optional<Plan>> plans;
   std::lock_guard lock(mutex);
-  auto key = std::make_tuple(m, n, k, static_cast<int>(out.val()));
+  auto key = std::make_tuple(m, n, k, static_cast<int>(out.val()), scaling);
   if (auto found = plans.find(key); found != plans.end()) {
-    return found->second;
+    return found->second ? &*found->second : nullptr;
   }
   const Lt& l = lt();
   Plan p{};
@@ -110,6 +118,11 @@ const Plan& plan(int m, int n, int k, mx::Dtype out) {
   // reported against bfloat16 by the benchmark.
   int8_t fast = 1;
   check(l.desc_set(p.desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast), "FAST_ACCUM");
+  if (scaling == Scaling::Outer) {
+    cublasLtMatmulMatrixScale_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    check(l.desc_set(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode), "A_SCALE_MODE");
+    check(l.desc_set(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode), "B_SCALE_MODE");
+  }
   cudaDataType_t d_type = out == mx::float16 ? CUDA_R_16F
       : out == mx::float32                   ? CUDA_R_32F
                                              : CUDA_R_16BF;
@@ -122,21 +135,20 @@ const Plan& plan(int m, int n, int k, mx::Dtype out) {
       l.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace, sizeof kWorkspace),
       "workspace preference");
   int found = 0;
-  check(
-      l.heuristic(l.handle, p.desc, p.a, p.b, p.d, p.d, pref, 1, &p.algo, &found),
-      "cublasLtMatmulAlgoGetHeuristic");
-  if (found == 0) {
-    throw std::runtime_error(
-        "[fp8_matmul] cuBLASLt has no FP8 kernel for " + std::to_string(m) + "x" +
-        std::to_string(k) + " by " + std::to_string(k) + "x" + std::to_string(n) +
-        " on this GPU");
+  cublasStatus_t status =
+      l.heuristic(l.handle, p.desc, p.a, p.b, p.d, p.d, pref, 1, &p.algo, &found);
+  if (status != CUBLAS_STATUS_SUCCESS || found == 0) {
+    plans.emplace(key, std::nullopt);
+    return nullptr;
   }
-  return plans.emplace(key, p).first->second;
+  return &*plans.emplace(key, p).first->second;
 }
 
+// x [M, K] · w [N, K]ᵀ for E4M3 bytes, times x_scale [M] and w_scale [N] (inputs 2 and 3)
+// when the scaling is Outer.
 class Fp8Matmul : public mx::UnaryPrimitive {
  public:
-  explicit Fp8Matmul(mx::Stream stream) : mx::UnaryPrimitive(stream) {}
+  Fp8Matmul(mx::Stream stream, Scaling scaling) : mx::UnaryPrimitive(stream), scaling_(scaling) {}
 
   void eval_cpu(const std::vector<mx::array>&, mx::array&) override {
     throw std::runtime_error("[fp8_matmul] the FP8 kernel runs on CUDA GPUs only");
@@ -146,26 +158,42 @@ class Fp8Matmul : public mx::UnaryPrimitive {
     const mx::array& x = inputs[0];
     const mx::array& w = inputs[1];
     int m = x.shape(0), k = x.shape(1), n = w.shape(0);
-    const Plan& p = plan(m, n, k, out.dtype());
+    const Plan* p = plan(m, n, k, out.dtype(), scaling_);
+    if (!p) {
+      // fp8_gemm checked the plan when it built the graph.
+      throw std::runtime_error("[fp8_matmul] cuBLASLt has no FP8 kernel for this product");
+    }
     auto& encoder = mx::cu::get_command_encoder(stream());
     out.set_data(mx::allocator::malloc(out.nbytes()));
     // cuBLASLt wants the workspace 256-byte aligned; MLX's small buffers are not.
-    size_t bytes = p.algo.workspaceSize;
+    size_t bytes = p->algo.workspaceSize;
     mx::array workspace(
         mx::allocator::malloc(bytes + 256), {static_cast<int>(bytes + 256)}, mx::uint8);
     encoder.add_temporary(workspace);
     auto base = reinterpret_cast<uintptr_t>(mx::gpu_ptr<void>(workspace));
     void* aligned = reinterpret_cast<void*>((base + 255) & ~uintptr_t{255});
-    encoder.set_input_array(x);
-    encoder.set_input_array(w);
+    for (const auto& input : inputs) {
+      encoder.set_input_array(input);
+    }
     encoder.set_output_array(out);
+    if (scaling_ == Scaling::Outer) {
+      // A is the weight, B the activations (see Plan).
+      const void* a_scale = mx::gpu_ptr<void>(inputs[3]);
+      const void* b_scale = mx::gpu_ptr<void>(inputs[2]);
+      check(
+          lt().desc_set(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof a_scale),
+          "A_SCALE_POINTER");
+      check(
+          lt().desc_set(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof b_scale),
+          "B_SCALE_POINTER");
+    }
     float alpha = 1.0f, beta = 0.0f;
     void* d = mx::gpu_ptr<void>(out);
     auto capture = encoder.capture_context();
     check(
         lt().matmul(
-            lt().handle, p.desc, &alpha, mx::gpu_ptr<void>(w), p.a, mx::gpu_ptr<void>(x), p.b,
-            &beta, d, p.d, d, p.d, &p.algo.algo, aligned, bytes, encoder.stream()),
+            lt().handle, p->desc, &alpha, mx::gpu_ptr<void>(w), p->a, mx::gpu_ptr<void>(x), p->b,
+            &beta, d, p->d, d, p->d, &p->algo.algo, aligned, bytes, encoder.stream()),
         "cublasLtMatmul");
   }
 
@@ -174,8 +202,12 @@ class Fp8Matmul : public mx::UnaryPrimitive {
   }
 
   bool is_equivalent(const mx::Primitive& other) const override {
-    return dynamic_cast<const Fp8Matmul*>(&other) != nullptr;
+    auto* o = dynamic_cast<const Fp8Matmul*>(&other);
+    return o && o->scaling_ == scaling_;
   }
+
+ private:
+  Scaling scaling_;
 };
 
 }  // namespace
@@ -189,12 +221,31 @@ bool fp8_gemm_supported(const mx::Device& device) {
   return gpu.compute_capability_major() * 10 + gpu.compute_capability_minor() >= 89;
 }
 
-mx::array fp8_gemm(const mx::array& x, const mx::array& w, mx::Dtype out, mx::Stream stream) {
+mx::array fp8_gemm(
+    const mx::array& x, const mx::array& x_scale, const mx::array& w, const mx::array& w_scale,
+    mx::Dtype out, mx::Stream stream) {
   // cuBLASLt reads both as dense row-major K-contiguous matrices.
   auto xc = mx::contiguous(x, false, stream);
   auto wc = mx::contiguous(w, false, stream);
-  return mx::array(
-      {x.shape(0), w.shape(0)}, out, std::make_shared<Fp8Matmul>(stream), {xc, wc});
+  int m = x.shape(0), k = x.shape(1), n = w.shape(0);
+  mx::Shape shape{m, n};
+  auto f32 = [&](const mx::array& a) { return mx::astype(a, mx::float32, stream); };
+  if (plan(m, n, k, out, Scaling::Outer)) {
+    auto xs = mx::contiguous(f32(x_scale), false, stream);
+    auto ws = mx::contiguous(f32(w_scale), false, stream);
+    return mx::array(
+        shape, out, std::make_shared<Fp8Matmul>(stream, Scaling::Outer), {xc, wc, xs, ws});
+  }
+  if (!plan(m, n, k, out, Scaling::After)) {
+    throw std::runtime_error(
+        "[fp8_matmul] cuBLASLt has no FP8 kernel for " + std::to_string(m) + "x" +
+        std::to_string(k) + " by " + std::to_string(k) + "x" + std::to_string(n) +
+        " on this GPU");
+  }
+  auto product =
+      mx::array(shape, out, std::make_shared<Fp8Matmul>(stream, Scaling::After), {xc, wc});
+  auto scaled = f32(product) * mx::expand_dims(f32(x_scale), 1, stream) * f32(w_scale);
+  return mx::astype(scaled, out, stream);
 }
 
 }  // namespace mlxs

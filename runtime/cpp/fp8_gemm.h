@@ -8,10 +8,12 @@ namespace mlxs {
 // Whether `device` is a GPU with E4M3 tensor cores (compute capability 8.9 or later).
 bool fp8_gemm_supported(const mlx::core::Device& device);
 
-// x[M, K] · w[N, K]ᵀ for uint8 arrays holding E4M3, accumulated in float32 and written in
-// `out`; K and N must be multiples of 16.
+// (x[M, K] · w[N, K]ᵀ) · x_scale[M, 1] · w_scale[1, N] for uint8 arrays holding E4M3 and
+// float32 scales, accumulated in float32 and written in `out`; K and N must be multiples of
+// 16. The scales apply in cuBLASLt's epilogue where it has outer-vector scaling for the GPU,
+// else after the product.
 mlx::core::array fp8_gemm(
-    const mlx::core::array& x, const mlx::core::array& w, mlx::core::Dtype out,
-    mlx::core::Stream stream);
+    const mlx::core::array& x, const mlx::core::array& x_scale, const mlx::core::array& w,
+    const mlx::core::array& w_scale, mlx::core::Dtype out, mlx::core::Stream stream);
 
 }  // namespace mlxs

@@ -73,22 +73,86 @@ __device__ inline float at(const U* p, long i) {
   return static_cast<float>(p[i]);
 }
 
-// The sum of every thread's `v` in the block, for each thread.
-__device__ inline float block_sum(float v, float* partial) {
+struct Add {
+  __device__ float operator()(float a, float b) const {
+    return a + b;
+  }
+};
+
+struct Max {
+  __device__ float operator()(float a, float b) const {
+    return fmaxf(a, b);
+  }
+};
+
+// `op` over every thread's `v` in the block, for each thread.
+template <typename Op>
+__device__ inline float block_reduce(float v, float* partial, Op op) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) {
-    v += __shfl_xor_sync(0xffffffff, v, offset);
+    v = op(v, __shfl_xor_sync(0xffffffff, v, offset));
   }
   __syncthreads();
   if (threadIdx.x % 32 == 0) {
     partial[threadIdx.x / 32] = v;
   }
   __syncthreads();
-  float total = 0.0f;
-  for (int w = 0; w < blockDim.x / 32; ++w) {
-    total += partial[w];
+  float total = partial[0];
+  for (int w = 1; w < blockDim.x / 32; ++w) {
+    total = op(total, partial[w]);
   }
   return total;
+}
+
+__device__ inline float block_sum(float v, float* partial) {
+  return block_reduce(v, partial, Add());
+}
+
+// Two floats as E4M3 bytes, rounded to nearest even and saturated at +-448 (sm_89 on);
+// `lo` in the low byte, the first in memory.
+__device__ inline unsigned short e4m3x2(float lo, float hi) {
+  unsigned short pair;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(hi), "f"(lo));
+  return pair;
+}
+
+// One row of K values by one block of THREADS threads: its largest magnitude over 448 is
+// the row's scale, and the values over the scale are stored as E4M3 bytes. Two reads of the
+// row (the second from cache) rather than registers: rows run to tens of thousands.
+template <int V, int K, int THREADS, typename T>
+__device__ void fp8_quantize_row(
+    long row, const T* x, unsigned char* q, float* scale, float* partial) {
+  const T* xr = x + row * K;
+  unsigned char* qr = q + row * K;
+  float amax = 0.0f;
+  for (int i = threadIdx.x * V; i < K; i += THREADS * V) {
+    float v[V];
+    load_pack<V>(xr + i, v);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      amax = fmaxf(amax, fabsf(v[k]));
+    }
+  }
+  amax = block_reduce(amax, partial, Max());
+  // Exact divisions, as the composed path computes them (NVRTC may be told fast math).
+  const float s = amax > 0.0f ? __fdiv_rn(amax, 448.0f) : 1.0f;
+  if (threadIdx.x == 0) {
+    scale[row] = s;
+  }
+  for (int i = threadIdx.x * V; i < K; i += THREADS * V) {
+    float v[V];
+    load_pack<V>(xr + i, v);
+    if constexpr (V == 1) {
+      qr[i] = static_cast<unsigned char>(e4m3x2(__fdiv_rn(v[0], s), 0.0f) & 0xff);
+    } else {
+      Pack<unsigned short, V / 2> pairs;
+#pragma unroll
+      for (int k = 0; k < V; k += 2) {
+        pairs.v[k / 2] = e4m3x2(__fdiv_rn(v[k], s), __fdiv_rn(v[k + 1], s));
+      }
+      *reinterpret_cast<Pack<unsigned short, V / 2>*>(qr + i) = pairs;
+    }
+  }
 }
 
 // One row of D channels by one block of THREADS threads, each holding its packs of V
@@ -315,6 +379,22 @@ std::string residual_rms_norm_source(bool residual, bool out, float y_eps, float
   return src;
 }
 
+constexpr int kFp8Threads = 256;
+
+// Packs of 16 bytes of input where the row length and the pointers allow, else value by
+// value.
+std::string fp8_quantize_source() {
+  return R"(
+  __shared__ float partial[32];
+  const unsigned long addresses = reinterpret_cast<unsigned long>(x);
+  if (VEC > 1 && addresses % 16 == 0 && reinterpret_cast<unsigned long>(q) % VEC == 0) {
+    fp8_quantize_row<VEC, K, THREADS>(blockIdx.x, x, q, scale, partial);
+  } else {
+    fp8_quantize_row<1, K, THREADS>(blockIdx.x, x, q, scale, partial);
+  }
+)";
+}
+
 // A per-item modulation that broadcasts as [B, 1, D], or none.
 bool modulation_fits(const std::optional<mx::array>& m, const mx::array& y) {
   return !m || m->shape() == mx::Shape{y.shape(0), 1, y.shape(2)};
@@ -408,6 +488,32 @@ std::vector<mx::array> residual_rms_norm(
        {"SCALE", scale.has_value()},
        {"T", y.dtype()}},
       std::nullopt, false, {});
+}
+
+std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {
+  if (x.ndim() == 0 || x.size() == 0 || !mx::issubdtype(x.dtype(), mx::floating)) {
+    throw std::invalid_argument(
+        "[fp8_quantize] takes a non-empty floating-point array with rows along its last "
+        "axis, found " + shape_string(x));
+  }
+  int k = x.shape(-1);
+  mx::Shape rows_shape(x.shape().begin(), x.shape().end() - 1);
+  double rows = static_cast<double>(x.size()) / k;
+  if (on_cuda_gpu() && x.dtype() != mx::float64 && rows * kFp8Threads < 2147483647.0) {
+    auto kernel = mx::fast::cuda_kernel(
+        "mlxs_fp8_quantize", {"x"}, {"q", "scale"}, fp8_quantize_source(), kHeader);
+    int pack = 16 / static_cast<int>(mx::size_of(x.dtype()));
+    auto outs = kernel(
+        {x}, {x.shape(), rows_shape}, {mx::uint8, mx::float32},
+        {static_cast<int>(rows) * kFp8Threads, 1, 1}, {kFp8Threads, 1, 1},
+        {{"K", k}, {"VEC", k % pack == 0 ? pack : 1}, {"THREADS", kFp8Threads}, {"T", x.dtype()}},
+        std::nullopt, false, {});
+    return {outs[0], outs[1]};
+  }
+  mx::array amax = mx::max(mx::abs(mx::astype(x, mx::float32)), -1, true);
+  mx::array scale = mx::where(amax > 0.0f, amax / 448.0f, mx::array(1.0f));
+  mx::array q = mx::to_fp8(mx::astype(x, mx::float32) / scale);
+  return {q, mx::squeeze(scale, -1)};
 }
 
 mx::array rope_table(

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "mlx/array.h"
@@ -30,6 +31,11 @@ std::vector<mlx::core::array> residual_rms_norm(
     const std::optional<mlx::core::array>& gate,
     const std::optional<mlx::core::array>& out_weight, float out_eps,
     const std::optional<mlx::core::array>& scale);
+
+// Per-row FP8 (E4M3) quantization over the last axis of x: `scale = max |row| / 448` (1 for
+// a row of zeros), `q = e4m3(row / scale)` (uint8 bit patterns, rounded to nearest even).
+// Returns {q, scale}, scale in float32 with x's shape less its last axis.
+std::pair<mlx::core::array, mlx::core::array> fp8_quantize(const mlx::core::array& x);
 
 // Whether the kernels of this file run (CUDA GPUs, unless MLX_RS_FUSED_KERNELS=0).
 bool fused_kernels_enabled();

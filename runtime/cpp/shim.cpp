@@ -15,6 +15,7 @@
 #include <new>
 #include <exception>
 #include <functional>
+#include <sstream>
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -808,28 +809,59 @@ bool fp8_kernel_runs(const mx::Device& device, int n, int k) {
 #endif
 }
 
+// "[2, 3] uint8", for error messages.
+std::string describe(const mx::array& a) {
+  std::ostringstream s;
+  s << "[";
+  for (int i = 0; i < static_cast<int>(a.ndim()); ++i) {
+    s << (i ? ", " : "") << a.shape(i);
+  }
+  s << "] " << a.dtype();
+  return s.str();
+}
+
 }  // namespace
 
-int mlxs_fp8_matmul(const mlxs_array* x, const mlxs_array* w, int dtype, mlxs_array** out) {
+int mlxs_fp8_quantize(const mlxs_array* x, mlxs_vec** out) {
+  return guard([&] {
+    auto [values, scales] = mlxs::fp8_quantize(x->a);
+    *out = new mlxs_vec{{values, scales}};
+  });
+}
+
+int mlxs_fp8_matmul(
+    const mlxs_array* x, const mlxs_array* x_scale, const mlxs_array* w,
+    const mlxs_array* w_scale, int dtype, mlxs_array** out) {
   return guard([&] {
     const mx::array& a = x->a;
     const mx::array& b = w->a;
+    const mx::array& sa = x_scale->a;
+    const mx::array& sb = w_scale->a;
     if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(1) || a.dtype() != mx::uint8 ||
         b.dtype() != mx::uint8) {
       throw std::invalid_argument(
-          "fp8_matmul takes uint8 E4M3 matrices x [M, K] and w [N, K]");
+          "fp8_matmul takes uint8 E4M3 matrices x [M, K] and w [N, K], found x " +
+          describe(a) + " and w " + describe(b));
+    }
+    if (sa.shape() != mx::Shape{a.shape(0)} || sb.shape() != mx::Shape{b.shape(0)} ||
+        !mx::issubdtype(sa.dtype(), mx::floating) || !mx::issubdtype(sb.dtype(), mx::floating)) {
+      throw std::invalid_argument(
+          "fp8_matmul takes float scales [M] for x's rows and [N] for w's, found " +
+          describe(sa) + " and " + describe(sb));
     }
     mx::Dtype d = to_dtype(dtype);
 #ifdef MLXS_FP8
     mx::Stream stream = mx::default_stream(mx::default_device());
     if (fp8_kernel_runs(stream.device, b.shape(0), a.shape(1))) {
-      *out = wrap(mlxs::fp8_gemm(a, b, d, stream));
+      *out = wrap(mlxs::fp8_gemm(a, sa, b, sb, d, stream));
       return;
     }
 #endif
     auto product = mx::matmul(
         mx::from_fp8(a, mx::float32), mx::transpose(mx::from_fp8(b, mx::float32)));
-    *out = wrap(mx::astype(product, d));
+    auto scaled = product * mx::expand_dims(mx::astype(sa, mx::float32), 1) *
+        mx::astype(sb, mx::float32);
+    *out = wrap(mx::astype(scaled, d));
   });
 }
 

@@ -274,9 +274,15 @@ int mlxs_quantized_matmul(
 // E4M3 float8 as uint8 bit patterns: to and from any float dtype.
 int mlxs_to_fp8(const mlxs_array* x, mlxs_array** out);
 int mlxs_from_fp8(const mlxs_array* x, int dtype, mlxs_array** out);
-// x[M, K] · w[N, K]ᵀ for E4M3 operands, in `dtype`: on a GPU with FP8 tensor cores (CUDA
-// builds) cuBLASLt's FP8 kernel, elsewhere the dequantized product in float32.
-int mlxs_fp8_matmul(const mlxs_array* x, const mlxs_array* w, int dtype, mlxs_array** out);
+// kernels.h's fp8_quantize: per-row E4M3 bytes and float32 scales over the last axis.
+// Out: {q, scale}.
+int mlxs_fp8_quantize(const mlxs_array* x, mlxs_vec** out);
+// (x[M, K] · w[N, K]ᵀ) · x_scale[M, 1] · w_scale[1, N] for E4M3 operands, in `dtype`: on a
+// GPU with FP8 tensor cores (CUDA builds) cuBLASLt's FP8 kernel, elsewhere the dequantized
+// product in float32.
+int mlxs_fp8_matmul(
+    const mlxs_array* x, const mlxs_array* x_scale, const mlxs_array* w,
+    const mlxs_array* w_scale, int dtype, mlxs_array** out);
 // 1 when mlxs_fp8_matmul of an [M, K] by [N, K] product runs the FP8 kernel on the default
 // device, 0 when it dequantizes.
 int mlxs_fp8_kernel(int n, int k);

@@ -467,9 +467,12 @@ extern "C" {
     ) -> c_int;
     pub fn mlxs_to_fp8(x: *const mlxs_array, out: *mut *mut mlxs_array) -> c_int;
     pub fn mlxs_from_fp8(x: *const mlxs_array, dtype: c_int, out: *mut *mut mlxs_array) -> c_int;
+    pub fn mlxs_fp8_quantize(x: *const mlxs_array, out: *mut *mut mlxs_vec) -> c_int;
     pub fn mlxs_fp8_matmul(
         x: *const mlxs_array,
+        x_scale: *const mlxs_array,
         w: *const mlxs_array,
+        w_scale: *const mlxs_array,
         dtype: c_int,
         out: *mut *mut mlxs_array,
     ) -> c_int;

@@ -16,8 +16,7 @@ struct Input {
 
 void kernel(
     const std::string& name, const std::vector<Input>& inputs,
-    const std::vector<std::string>& outputs, const std::string& out_type,
-    const std::string& constants, const std::string& body) {
+    const std::vector<Input>& outputs, const std::string& constants, const std::string& body) {
   std::cout << "namespace " << name << " {\n__global__ void kernel(\n";
   std::string params;
   for (const auto& in : inputs) {
@@ -27,7 +26,7 @@ void kernel(
     }
   }
   for (const auto& out : outputs) {
-    params += "    " + out_type + "* " + out + ",\n";
+    params += "    " + out.type + "* " + out.name + ",\n";
   }
   params.resize(params.size() - 2);
   std::cout << params << ") {\n" << constants << body << "}\n}  // namespace " << name << "\n\n";
@@ -56,7 +55,7 @@ int main() {
           in.push_back({"weight", type});
         }
         kernel(
-            "rope_" + std::to_string(n++), in, {"out"}, type,
+            "rope_" + std::to_string(n++), in, {{"out", type}},
             number("D", d) + number("VEC", d % 4 == 0 ? 4 : 2) + flag("NORM", norm) +
                 "  using T = " + type + ";\n",
             mlxs::rope_table_source(norm, 1e-5f));
@@ -70,21 +69,29 @@ int main() {
       for (int d : {3840, 100}) {
         std::vector<Input> in{{"x", type}, {"y", type}, {"y_weight", type},
                               {"gate", type}, {"out_weight", type}, {"scale", type}};
-        std::vector<std::string> outs;
+        std::vector<Input> outs;
         if (residual) {
-          outs.push_back("h");
+          outs.push_back({"h", type});
         }
         if (out) {
-          outs.push_back("o");
+          outs.push_back({"o", type});
         }
         kernel(
-            "residual_" + std::to_string(n++), in, outs, type,
+            "residual_" + std::to_string(n++), in, outs,
             number("D", d) + number("VEC", d % pack == 0 ? pack : 1) +
                 number("THREADS", mlxs::kResidualThreads) + flag("RESIDUAL", residual) +
                 flag("GATE", gate) + flag("OUT", out) + flag("SCALE", scale) +
                 "  using T = " + type + ";\n",
             mlxs::residual_rms_norm_source(residual, out, 1e-5f, 1e-6f));
       }
+    }
+    for (int k : {3840, 100}) {
+      kernel(
+          "fp8_quantize_" + std::to_string(n++), {{"x", type}},
+          {{"q", "uint8_t"}, {"scale", "float"}},
+          number("K", k) + number("VEC", k % pack == 0 ? pack : 1) +
+              number("THREADS", mlxs::kFp8Threads) + "  using T = " + type + ";\n",
+          mlxs::fp8_quantize_source());
     }
   }
   std::cout << "}  // namespace mlx::core::cu\n";

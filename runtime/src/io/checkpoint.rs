@@ -219,11 +219,15 @@ pub fn holds_checkpoint(dir: &Path) -> bool {
     })
 }
 
+/// The suffix of a quantized layer's scales in a checkpoint (`<layer>.weight_scale`).
+pub const SCALE_SUFFIX: &str = ".weight_scale";
+
 /// Writes a checkpoint directory as diffusers and transformers lay one out: the tensors in
 /// one safetensors file named `weights_file` (with PyTorch's `format` metadata) and
 /// `config` (JSON text) as `config.json`, creating `dir`. Floating-point tensors are
-/// written in `dtype`; integer ones (a quantized layer's packed words and byte scales)
-/// keep theirs.
+/// written in `dtype`, but for quantization scales (`*.weight_scale`), whose format fixes
+/// their dtype (`fp8`'s are float32 whatever the weights'); integer ones (a quantized
+/// layer's packed words and byte scales) keep theirs.
 pub fn save_checkpoint<'a, S: AsRef<str>>(
     dir: &Path,
     weights_file: &str,
@@ -241,7 +245,8 @@ pub fn save_checkpoint<'a, S: AsRef<str>>(
     let stored: Vec<(S, Array)> = tensors
         .into_iter()
         .map(|(name, array)| {
-            let array = if array.dtype().is_float() {
+            let scale = name.as_ref().ends_with(SCALE_SUFFIX);
+            let array = if array.dtype().is_float() && !scale {
                 array.astype(dtype)
             } else {
                 array.clone()

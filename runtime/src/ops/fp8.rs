@@ -26,15 +26,74 @@ impl Array {
     }
 }
 
-/// `x · wᵀ` for E4M3 matrices (uint8 bit patterns) `x: [M, K]` and `w: [N, K]`, in `dtype`.
-/// Where [`fp8_kernel`] says so, one cuBLASLt FP8 kernel accumulating in float32; elsewhere
-/// the product of the dequantized operands in float32, which is the same up to rounding.
+/// Rows of E4M3 values (uint8 bit patterns) with one float32 scale each:
+/// `row ≈ scale · e4m3(values)`, the scale the row's largest magnitude over 448 (E4M3's
+/// largest finite value). Per-channel weights and per-token activations of FP8 products
+/// alike.
+#[derive(Clone)]
+pub struct Fp8Rows {
+    /// The E4M3 bit patterns, the shape of what was quantized.
+    pub values: Array,
+    /// The float32 scales: that shape without its last axis.
+    pub scales: Array,
+}
+
+impl Fp8Rows {
+    /// Quantizes `x` row by row along its last axis, rounding to nearest even; a row of
+    /// zeros gets scale 1. One kernel on CUDA GPUs (a block per row), MLX's ops elsewhere.
+    #[track_caller]
+    pub fn quantize(x: &Array) -> Fp8Rows {
+        let outs = crate::array_list::op_list("fp8_quantize", &[x], |r, out| {
+            // SAFETY: live handle.
+            unsafe { sys::mlxs_fp8_quantize(r[0], out) }
+        });
+        match outs.map(Vec::into_iter) {
+            Ok(mut outs) => match (outs.next(), outs.next()) {
+                (Some(values), Some(scales)) => Fp8Rows { values, scales },
+                _ => Fp8Rows::failed(crate::array::invalid(
+                    "fp8_quantize",
+                    &[x],
+                    "MLX returned too few arrays",
+                )),
+            },
+            Err(error) => Fp8Rows::failed(Array::failed(error)),
+        }
+    }
+
+    fn failed(error: Array) -> Fp8Rows {
+        Fp8Rows {
+            values: error.clone(),
+            scales: error,
+        }
+    }
+
+    /// The values the rows stand for, in `dtype`.
+    #[track_caller]
+    pub fn dequantize(&self, dtype: Dtype) -> Array {
+        let scales = self.scales.expand_dims(-1);
+        (self.values.from_fp8(Dtype::F32) * scales).astype(dtype)
+    }
+}
+
+/// `x · wᵀ` for per-row E4M3 matrices `x: [M, K]` and `w: [N, K]` (each row times its
+/// scale), in `dtype`. Where [`fp8_kernel`] says so, one cuBLASLt FP8 kernel accumulating in
+/// float32, the scales applied in its epilogue; elsewhere the product of the dequantized
+/// operands in float32, which is the same up to rounding.
 #[track_caller]
-pub fn fp8_matmul(x: &Array, w: &Array, dtype: Dtype) -> Array {
-    op("fp8_matmul", &[Some(x), Some(w)], |r, out| {
-        // SAFETY: live handles.
-        unsafe { sys::mlxs_fp8_matmul(r[0], r[1], dtype.code(), out) }
-    })
+pub fn fp8_matmul(x: &Fp8Rows, w: &Fp8Rows, dtype: Dtype) -> Array {
+    op(
+        "fp8_matmul",
+        &[
+            Some(&x.values),
+            Some(&x.scales),
+            Some(&w.values),
+            Some(&w.scales),
+        ],
+        |r, out| {
+            // SAFETY: live handles.
+            unsafe { sys::mlxs_fp8_matmul(r[0], r[1], r[2], r[3], dtype.code(), out) }
+        },
+    )
 }
 
 /// Whether [`fp8_matmul`] of `[M, K]` by `[N, K]` runs on FP8 tensor cores on the default

@@ -14,7 +14,7 @@ mod shape;
 
 pub use arith::{where_, Operand};
 pub use axes::{Axes, ALL};
-pub use fp8::{fp8_kernel, fp8_matmul};
+pub use fp8::{fp8_kernel, fp8_matmul, Fp8Rows};
 pub use linalg::Conv2d;
 pub use quant::{QuantMode, Quantized};
 pub use shape::{concatenate, stack};
