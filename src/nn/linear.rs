@@ -1,10 +1,9 @@
 //! Linear layers: `x wᵀ + b` with the weight dense or quantized (see [`super::quant`]).
 
-use crate::ops::Quantized;
 use crate::{Array, Dtype, Module};
 
 use super::lora::LowRank;
-use super::quant::{MatmulPath, QuantConfig};
+use super::quant::{MatmulPath, QuantConfig, QuantizedWeight};
 
 /// `nn.Linear`: `x wᵀ + b`, its weight dense or quantized (see [`super::quant`]).
 /// Either way it sits at the same checkpoint path; the variant is part of the structure
@@ -76,9 +75,10 @@ impl Dense {
     }
 }
 
-/// A linear layer with a quantized weight in MLX's packed layout, stored as `weight`
-/// (packed `uint32`, `[out, in · bits / 32]`), `weight_scale` (`[out, in / group size]`),
-/// `weight_qbias` (affine only) and the layer's own float `bias`.
+/// A linear layer with a quantized weight, stored as `weight` (MLX's packed `uint32`,
+/// `[out, in · bits / 32]`, or `fp8`'s bytes `[out, in]`), `weight_scale` (`[out, in /
+/// group size]`, or `fp8`'s `[out]`), `weight_qbias` (affine only) and the layer's own
+/// float `bias`.
 #[derive(Module, Clone)]
 pub struct QuantizedLinear {
     #[weight("weight")]
@@ -108,11 +108,14 @@ impl QuantizedLinear {
         config: QuantConfig,
         matmul: MatmulPath,
     ) -> crate::Result<QuantizedLinear> {
-        let q = config.quantize(&dense.weight)?;
+        let (packed, scales, qbias) = match config.quantize(&dense.weight)? {
+            QuantizedWeight::Packed(q) => (q.weights, q.scales, q.biases),
+            QuantizedWeight::Fp8(rows) => (rows.values, rows.scales, None),
+        };
         Ok(QuantizedLinear {
-            packed: q.weights,
-            scales: q.scales,
-            qbias: q.biases,
+            packed,
+            scales,
+            qbias,
             bias: dense.bias.clone(),
             lora: None,
             config,
@@ -129,10 +132,14 @@ impl QuantizedLinear {
         matmul: MatmulPath,
         dtype: Dtype,
     ) -> QuantizedLinear {
-        let groups = [out, inp / config.group_size];
+        let groups = config.scale_shape((out, inp));
         let scale_dtype = config.format.scale_dtype(dtype);
+        let format = config.format;
         QuantizedLinear {
-            packed: Array::zeros(&[out, inp * config.bits() / 32], Dtype::U32),
+            packed: Array::zeros(
+                &[out, inp / format.elements_per_entry()],
+                format.element_dtype(),
+            ),
             scales: Array::zeros(&groups, scale_dtype),
             qbias: config
                 .format
@@ -149,31 +156,26 @@ impl QuantizedLinear {
     /// `(out, in)` features, from the packed shape.
     pub fn features(&self) -> (i32, i32) {
         let (out, packed) = matrix_dims(&self.packed);
-        (out, packed * 32 / self.config.bits())
+        (out, packed * self.config.format.elements_per_entry())
     }
 
-    /// MLX's view of the packed weight (clones share the arrays).
-    pub fn quantized(&self) -> Quantized {
-        Quantized {
-            weights: self.packed.clone(),
-            scales: self.scales.clone(),
-            biases: self.qbias.clone(),
-            group_size: self.config.group_size,
-            bits: self.config.bits(),
-            mode: self.config.format.mlx_mode(),
-        }
+    /// The quantized weight (clones share the arrays).
+    pub fn weight(&self) -> QuantizedWeight {
+        QuantizedWeight::stored(
+            self.config,
+            self.packed.clone(),
+            self.scales.clone(),
+            self.qbias.clone(),
+        )
     }
 
     /// The float weight the packed one stands for, `[out, in]` in the compute dtype.
     pub fn dequantize(&self) -> Array {
-        self.quantized().dequantize(Some(self.dtype))
+        self.weight().dequantize(self.dtype)
     }
 
     fn apply(&self, x: &Array) -> Array {
-        let y = match self.matmul {
-            MatmulPath::Kernel => self.quantized().matmul(x, true),
-            MatmulPath::Dequantize => x.matmul(&self.dequantize().t()),
-        };
+        let y = self.weight().matmul(x, self.matmul, self.dtype);
         let y = match &self.lora {
             Some(lora) => y + lora.apply(x),
             None => y,

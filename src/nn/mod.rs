@@ -29,5 +29,5 @@ pub use conv::Conv2d;
 pub use embedding::Embedding;
 pub use linear::{Dense, Linear, QuantizedLinear};
 pub use norm::{GroupNorm, LayerNorm, RmsNorm};
-pub use quant::{MatmulPath, ProbeShape, QuantConfig, QuantFormat};
+pub use quant::{MatmulPath, ProbeShape, QuantConfig, QuantFormat, QuantizedWeight};
 pub use quantize::QuantReport;

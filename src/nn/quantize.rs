@@ -10,7 +10,7 @@ use crate::nn::{Linear, QuantizedLinear};
 use crate::{Array, Dtype};
 
 /// The suffix that marks a quantized layer's tensors in a checkpoint.
-pub const SCALE_SUFFIX: &str = ".weight_scale";
+pub use crate::io::SCALE_SUFFIX;
 
 /// MLX's and mlx-lm's names of a quantized layer's scales and biases (`mlx.nn.quantize`
 /// writes `<layer>.weight`, `<layer>.scales`, `<layer>.biases`), and this project's.
@@ -18,13 +18,7 @@ const MLX_NAMES: [(&str, &str); 2] = [(".scales", SCALE_SUFFIX), (".biases", ".w
 
 /// Why a layer of `linear`'s shape cannot be quantized with `config`, if it cannot.
 pub fn unquantizable(linear: &Linear, config: &QuantConfig) -> Option<String> {
-    let (_, inp) = linear.features();
-    (inp % config.group_size != 0).then(|| {
-        format!(
-            "{inp} input features are not a multiple of the group size {}",
-            config.group_size
-        )
-    })
+    config.unquantizable(linear.features().1)
 }
 
 /// Quantizes (lazily) every dense layer of `linears` that `keeps_dense` leaves to it.

@@ -10,6 +10,7 @@ use dit::{DitConfig, ZImage};
 use mlx::io::{load_safetensors, save_safetensors};
 use mlx::nn::quant::{self, MatmulPath, QuantConfig, QuantFormat};
 use mlx::nn::{Dense, Linear, QuantizedLinear};
+use mlx::ops::{Fp8Rows, Quantized};
 use mlx::{random, Array, Dtype};
 use serde_json::Value;
 
@@ -103,6 +104,12 @@ fn affine_round_trip_error_is_within_half_a_step_or_the_clamped_range() {
     }
 }
 
+/// `w` quantized by MLX in one of its formats.
+fn packed(config: QuantConfig, w: &Array) -> Quantized {
+    let mode = config.format.mlx_mode().expect("one of MLX's formats");
+    Quantized::new(w, config.group_size, config.bits(), mode).unwrap()
+}
+
 fn affine_round_trip(config: QuantConfig) {
     let steps = ((1 << config.bits()) - 1) as f32;
     let group = config.group_size as usize;
@@ -111,7 +118,7 @@ fn affine_round_trip(config: QuantConfig) {
             continue;
         }
         let w = weights(rows, cols, 100 + i as u64);
-        let q = config.quantize(&w).unwrap();
+        let q = packed(config, &w);
         assert_eq!(q.weights.shape(), [rows, cols * config.bits() / 32]);
         let back = floats(&q.dequantize(Some(Dtype::F32)));
         let scales = floats(&q.scales);
@@ -206,7 +213,7 @@ fn microscaled_round_trip_error_is_within_rounding_of_the_group_scale() {
         let group = config.group_size as usize;
         for (i, &(rows, cols)) in SHAPES.iter().enumerate() {
             let w = weights(rows, cols, 200 + i as u64);
-            let q = config.quantize(&w).unwrap();
+            let q = packed(config, &w);
             assert_eq!(q.weights.shape(), [rows, cols * config.bits() / 32]);
             assert_eq!(q.scales.dtype(), Dtype::U8);
             assert!(q.biases.is_none());
@@ -282,12 +289,16 @@ fn microscaled_round_trip_error_is_within_rounding_of_the_group_scale() {
 #[test]
 fn quantized_matmul_and_dequantize_paths_agree_per_layer() {
     for format in QuantFormat::ALL.map(QuantConfig::new) {
+        // fp8's kernel also quantizes the activations: `fp8_kernel_path_...` below.
+        if format.format == QuantFormat::Fp8 {
+            continue;
+        }
         if !quant::kernel_available(format, Dtype::F32) {
             eprintln!("no {format} kernel on this device: nothing to compare");
             continue;
         }
         for (i, &(out, inp)) in SHAPES.iter().enumerate() {
-            if inp % format.group_size != 0 {
+            if format.unquantizable(inp).is_some() {
                 continue;
             }
             let dense = Dense {
@@ -318,12 +329,52 @@ fn quantized_matmul_and_dequantize_paths_agree_per_layer() {
     }
 }
 
+/// fp8's kernel path is the product of the activations quantized to E4M3 per token (each
+/// row's largest magnitude over 448) and the weight per output channel, plus the bias: on
+/// the CPU the float32 product of the dequantized operands, on an FP8 GPU cuBLASLt's FP8
+/// kernel with the scales in its epilogue. Checked against that product computed here
+/// from the quantized rows, for a 3-D input (rows across the batch), and for its distance
+/// to the float layer: FP8's rounding of both operands, a few percent of the output.
+#[test]
+fn fp8_kernel_path_multiplies_per_token_quantized_activations() {
+    let config = QuantConfig::new(QuantFormat::Fp8);
+    for (i, &(out, inp)) in SHAPES.iter().enumerate() {
+        if config.unquantizable(inp).is_some() {
+            continue;
+        }
+        let dense = Dense {
+            weight: weights(out, inp, 500 + i as u64),
+            bias: Some(random::normal(&[out], Dtype::F32, &random::key(8))),
+        };
+        let layer = QuantizedLinear::from_dense(&dense, config, MatmulPath::Kernel).unwrap();
+        let x = random::normal(&[2, 5, inp], Dtype::F32, &random::key(600 + i as u64));
+        let got = floats(&Linear::Quantized(layer.clone()).forward(&x));
+
+        let rows = Fp8Rows::quantize(&x.reshape(&[10, inp]));
+        let product = rows.dequantize(Dtype::F32).matmul(&layer.dequantize().t());
+        let expected = floats(&(product + dense.bias.as_ref().unwrap()));
+        let dense_out = floats(&Linear::Dense(dense.clone()).forward(&x));
+        let largest = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (k, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!(
+                (g - e).abs() <= 1e-5 * largest,
+                "[{out}, {inp}] output {k}: {g} vs {e}"
+            );
+        }
+        let err = relative_error(&got, &dense_out);
+        assert!(
+            err > 1e-4 && err < 0.1,
+            "[{out}, {inp}]: {err} from the float layer"
+        );
+    }
+}
+
 /// Through the whole tiny model (four blocks, normalizations, attention softmax) the
 /// per-layer differences above compound, but stay at float32 noise.
 #[test]
 fn quantized_matmul_and_dequantize_paths_agree_through_the_model() {
     for format in QuantFormat::ALL.map(QuantConfig::new) {
-        if !quant::kernel_available(format, Dtype::F32) {
+        if format.format == QuantFormat::Fp8 || !quant::kernel_available(format, Dtype::F32) {
             continue;
         }
         let run = |matmul| {
@@ -361,11 +412,16 @@ fn quantized_models_stay_close_to_the_dense_one() {
     };
     let (mxfp8, affine8) = (error(QuantFormat::Mxfp8), error(QuantFormat::Affine8));
     assert!(affine8 < mxfp8, "affine8 {affine8} vs mxfp8 {mxfp8}");
+    // E4M3 with a scale per channel rather than per 32: about mxfp8's error.
+    let fp8 = error(QuantFormat::Fp8);
     let (mxfp4, affine4) = (error(QuantFormat::Mxfp4), error(QuantFormat::Affine4));
     assert!(affine4 < mxfp4, "affine4 {affine4} vs mxfp4 {mxfp4}");
     let nvfp4 = error(QuantFormat::Nvfp4);
     for four in [mxfp4, affine4, nvfp4] {
-        assert!(four > 2.0 * mxfp8.max(affine8), "4-bit {four} vs 8-bit");
+        assert!(
+            four > 2.0 * mxfp8.max(affine8).max(fp8),
+            "4-bit {four} vs 8-bit"
+        );
     }
 }
 
@@ -437,25 +493,31 @@ fn quantize_writes_the_documented_layout() {
             serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
                 .unwrap();
         let expected = QuantConfig::new(format);
-        assert_eq!(
-            config["quantization"],
-            serde_json::json!({
-                "mode": format.name(),
-                "group_size": expected.group_size,
-                "bits": format.bits()
-            })
-        );
+        let mut record = serde_json::json!({"mode": format.name(), "bits": format.bits()});
+        if format != QuantFormat::Fp8 {
+            record["group_size"] = expected.group_size.into();
+        }
+        assert_eq!(config["quantization"], record);
         let tensors = load_safetensors(out.join(WEIGHTS_FILE)).unwrap().tensors;
         let get = |name: &str| tensors.get(name).unwrap_or_else(|| panic!("no {name}"));
-        // to_q is [64, 64]: 64 · bits / 32 words and 64 / group size scales per row.
+        // to_q is [64, 64]: 64 · bits / 32 words and 64 / group size scales per row; for
+        // fp8 64 bytes and one float32 scale per row.
         let q = "layers.1.attention.to_q";
-        assert_eq!(get(&format!("{q}.weight")).dtype(), Dtype::U32);
-        assert_eq!(get(&format!("{q}.weight")).shape(), [64, 2 * format.bits()]);
+        let weight = get(&format!("{q}.weight"));
         let scale = get(&format!("{q}.weight_scale"));
-        assert_eq!(scale.shape(), [64, 64 / expected.group_size]);
         let modulation = "layers.0.adaLN_modulation.0";
         assert_eq!(get(&format!("{modulation}.bias")).dtype(), Dtype::Bf16);
-        if format.has_biases() {
+        if format == QuantFormat::Fp8 {
+            assert_eq!((weight.dtype(), weight.shape()), (Dtype::U8, &[64, 64][..]));
+            assert_eq!((scale.dtype(), scale.shape()), (Dtype::F32, &[64][..]));
+        } else {
+            assert_eq!(weight.dtype(), Dtype::U32);
+            assert_eq!(weight.shape(), [64, 2 * format.bits()]);
+            assert_eq!(scale.shape(), [64, 64 / expected.group_size]);
+        }
+        if format == QuantFormat::Fp8 {
+            assert!(!tensors.keys().any(|k| k.ends_with(".weight_qbias")));
+        } else if format.has_biases() {
             assert_eq!(scale.dtype(), Dtype::Bf16);
             assert_eq!(get(&format!("{q}.weight_qbias")).dtype(), Dtype::Bf16);
         } else {
@@ -517,9 +579,13 @@ fn info_reports_the_mode_counts_and_bytes() {
                 .unwrap();
         let q = &info["quantization"];
         assert_eq!(q["mode"], format.name());
+        let group_size = match format {
+            QuantFormat::Fp8 => Value::Null,
+            _ => config.group_size.into(),
+        };
         assert_eq!(
             (&q["group_size"], &q["bits"]),
-            (&config.group_size.into(), &config.bits().into())
+            (&group_size, &config.bits().into())
         );
         assert_eq!(
             (&q["quantized_layers"], &q["dense_layers"]),
@@ -527,7 +593,8 @@ fn info_reports_the_mode_counts_and_bytes() {
         );
         assert_eq!(
             q["matmul"],
-            quant::probe(config, Dtype::F32, weights::probe_shape(&DitConfig::tiny())).name()
+            quant::probe(config, Dtype::F32, weights::probe_shape(&DitConfig::tiny()))
+                .name_for(format)
         );
         assert_eq!(
             q["dense_bytes"], dense_bytes,
@@ -537,15 +604,16 @@ fn info_reports_the_mode_counts_and_bytes() {
 
         // Per quantized float32 element: 4 bytes dense; bits / 8 bytes packed plus, per
         // group, one byte scale (the microscaling formats) or a float32 scale and bias
-        // (affine).
+        // (affine), or for fp8 a float32 scale per row.
         let per_group_extra = if format.has_biases() { 8 } else { 1 };
-        let group = config.group_size as usize;
         let saved: usize = shapes
             .iter()
             .map(|&(out, inp)| {
-                out * inp * 4
-                    - out * inp * config.bits() as usize / 8
-                    - out * inp / group * per_group_extra
+                let scales = match config.group_size {
+                    quant::PER_CHANNEL => out * 4,
+                    group => out * inp / group as usize * per_group_extra,
+                };
+                out * inp * 4 - out * inp * config.bits() as usize / 8 - scales
             })
             .sum();
         let weights_bytes = q["weights_bytes"].as_u64().unwrap();
@@ -830,9 +898,7 @@ fn a_quantized_embedding_table_is_dequantized_at_load() {
     let file = encoder.join("model.safetensors");
     let mut tensors = load_safetensors(&file).unwrap().tensors;
     let table = tensors.remove("embed_tokens.weight").unwrap();
-    let q = QuantConfig::new(QuantFormat::Affine4)
-        .quantize(&table)
-        .unwrap();
+    let q = packed(QuantConfig::new(QuantFormat::Affine4), &table);
     let expected = floats(&q.dequantize(Some(Dtype::F32)));
     tensors.insert("embed_tokens.weight".into(), q.weights);
     tensors.insert("embed_tokens.scales".into(), q.scales);

@@ -21,6 +21,7 @@ use dit::sequence::fit_captions;
 use dit::DitConfig;
 use mlx::fast::{self, Mask};
 use mlx::nn::{Dense, Linear, MatmulPath, QuantConfig, QuantFormat, QuantizedLinear};
+use mlx::ops::Fp8Rows;
 use mlx::{memory, random, Array, Device, Dtype, Module};
 
 /// Median milliseconds of `runs` evaluations of `f` after two warm-ups, and the peak
@@ -42,23 +43,6 @@ fn time(runs: usize, f: &dyn Fn() -> Vec<Array>) -> mlx::Result<(f64, usize)> {
     }
     times.sort_by(f64::total_cmp);
     Ok((times[times.len() / 2], peak))
-}
-
-/// Float32 scales, one per row, that bring the row's largest magnitude to E4M3's largest
-/// finite value, 448 (a tiny floor keeps all-zero rows finite).
-fn e4m3_scale(x: &Array) -> Array {
-    x.abs().max(-1, true).astype(Dtype::F32) / 448.0 + 1e-12
-}
-
-/// `x · wᵀ` with `x` quantized to E4M3 per token (row) and `w` already E4M3 with a scale
-/// per output channel (`w_scale: [1, out]`), compiled so that the quantization and the
-/// rescaling fuse around the FP8 product.
-#[mlx::graph]
-fn fp8_linear(x: &Array, w_fp8: &Array, w_scale: &Array) -> Array {
-    let x_scale = e4m3_scale(x);
-    let x_fp8 = (x.astype(Dtype::F32) / &x_scale).to_fp8();
-    let product = mlx::ops::fp8_matmul(&x_fp8, w_fp8, x.dtype());
-    (product * x_scale * w_scale).astype(x.dtype())
 }
 
 /// Prints how far `f` computed on the default device is from `f` on the CPU (float32
@@ -354,29 +338,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &format!("  {hidden} x {d} projection, {dtype}"),
         time(runs, &|| vec![dense.forward(&attn_in)])?,
     );
-    for format in QuantFormat::ALL {
-        for path in [MatmulPath::Kernel, MatmulPath::Dequantize] {
-            let layer = Linear::Quantized(QuantizedLinear::from_dense(
-                &source,
-                QuantConfig::new(format),
-                path,
-            )?);
-            mlx::eval(layer.parameters().into_iter().map(|(_, a)| a))?;
-            match time(runs, &|| vec![layer.forward(&attn_in)]) {
-                Ok(timing) => row(&format!("  the same, {format} by {path}"), timing),
-                Err(e) => println!("  the same, {format} by {path}: {e}"),
-            }
-        }
-    }
-
-    // E4M3 weights with a scale per output channel, activations with one per token: the
-    // product Hopper's FP8 tensor cores run.
-    let w_scale = e4m3_scale(&source.weight);
-    let w_fp8 = (source.weight.astype(Dtype::F32) / &w_scale).to_fp8();
+    // fp8's parts: E4M3 weights with a scale per output channel, activations with one per
+    // token, the product Hopper's FP8 tensor cores run.
+    let w_fp8 = Fp8Rows::quantize(&source.weight);
     let x2 = attn_in.reshape(&[b * l, d]);
-    let x_scale = e4m3_scale(&x2);
-    let x_fp8 = (x2.astype(Dtype::F32) / &x_scale).to_fp8();
-    mlx::eval([&w_fp8, &w_scale, &x_fp8, &x_scale])?;
+    let x_fp8 = Fp8Rows::quantize(&x2);
+    mlx::eval([&w_fp8.values, &w_fp8.scales, &x_fp8.values, &x_fp8.scales])?;
     let kernel = if mlx::ops::fp8_kernel(hidden, d) {
         "cuBLASLt FP8"
     } else {
@@ -392,28 +359,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "",
         flops((b * l) as f64, hidden as f64, d as f64, ms)
     );
-    let w_scale = w_scale.reshape(&[1, hidden]);
     row(
-        "  the same, fp8 with per-token quantization",
-        time(runs, &|| vec![fp8_linear(&x2, &w_fp8, &w_scale)])?,
+        "  the same, quantizing its input alone",
+        time(runs, &|| {
+            let q = Fp8Rows::quantize(&x2);
+            vec![q.values, q.scales]
+        })?,
     );
-    mlx::compile::set_eager(true);
-    row(
-        "  the same, fp8 with quantization, eager",
-        time(runs, &|| vec![fp8_linear(&x2, &w_fp8, &w_scale)])?,
-    );
-    mlx::compile::set_eager(false);
-    let reference = dense
-        .forward(&attn_in)
-        .reshape(&[b * l, hidden])
-        .astype(Dtype::F32);
-    let fp8 = fp8_linear(&x2, &w_fp8, &w_scale).astype(Dtype::F32);
-    let error =
-        (fp8 - &reference).abs().max(mlx::ALL, false) / reference.abs().max(mlx::ALL, false);
-    println!(
-        "{:44} {:9.2e} max |fp8 - {dtype}| / max |{dtype}|",
-        "",
-        error.item::<f32>()?
-    );
+    let reference = dense.forward(&attn_in).astype(Dtype::F32);
+    for path in [MatmulPath::Kernel, MatmulPath::Dequantize] {
+        let layer = QuantizedLinear::from_dense(&source, QuantConfig::new(QuantFormat::Fp8), path)?;
+        let y = Linear::Quantized(layer)
+            .forward(&attn_in)
+            .astype(Dtype::F32);
+        let error =
+            (y - &reference).abs().max(mlx::ALL, false) / reference.abs().max(mlx::ALL, false);
+        println!(
+            "{:44} {:9.2e} max |fp8 by {} - {dtype}| / max |{dtype}|",
+            "",
+            error.item::<f32>()?,
+            path.name_for(QuantFormat::Fp8),
+        );
+    }
+
+    // fp8 first: MLX's quantized_matmul kernels take seconds at this size on a GPU.
+    let mut formats = QuantFormat::ALL.to_vec();
+    formats.sort_by_key(|&f| f != QuantFormat::Fp8);
+    for format in formats {
+        for path in [MatmulPath::Kernel, MatmulPath::Dequantize] {
+            let layer = Linear::Quantized(QuantizedLinear::from_dense(
+                &source,
+                QuantConfig::new(format),
+                path,
+            )?);
+            mlx::eval(layer.parameters().into_iter().map(|(_, a)| a))?;
+            match time(runs, &|| vec![layer.forward(&attn_in)]) {
+                Ok(timing) => row(
+                    &format!("  the same, {format} by {}", path.name_for(format)),
+                    timing,
+                ),
+                Err(e) => println!("  the same, {format} by {}: {e}", path.name_for(format)),
+            }
+        }
+    }
     Ok(())
 }

@@ -14,10 +14,9 @@ use std::path::{Path, PathBuf};
 
 use mlx::io::{load_checkpoint, save_checkpoint, Checkpoint};
 use mlx::module::LoadReport;
-use mlx::nn::quant::{MatmulPath, ProbeShape, QuantConfig};
+use mlx::nn::quant::{MatmulPath, ProbeShape, QuantConfig, QuantizedWeight};
 use mlx::nn::quantize::{self, quantized_templates, unquantizable, LoadQuantization, SCALE_SUFFIX};
 use mlx::nn::{Dense, Linear, QuantReport};
-use mlx::ops::Quantized;
 use mlx::{random, Array, Dtype, Module};
 
 use crate::causal_lm::Qwen3ForCausalLM;
@@ -332,15 +331,8 @@ fn dequantize_embeddings(
         // Without its table the scales are reported as unexpected.
         return restored(checkpoint, (name(SCALE_SUFFIX), scales));
     };
-    let table = Quantized {
-        weights,
-        scales,
-        biases: checkpoint.take(&name(".weight_qbias")),
-        group_size: config.group_size,
-        bits: config.bits(),
-        mode: config.format.mlx_mode(),
-    }
-    .dequantize(Some(dtype));
+    let biases = checkpoint.take(&name(".weight_qbias"));
+    let table = QuantizedWeight::stored(config, weights, scales, biases).dequantize(dtype);
     restored(checkpoint, (name(".weight"), table))
 }
 

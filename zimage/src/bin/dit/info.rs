@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use dit::config::DitConfig;
 use dit::lora::{self, Adapter};
 use dit::weights::{ModelSource, QuantReport};
-use mlx::nn::MatmulPath;
+use mlx::nn::quant::PER_CHANNEL;
 use mlx::{Dtype, Module};
 use serde_json::{json, Value};
 use zimage::pipeline::{LoadOptions, LoraSpec, Pipeline};
@@ -252,11 +252,12 @@ pub fn quantization_json(q: &QuantReport, weights_bytes: usize) -> Value {
     let config = q.config.as_ref();
     json!({
         "mode": config.map_or("none", |c| c.format.name()),
-        "group_size": config.map(|c| c.group_size),
+        // null for a dense model and for fp8's one scale per output channel.
+        "group_size": config.map(|c| c.group_size).filter(|&g| g != PER_CHANNEL),
         "bits": config.map(|c| c.bits()),
         "quantized_layers": q.quantized,
         "dense_layers": q.dense.len(),
-        "matmul": q.matmul.map(MatmulPath::name),
+        "matmul": matmul_name(q),
         "dense_bytes": q.dense_bytes,
         "weights_bytes": weights_bytes,
     })
@@ -267,16 +268,18 @@ fn quantization_text(q: &QuantReport, dtype: Dtype) -> String {
         return format!("none ({} linear layers dense)", q.dense.len());
     };
     format!(
-        "{}, group size {}, {} bits: {} linear layers quantized, {} dense; matmul by {}; \
+        "{config}, {} bits: {} linear layers quantized, {} dense; matmul by {}; \
          {:.1} MiB were they dense in {dtype}",
-        config.format,
-        config.group_size,
         config.bits(),
         q.quantized,
         q.dense.len(),
-        q.matmul.map_or("", MatmulPath::name),
+        matmul_name(q).unwrap_or(""),
         mib(q.dense_bytes),
     )
+}
+
+fn matmul_name(q: &QuantReport) -> Option<&'static str> {
+    Some(q.matmul?.name_for(q.config?.format))
 }
 
 /// The adapter's file and its layers: module, file key, rank, alpha, features and the

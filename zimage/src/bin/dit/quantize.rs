@@ -28,7 +28,7 @@ pub struct Args {
     out: PathBuf,
     /// affine4 or affine8 (integers with a scale and bias per group), mxfp4 or mxfp8
     /// (FP4 E2M1 or FP8 E4M3 with a power-of-two scale per 32), nvfp4 (FP4 E2M1 with an
-    /// FP8 scale per 16).
+    /// FP8 scale per 16), fp8 (FP8 E4M3 with a float32 scale per output channel).
     #[arg(long)]
     mode: QuantFormat,
     /// The affine modes' group size: 32, 64 or 128 (default 64 for affine4, 32 for

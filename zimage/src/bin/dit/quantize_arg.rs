@@ -7,15 +7,16 @@ use mlx::nn::{MatmulPath, QuantConfig, QuantFormat};
 #[derive(clap::Args)]
 pub struct QuantizeArg {
     /// Quantize the dense linear layers (transformer and text encoder) at load: affine4,
-    /// affine8, mxfp4, nvfp4 or mxfp8.
+    /// affine8, mxfp4, nvfp4, mxfp8 or fp8 (E4M3 per channel, for FP8 tensor cores).
     #[arg(long, alias = "fp8", value_name = "MODE")]
     quantize: Option<QuantFormat>,
     /// The affine modes' group size: 32, 64 or 128 (default 64 for affine4, 32 for
     /// affine8; the other modes fix theirs).
     #[arg(long, requires = "quantize")]
     group_size: Option<i32>,
-    /// How quantized layers compute: auto times MLX's quantized_matmul against
-    /// dequantize-then-matmul on the device once at load and takes the faster.
+    /// How quantized layers compute: auto times the quantized kernel (MLX's
+    /// quantized_matmul; fp8's FP8 product) against dequantize-then-matmul on the device
+    /// once at load and takes the faster.
     #[arg(long, value_enum, default_value = "auto")]
     quantized_matmul: MatmulArg,
 }
