@@ -9,7 +9,7 @@
 #
 # turbo: the Z-Image-Turbo transformer (dim 3840, 30 layers) at 1024x1024; small: the
 # built-in small size at 512x512; both with a 128-token caption, bfloat16. MODES picks dit's
-# runs (default: MODES="compiled eager mxfp8 affine8"). Results go to
+# runs (default: MODES="compiled eager mxfp8 affine8 fp8"; the last three quantize at load). Results go to
 # $OUT (or /tmp/zbench/out) as JSON, and a table is printed last.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,9 +23,9 @@ bench() { # size width cap_dim
     local size=$1 width=$2 dim=$3 model=$work/$1
     [ -f "$model/config.json" ] || python3 "$here/reference.py" make --size "$size" --out "$model"
     python3 "$here/reference.py" caps --dim "$dim" --len 128 --out "$work/$size-caps.safetensors"
-    for mode in ${MODES:-compiled eager mxfp8 affine8}; do
+    for mode in ${MODES:-compiled eager mxfp8 affine8 fp8}; do
         local flag=""
-        case $mode in eager) flag=--no-compile ;; mxfp8|affine8) flag="--fp8 $mode" ;; esac
+        case $mode in eager) flag=--no-compile ;; mxfp8|affine8|fp8) flag="--quantize $mode" ;; esac
         "$BIN/dit" generate --model "$model" --cap-feats "$work/$size-caps.safetensors" \
             --width "$width" --height "$width" --steps "$steps" --json $flag \
             | tail -n 1 > "$out/dit-$size-$mode.json"
@@ -49,13 +49,13 @@ gib = 2**30
 print(f"{'size':6} {'implementation':28} {'ms/step':>8} {'peak GiB':>9} {'weights GiB':>11} {'load s':>7}")
 for size in ["small", "turbo"]:
     rows = []
-    for mode in ["compiled", "eager", "mxfp8", "affine8"]:
+    for mode in ["compiled", "eager", "mxfp8", "affine8", "fp8"]:
         f = out / f"dit-{size}-{mode}.json"
         if f.exists() and f.stat().st_size:
             r = json.loads(f.read_text())
             ms = statistics.mean(r["step_ms"][1:]) if len(r["step_ms"]) > 1 else r["step_ms"][0]
             peak = max(r["denoise_peak_bytes"], r["load_peak_bytes"])
-            name = f"dit {mode}" + (f" ({r['quantization']['matmul']})" if mode.endswith("8") else "")
+            name = f"dit {mode}" + (f" ({r['quantization']['matmul']})" if "8" in mode else "")
             rows.append((name, ms, peak, r["transformer_bytes"], r["load_ms"] / 1e3))
     for mode in ["eager", "compile"]:
         f = out / f"diffusers-{size}-{mode}.json"
