@@ -756,6 +756,45 @@ fn a_damaged_quantized_checkpoint_lists_every_problem() {
     }
 }
 
+/// An fp8 checkpoint whose tensors are not fp8's (an mxfp8 checkpoint recorded as fp8:
+/// packed words and byte scales per group), or whose scale is not one per channel, is
+/// refused with the tensors named, not converted.
+#[test]
+fn fp8_checkpoints_with_other_layouts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mxfp8 = dir.path().join("mxfp8");
+    quantize("tiny", &mxfp8, "mxfp8");
+    let config_path = mxfp8.join("config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["quantization"] = serde_json::json!({"mode": "fp8", "bits": 8});
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = fail(&["info", "--model", path(&mxfp8)]);
+    for expected in [
+        "wrongly shaped: all_x_embedder.2-1.weight (expected [64, 64], found [64, 16])",
+        "all_x_embedder.2-1.weight_scale (expected [64], found [64, 2])",
+        "wrongly stored: all_x_embedder.2-1.weight (expected uint8, found uint32)",
+        "all_x_embedder.2-1.weight_scale (expected float32, found uint8)",
+    ] {
+        assert!(err.contains(expected), "no `{expected}` in:\n{err}");
+    }
+
+    let fp8 = dir.path().join("fp8");
+    quantize("tiny", &fp8, "fp8");
+    let file = fp8.join(WEIGHTS_FILE);
+    let mut tensors = load_safetensors(&file).unwrap().tensors;
+    let scale = "layers.0.attention.to_q.weight_scale";
+    let grouped = tensors[scale].reshape(&[64, 1]);
+    tensors.insert(scale.into(), grouped);
+    let owned: Vec<(String, Array)> = tensors.into_iter().collect();
+    save_safetensors(&file, owned.iter().map(|(n, a)| (n, a)), &BTreeMap::new()).unwrap();
+    let err = fail(&["info", "--model", path(&fp8)]);
+    assert!(
+        err.contains("1 wrongly shaped: layers.0.attention.to_q.weight_scale (expected [64]"),
+        "{err}"
+    );
+}
+
 /// A stored quantized checkpoint loads with either matmul path forced, into quantized
 /// layers wherever a `weight_scale` is stored and dense ones elsewhere.
 #[test]
