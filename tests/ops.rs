@@ -1250,6 +1250,19 @@ fn e4m3_conversions_and_products() {
     }
     let x = Fp8Rows::quantize(&random::normal(&[5, 32], Dtype::F32, &random::key(1)));
     let w = Fp8Rows::quantize(&random::normal(&[16, 32], Dtype::F32, &random::key(2)));
+    // Leading axes are rows: [2, 5, 32] rows multiply as the [10, 32] they are.
+    let batched = Fp8Rows::quantize(&random::normal(&[2, 5, 32], Dtype::F32, &random::key(4)));
+    let flat = Fp8Rows {
+        values: batched.values.reshape(&[10, 32]),
+        scales: batched.scales.reshape(&[10]),
+    };
+    let product = mlx::ops::fp8_matmul(&batched, &w, Dtype::F32);
+    assert_eq!(product.shape(), &[2, 5, 16]);
+    assert_exact(
+        &product.reshape(&[160]),
+        &[160],
+        &f32s(&mlx::ops::fp8_matmul(&flat, &w, Dtype::F32)),
+    );
     // Operands that are not E4M3 rows of one K with a scale each are errors, not crashes.
     let floats = Fp8Rows {
         values: x.values.astype(Dtype::F32),
@@ -1279,7 +1292,7 @@ fn e4m3_conversions_and_products() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("scales [M]") && err.contains("[8] float32"),
+        err.contains("one per row") && err.contains("[8] float32"),
         "{err}"
     );
     if mlx::default_device().is_ok_and(|d| d == mlx::Device::Cpu) {

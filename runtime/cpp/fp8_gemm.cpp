@@ -84,9 +84,9 @@ const Lt& lt() {
 constexpr uint64_t kWorkspace = 32u << 20;
 
 // Where the row and channel scales are applied: in the epilogue by cuBLASLt's outer-vector
-// scaling where it has a kernel for the GPU, else after the product, in one element-wise
-// pass that MLX's compiler may fuse with what follows. (On the H200 test machine its
-// heuristic finds no kernel for outer vectors, nor for 1x128 block scales.)
+// scaling where it has a kernel for the GPU, else by the caller after the product. (On the
+// H200 test machine its heuristic finds no kernel for outer vectors, nor for 1x128 block
+// scales.)
 enum class Scaling { Outer, After };
 
 // The descriptors and algorithm of one product shape, made once. Row-major
@@ -221,31 +221,41 @@ bool fp8_gemm_supported(const mx::Device& device) {
   return gpu.compute_capability_major() * 10 + gpu.compute_capability_minor() >= 89;
 }
 
-mx::array fp8_gemm(
-    const mx::array& x, const mx::array& x_scale, const mx::array& w, const mx::array& w_scale,
-    mx::Dtype out, mx::Stream stream) {
-  // cuBLASLt reads both as dense row-major K-contiguous matrices.
-  auto xc = mx::contiguous(x, false, stream);
-  auto wc = mx::contiguous(w, false, stream);
+namespace {
+
+std::string shape_of(int m, int n, int k) {
+  return std::to_string(m) + "x" + std::to_string(k) + " by " + std::to_string(k) + "x" +
+      std::to_string(n);
+}
+
+}  // namespace
+
+mx::array fp8_gemm(const mx::array& x, const mx::array& w, mx::Dtype out, mx::Stream stream) {
   int m = x.shape(0), k = x.shape(1), n = w.shape(0);
-  mx::Shape shape{m, n};
-  auto f32 = [&](const mx::array& a) { return mx::astype(a, mx::float32, stream); };
-  if (plan(m, n, k, out, Scaling::Outer)) {
-    auto xs = mx::contiguous(f32(x_scale), false, stream);
-    auto ws = mx::contiguous(f32(w_scale), false, stream);
-    return mx::array(
-        shape, out, std::make_shared<Fp8Matmul>(stream, Scaling::Outer), {xc, wc, xs, ws});
-  }
   if (!plan(m, n, k, out, Scaling::After)) {
     throw std::runtime_error(
-        "[fp8_matmul] cuBLASLt has no FP8 kernel for " + std::to_string(m) + "x" +
-        std::to_string(k) + " by " + std::to_string(k) + "x" + std::to_string(n) +
-        " on this GPU");
+        "[fp8_matmul] cuBLASLt has no FP8 kernel for " + shape_of(m, n, k) + " on this GPU");
   }
-  auto product =
-      mx::array(shape, out, std::make_shared<Fp8Matmul>(stream, Scaling::After), {xc, wc});
-  auto scaled = f32(product) * mx::expand_dims(f32(x_scale), 1, stream) * f32(w_scale);
-  return mx::astype(scaled, out, stream);
+  // cuBLASLt reads both as dense row-major K-contiguous matrices.
+  return mx::array(
+      {m, n}, out, std::make_shared<Fp8Matmul>(stream, Scaling::After),
+      {mx::contiguous(x, false, stream), mx::contiguous(w, false, stream)});
+}
+
+std::optional<mx::array> fp8_gemm_scaled(
+    const mx::array& x, const mx::array& x_scale, const mx::array& w, const mx::array& w_scale,
+    mx::Dtype out, mx::Stream stream) {
+  int m = x.shape(0), k = x.shape(1), n = w.shape(0);
+  if (!plan(m, n, k, out, Scaling::Outer)) {
+    return std::nullopt;
+  }
+  auto dense = [&](const mx::array& a, mx::Dtype dtype) {
+    return mx::contiguous(mx::astype(a, dtype, stream), false, stream);
+  };
+  return mx::array(
+      {m, n}, out, std::make_shared<Fp8Matmul>(stream, Scaling::Outer),
+      {dense(x, mx::uint8), dense(w, mx::uint8), dense(x_scale, mx::float32),
+       dense(w_scale, mx::float32)});
 }
 
 }  // namespace mlxs

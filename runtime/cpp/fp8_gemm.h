@@ -1,6 +1,8 @@
 // FP8 matrix products on CUDA GPUs through cuBLASLt (fp8_gemm.cpp; CUDA builds only).
 #pragma once
 
+#include <optional>
+
 #include "mlx/mlx.h"
 
 namespace mlxs {
@@ -8,11 +10,15 @@ namespace mlxs {
 // Whether `device` is a GPU with E4M3 tensor cores (compute capability 8.9 or later).
 bool fp8_gemm_supported(const mlx::core::Device& device);
 
-// (x[M, K] · w[N, K]ᵀ) · x_scale[M, 1] · w_scale[1, N] for uint8 arrays holding E4M3 and
-// float32 scales, accumulated in float32 and written in `out`; K and N must be multiples of
-// 16. The scales apply in cuBLASLt's epilogue where it has outer-vector scaling for the GPU,
-// else after the product.
+// x[M, K] · w[N, K]ᵀ for uint8 arrays holding E4M3, accumulated in float32 and written in
+// `out`; K and N must be multiples of 16.
 mlx::core::array fp8_gemm(
+    const mlx::core::array& x, const mlx::core::array& w, mlx::core::Dtype out,
+    mlx::core::Stream stream);
+
+// The same product times x_scale[M, 1] and w_scale[1, N] (float32) in cuBLASLt's epilogue,
+// where it has outer-vector scaling for the GPU; nullopt where it has not.
+std::optional<mlx::core::array> fp8_gemm_scaled(
     const mlx::core::array& x, const mlx::core::array& x_scale, const mlx::core::array& w,
     const mlx::core::array& w_scale, mlx::core::Dtype out, mlx::core::Stream stream);
 

@@ -837,30 +837,43 @@ int mlxs_fp8_matmul(
     const mx::array& b = w->a;
     const mx::array& sa = x_scale->a;
     const mx::array& sb = w_scale->a;
-    if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(1) || a.dtype() != mx::uint8 ||
+    if (a.ndim() < 2 || b.ndim() != 2 || a.shape(-1) != b.shape(1) || a.dtype() != mx::uint8 ||
         b.dtype() != mx::uint8) {
       throw std::invalid_argument(
-          "fp8_matmul takes uint8 E4M3 matrices x [M, K] and w [N, K], found x " +
-          describe(a) + " and w " + describe(b));
+          "fp8_matmul takes uint8 E4M3 rows x [..., K] and w [N, K], found x " + describe(a) +
+          " and w " + describe(b));
     }
-    if (sa.shape() != mx::Shape{a.shape(0)} || sb.shape() != mx::Shape{b.shape(0)} ||
+    mx::Shape rows(a.shape().begin(), a.shape().end() - 1);
+    if (sa.shape() != rows || sb.shape() != mx::Shape{b.shape(0)} ||
         !mx::issubdtype(sa.dtype(), mx::floating) || !mx::issubdtype(sb.dtype(), mx::floating)) {
       throw std::invalid_argument(
-          "fp8_matmul takes float scales [M] for x's rows and [N] for w's, found " +
-          describe(sa) + " and " + describe(sb));
+          "fp8_matmul takes float scales, one per row of x and of w, found " + describe(sa) +
+          " and " + describe(sb));
     }
     mx::Dtype d = to_dtype(dtype);
+    mx::Shape shape = rows;
+    shape.push_back(b.shape(0));
+    std::optional<mx::array> product;
 #ifdef MLXS_FP8
     mx::Stream stream = mx::default_stream(mx::default_device());
-    if (fp8_kernel_runs(stream.device, b.shape(0), a.shape(1))) {
-      *out = wrap(mlxs::fp8_gemm(a, sa, b, sb, d, stream));
-      return;
+    if (fp8_kernel_runs(stream.device, b.shape(0), a.shape(-1))) {
+      auto a2 = mx::reshape(a, {-1, a.shape(-1)}, stream);
+      auto sa2 = mx::reshape(sa, {-1}, stream);
+      if (auto scaled = mlxs::fp8_gemm_scaled(a2, sa2, b, sb, d, stream)) {
+        *out = wrap(mx::reshape(*scaled, shape, stream));
+        return;
+      }
+      product = mx::reshape(mlxs::fp8_gemm(a2, b, d, stream), shape, stream);
     }
 #endif
-    auto product = mx::matmul(
-        mx::from_fp8(a, mx::float32), mx::transpose(mx::from_fp8(b, mx::float32)));
-    auto scaled = product * mx::expand_dims(mx::astype(sa, mx::float32), 1) *
-        mx::astype(sb, mx::float32);
+    if (!product) {
+      product = mx::matmul(
+          mx::from_fp8(a, mx::float32), mx::transpose(mx::from_fp8(b, mx::float32)));
+    }
+    // Scaled in the result's shape, so that MLX's compiler can fuse the scaling with the
+    // element-wise operations that follow.
+    auto f32 = [](const mx::array& v) { return mx::astype(v, mx::float32); };
+    auto scaled = f32(*product) * mx::expand_dims(f32(sa), -1) * f32(sb);
     *out = wrap(mx::astype(scaled, d));
   });
 }

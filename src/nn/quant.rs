@@ -405,13 +405,7 @@ impl QuantizedWeight {
             (_, MatmulPath::Dequantize) => x.matmul(&self.dequantize(dtype).t()),
             (QuantizedWeight::Packed(q), MatmulPath::Kernel) => q.matmul(x, true),
             (QuantizedWeight::Fp8(w), MatmulPath::Kernel) => {
-                let shape = x.shape();
-                let inp = shape.last().copied().unwrap_or(0);
-                let rows = x.reshape(&[-1, inp]);
-                let y = crate::ops::fp8_matmul(&Fp8Rows::quantize(&rows), w, dtype);
-                let mut out = shape[..shape.len().saturating_sub(1)].to_vec();
-                out.push(w.values.shape().first().copied().unwrap_or(0));
-                y.reshape(&out)
+                crate::ops::fp8_matmul(&Fp8Rows::quantize(x), w, dtype)
             }
         }
     }
