@@ -1,5 +1,6 @@
 //! Linear layers: `x wᵀ + b` with the weight dense or quantized (see [`super::quant`]).
 
+use crate::ops::Fp8Rows;
 use crate::{Array, Dtype, Module};
 
 use super::lora::LowRank;
@@ -17,9 +18,21 @@ pub enum Linear {
 impl Linear {
     #[crate::graph]
     pub fn forward(&self, x: &Array) -> Array {
+        self.apply(x, &mut None)
+    }
+
+    /// `layers.map(|layer| layer.forward(x))` (the q, k and v projections of one input, or a
+    /// SwiGLU's gate and up), with what their products have in common done once: `fp8`
+    /// layers on the FP8 kernel quantize `x` per token once for all of them.
+    pub fn forward_each<const N: usize>(layers: [&Linear; N], x: &Array) -> [Array; N] {
+        let mut quantized_x = None;
+        layers.map(|layer| layer.apply(x, &mut quantized_x))
+    }
+
+    fn apply(&self, x: &Array, quantized_x: &mut Option<Fp8Rows>) -> Array {
         match self {
             Linear::Dense(dense) => dense.apply(x),
-            Linear::Quantized(quantized) => quantized.apply(x),
+            Linear::Quantized(quantized) => quantized.apply(x, quantized_x),
         }
     }
 
@@ -174,8 +187,10 @@ impl QuantizedLinear {
         self.weight().dequantize(self.dtype)
     }
 
-    fn apply(&self, x: &Array) -> Array {
-        let y = self.weight().matmul(x, self.matmul, self.dtype);
+    fn apply(&self, x: &Array, quantized_x: &mut Option<Fp8Rows>) -> Array {
+        let y = self
+            .weight()
+            .matmul_sharing(x, quantized_x, self.matmul, self.dtype);
         let y = match &self.lora {
             Some(lora) => y + lora.apply(x),
             None => y,
@@ -183,6 +198,76 @@ impl QuantizedLinear {
         match &self.bias {
             Some(bias) => y + bias,
             None => y,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{MatmulPath, QuantConfig, QuantFormat};
+    use crate::random;
+
+    fn dense(out: i32, seed: u64) -> Dense {
+        let normal = |shape: &[i32], seed| random::normal(shape, Dtype::F32, &random::key(seed));
+        Dense {
+            weight: normal(&[out, 32], seed),
+            bias: Some(normal(&[out], seed + 1)),
+        }
+    }
+
+    fn values(a: &Array) -> Vec<f32> {
+        a.to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn layers_of_one_input_compute_what_each_computes_alone_and_share_its_quantization() {
+        let x = random::normal(&[2, 3, 32], Dtype::F32, &random::key(9));
+        x.eval().unwrap();
+        for format in [None, Some(QuantFormat::Affine8), Some(QuantFormat::Fp8)] {
+            let name = format.map_or("dense", QuantFormat::name);
+            let make = |dense: Dense| match format {
+                None => Linear::Dense(dense),
+                Some(format) => Linear::Quantized(
+                    QuantizedLinear::from_dense(
+                        &dense,
+                        QuantConfig::new(format),
+                        MatmulPath::Kernel,
+                    )
+                    .unwrap(),
+                ),
+            };
+            // Different widths, as the q and the k/v of grouped-query attention.
+            let [q, k, v] = [make(dense(32, 1)), make(dense(16, 3)), make(dense(16, 5))];
+            let params: Vec<_> = [&q, &k, &v].iter().flat_map(|l| l.parameters()).collect();
+            crate::eval(params.iter().map(|(_, a)| *a)).unwrap();
+            let shared = Linear::forward_each([&q, &k, &v], &x);
+            // Eager, as `forward_each` is: `forward` would show as one compiled node.
+            let alone = [&q, &k, &v].map(|layer| {
+                let [y] = Linear::forward_each([layer], &x);
+                y
+            });
+            // Counted before evaluating, which cuts the graph.
+            let nodes = |outs: &[Array; 3]| {
+                let outs: Vec<&Array> = outs.iter().collect();
+                crate::dump_graph(&outs).unwrap().lines().count()
+            };
+            let (shared_nodes, alone_nodes) = (nodes(&shared), nodes(&alone));
+            for (s, a) in shared.iter().zip(&alone) {
+                assert_eq!(s.shape(), a.shape(), "{name}");
+                assert_eq!(values(s), values(a), "{name}");
+            }
+            for (s, layer) in shared.iter().zip([&q, &k, &v]) {
+                assert_eq!(values(s), values(&layer.forward(&x)), "{name}");
+            }
+            if format == Some(QuantFormat::Fp8) {
+                assert!(
+                    shared_nodes < alone_nodes,
+                    "{shared_nodes} vs {alone_nodes}"
+                );
+            } else {
+                assert_eq!(shared_nodes, alone_nodes, "{name}");
+            }
         }
     }
 }

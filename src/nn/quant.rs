@@ -401,11 +401,27 @@ impl QuantizedWeight {
     /// [`crate::ops::fp8_matmul`]).
     #[track_caller]
     pub fn matmul(&self, x: &Array, path: MatmulPath, dtype: Dtype) -> Array {
+        self.matmul_sharing(x, &mut None, path, dtype)
+    }
+
+    /// [`QuantizedWeight::matmul`] of an `x` that other products take too: the `fp8`
+    /// kernel path takes `x` quantized per token from `quantized_x` where an earlier
+    /// product left it, else quantizes it and leaves it there. (MLX's compiler does not
+    /// merge two identical custom kernels, so sharing is up to the caller.)
+    #[track_caller]
+    pub fn matmul_sharing(
+        &self,
+        x: &Array,
+        quantized_x: &mut Option<Fp8Rows>,
+        path: MatmulPath,
+        dtype: Dtype,
+    ) -> Array {
         match (self, path) {
             (_, MatmulPath::Dequantize) => x.matmul(&self.dequantize(dtype).t()),
             (QuantizedWeight::Packed(q), MatmulPath::Kernel) => q.matmul(x, true),
             (QuantizedWeight::Fp8(w), MatmulPath::Kernel) => {
-                crate::ops::fp8_matmul(&Fp8Rows::quantize(x), w, dtype)
+                let rows = quantized_x.get_or_insert_with(|| Fp8Rows::quantize(x));
+                crate::ops::fp8_matmul(rows, w, dtype)
             }
         }
     }

@@ -38,9 +38,12 @@ impl Attention {
             Some(w) => rope.apply_after_norm(&split_heads(t), w, QK_NORM_EPS),
             None => rope.apply(&split_heads(t)),
         };
-        let q = norm_rope(self.to_q.forward(x), &self.norm_q);
-        let k = norm_rope(self.to_k.forward(x), &self.norm_k);
-        let v = split_heads(self.to_v.forward(x));
+        let [q, k, v] = Linear::forward_each([&self.to_q, &self.to_k, &self.to_v], x);
+        let (q, k, v) = (
+            norm_rope(q, &self.norm_q),
+            norm_rope(k, &self.norm_k),
+            split_heads(v),
+        );
         let heads_first = |t: &Array| t.transpose(&[0, 2, 1, 3]);
         let attended = fast::scaled_dot_product_attention(
             &heads_first(&q),
@@ -65,8 +68,8 @@ pub struct FeedForward {
 impl FeedForward {
     #[mlx::graph]
     pub fn forward(&self, x: &Array) -> Array {
-        self.w2
-            .forward(&(self.w1.forward(x).silu() * self.w3.forward(x)))
+        let [gate, up] = Linear::forward_each([&self.w1, &self.w3], x);
+        self.w2.forward(&(gate.silu() * up))
     }
 }
 

@@ -38,14 +38,12 @@ impl Attention {
     /// Queries, keys and values of `x: [batch, tokens, hidden]` as `[batch, heads, tokens,
     /// head_dim]`, queries and keys normed per head (before RoPE).
     fn project(&self, x: &Array) -> [Array; 3] {
-        let q = self
-            .q_norm
-            .forward(&split_heads(&self.q_proj.forward(x), self.heads));
-        let k = self
-            .k_norm
-            .forward(&split_heads(&self.k_proj.forward(x), self.kv_heads));
-        let v = split_heads(&self.v_proj.forward(x), self.kv_heads);
-        [q, k, v]
+        let [q, k, v] = Linear::forward_each([&self.q_proj, &self.k_proj, &self.v_proj], x);
+        [
+            self.q_norm.forward(&split_heads(&q, self.heads)),
+            self.k_norm.forward(&split_heads(&k, self.kv_heads)),
+            split_heads(&v, self.kv_heads),
+        ]
     }
 
     /// `x: [batch, tokens, hidden]`.
@@ -117,8 +115,8 @@ pub struct Mlp {
 impl Mlp {
     #[mlx::graph]
     pub fn forward(&self, x: &Array) -> Array {
-        self.down_proj
-            .forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        let [gate, up] = Linear::forward_each([&self.gate_proj, &self.up_proj], x);
+        self.down_proj.forward(&(gate.silu() * up))
     }
 }
 
