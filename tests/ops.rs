@@ -1354,11 +1354,31 @@ fn fp8_rows_quantize_to_the_nearest_e4m3_step_of_their_scale() {
     let q = Fp8Rows::quantize(&Array::ones(&[2, 3, 16], Dtype::F32));
     assert_eq!(q.scales.shape(), &[2, 3]);
     assert_exact(&q.values.reshape(&[96]), &[96], &[0x7Eu8; 96]);
+    // Empty arrays quantize to their shapes; a row of nothing is a row of zeros (scale 1).
+    // Products of them are what the dense product of nothing is.
+    let no_rows = Fp8Rows::quantize(&Array::zeros(&[0, 16], Dtype::F32));
+    assert_eq!(
+        (no_rows.values.shape(), no_rows.scales.shape()),
+        (&[0, 16][..], &[0][..])
+    );
+    let w = Fp8Rows::quantize(&Array::ones(&[8, 16], Dtype::F32));
+    let product = mlx::ops::fp8_matmul(&no_rows, &w, Dtype::Bf16);
+    assert_eq!(
+        (product.shape(), product.dtype()),
+        (&[0, 8][..], Dtype::Bf16)
+    );
+    product.check().unwrap();
+    let empty_rows = Fp8Rows::quantize(&Array::zeros(&[2, 0], Dtype::F32));
+    assert_eq!(empty_rows.values.shape(), &[2, 0]);
+    assert_exact(&empty_rows.scales, &[2], &[1.0f32, 1.0]);
+    let of_nothing = Fp8Rows::quantize(&Array::zeros(&[8, 0], Dtype::F32));
+    assert_exact(
+        &mlx::ops::fp8_matmul(&empty_rows, &of_nothing, Dtype::F32),
+        &[2, 8],
+        &[0.0f32; 16],
+    );
     // What cannot be quantized by rows is an error naming the op.
-    for bad in [
-        Array::ones(&[4], Dtype::I32),
-        Array::zeros(&[2, 0], Dtype::F32),
-    ] {
+    for bad in [Array::ones(&[4], Dtype::I32), Array::scalar(1.0f32)] {
         let err = Fp8Rows::quantize(&bad)
             .values
             .check()

@@ -491,13 +491,17 @@ std::vector<mx::array> residual_rms_norm(
 }
 
 std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {
-  if (x.ndim() == 0 || x.size() == 0 || !mx::issubdtype(x.dtype(), mx::floating)) {
+  if (x.ndim() == 0 || !mx::issubdtype(x.dtype(), mx::floating)) {
     throw std::invalid_argument(
-        "[fp8_quantize] takes a non-empty floating-point array with rows along its last "
-        "axis, found " + shape_string(x));
+        "[fp8_quantize] takes a floating-point array with rows along its last axis, found " +
+        shape_string(x));
   }
   int k = x.shape(-1);
   mx::Shape rows_shape(x.shape().begin(), x.shape().end() - 1);
+  if (x.size() == 0) {
+    // No rows, or rows of nothing: a row of nothing is a row of zeros, whose scale is 1.
+    return {mx::zeros(x.shape(), mx::uint8), mx::ones(rows_shape, mx::float32)};
+  }
   double rows = static_cast<double>(x.size()) / k;
   if (on_cuda_gpu() && x.dtype() != mx::float64 && rows * kFp8Threads < 2147483647.0) {
     auto kernel = mx::fast::cuda_kernel(
