@@ -1210,9 +1210,9 @@ fn e4m3_conversions_and_products() {
     // The product of E4M3 rows equals the product of the values they stand for, each row
     // times its scale, computed here in float64: on the CPU the float32 product of the
     // dequantized operands; on an FP8 GPU cuBLASLt's kernel, whose fast accumulation keeps
-    // fewer bits (about 2^-13 of the sum), with the scales in the epilogue.
-    // K = 384 is three of the blocks of 128 that Hopper's kernels scale by; rows and
-    // channels of different magnitudes make each scale count.
+    // fewer bits (about 2^-13 of the sum), the scales applied in its epilogue or after it.
+    // K = 384 runs over several of the kernels' K blocks; rows and channels of different
+    // magnitudes make each scale count.
     for (m, n, k) in [(5, 16, 32), (6, 32, 384)] {
         let spread = |rows: i32, seed: u64| {
             let by_row = random::uniform(0.01, 10.0, &[rows, 1], Dtype::F32, &random::key(seed));
@@ -1386,6 +1386,65 @@ fn fp8_rows_quantize_to_the_nearest_e4m3_step_of_their_scale() {
             .to_string();
         assert!(err.contains("fp8_quantize"), "{err}");
     }
+}
+
+#[test]
+fn fp8_products_write_any_float_dtype_from_rows_of_any_rank() {
+    // At a transformer's widths the unscaled products of E4M3 values pass float16's
+    // largest (65504): a float16 result must still be the float32 one, rounded.
+    let k = 3840;
+    let x = Fp8Rows::quantize(&random::normal(&[4, k], Dtype::F32, &random::key(11)));
+    let w = Fp8Rows::quantize(&random::normal(&[16, k], Dtype::F32, &random::key(12)));
+    let single = f32s(&mlx::ops::fp8_matmul(&x, &w, Dtype::F32));
+    let half = mlx::ops::fp8_matmul(&x, &w, Dtype::F16);
+    assert_eq!(half.dtype(), Dtype::F16);
+    for (h, s) in f32s(&half.astype(Dtype::F32)).iter().zip(&single) {
+        assert!((h - s).abs() <= 1e-3 * s.abs() + 1e-2, "{h} vs {s}");
+    }
+    // A vector is one row.
+    let v = Fp8Rows::quantize(&random::normal(&[k], Dtype::F32, &random::key(13)));
+    let row = Fp8Rows {
+        values: v.values.reshape(&[1, k]),
+        scales: v.scales.reshape(&[1]),
+    };
+    let product = mlx::ops::fp8_matmul(&v, &w, Dtype::F32);
+    assert_eq!(product.shape(), &[16]);
+    // (The same up to rounding: BLAS multiplies a vector by another kernel.)
+    let rows = f32s(&mlx::ops::fp8_matmul(&row, &w, Dtype::F32));
+    for (p, r) in f32s(&product).iter().zip(&rows) {
+        assert!((p - r).abs() <= 1e-5 * r.abs().max(1.0), "{p} vs {r}");
+    }
+    // Integers are not a product's dtype.
+    let err = mlx::ops::fp8_matmul(&x, &w, Dtype::I32)
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("floating-point dtype") && err.contains("int32"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fp8_rows_keep_non_finite_values_non_finite() {
+    // A NaN is passed over by its row's scale and stays a NaN; an infinity makes its row's
+    // scale infinite, and so the row's values NaN or zero. Either way the products of the
+    // row are not finite, on the GPU's kernel as on the composed path.
+    let mut v = [[0.5f32; 32], [0.25; 32]].concat();
+    v[1] = f32::NAN;
+    v[2] = 2.0;
+    v[32 + 3] = f32::INFINITY;
+    let q = Fp8Rows::quantize(&f32_array(&v, &[2, 32]));
+    let scales = f32s(&q.scales);
+    assert_eq!(scales[0], 2.0 / 448.0);
+    assert_eq!(scales[1], f32::INFINITY);
+    let values = f32s(&q.values.from_fp8(Dtype::F32));
+    assert!(values[1].is_nan(), "{}", values[1]);
+    assert_eq!(values[2], 448.0);
+    assert!(values[32 + 3].is_nan(), "{}", values[32 + 3]);
+    let w = Fp8Rows::quantize(&Array::ones(&[16, 32], Dtype::F32));
+    let product = f32s(&mlx::ops::fp8_matmul(&q, &w, Dtype::F32));
+    assert!(product.iter().all(|p| p.is_nan()), "{product:?}");
 }
 
 #[test]

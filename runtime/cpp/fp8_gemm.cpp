@@ -11,6 +11,7 @@
 #include <cublasLt.h>
 
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -34,6 +35,9 @@ struct Lt {
   decltype(&cublasLtMatrixLayoutCreate) layout_create;
   decltype(&cublasLtMatmulPreferenceCreate) pref_create;
   decltype(&cublasLtMatmulPreferenceSetAttribute) pref_set;
+  decltype(&cublasLtMatmulPreferenceDestroy) pref_destroy;
+  decltype(&cublasLtMatmulDescDestroy) desc_destroy;
+  decltype(&cublasLtMatrixLayoutDestroy) layout_destroy;
   decltype(&cublasLtMatmulAlgoGetHeuristic) heuristic;
   decltype(&cublasLtMatmul) matmul;
   cublasLtHandle_t handle = nullptr;
@@ -72,6 +76,9 @@ const Lt& lt() {
     bind(lib, l.layout_create, "cublasLtMatrixLayoutCreate");
     bind(lib, l.pref_create, "cublasLtMatmulPreferenceCreate");
     bind(lib, l.pref_set, "cublasLtMatmulPreferenceSetAttribute");
+    bind(lib, l.pref_destroy, "cublasLtMatmulPreferenceDestroy");
+    bind(lib, l.desc_destroy, "cublasLtMatmulDescDestroy");
+    bind(lib, l.layout_destroy, "cublasLtMatrixLayoutDestroy");
     bind(lib, l.heuristic, "cublasLtMatmulAlgoGetHeuristic");
     bind(lib, l.matmul, "cublasLtMatmul");
     check(l.create(&l.handle), "cublasLtCreate");
@@ -93,22 +100,30 @@ enum class Scaling { Outer, After };
 // out[M, N] = x[M, K] · w[N, K]ᵀ is column-major outᵀ = w · xᵀ: A = w (transposed), B = x,
 // the "TN" layout cuBLASLt's FP8 kernels require.
 struct Plan {
-  cublasLtMatmulDesc_t desc;
-  cublasLtMatrixLayout_t a, b, d;
-  cublasLtMatmulHeuristicResult_t algo;
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulHeuristicResult_t algo{};
+  // Held from setting an outer-scaled product's scale pointers in `desc` to its launch:
+  // products of one shape share the plan.
+  std::unique_ptr<std::mutex> launch = std::make_unique<std::mutex>();
+
+  // Frees what was made of a plan cuBLASLt has no kernel for (found plans live as long as
+  // the process).
+  void release(const Lt& l) {
+    if (desc) {
+      l.desc_destroy(desc);
+    }
+    for (auto layout : {a, b, d}) {
+      if (layout) {
+        l.layout_destroy(layout);
+      }
+    }
+  }
 };
 
-// A plan, or nullptr where cuBLASLt has no kernel for it on this GPU.
-const Plan* plan(int m, int n, int k, mx::Dtype out, Scaling scaling) {
-  static std::mutex mutex;
-  static std::map<std::tuple<int, int, int, int, Scaling>, std::optional<Plan>> plans;
-  std::lock_guard lock(mutex);
-  auto key = std::make_tuple(m, n, k, static_cast<int>(out.val()), scaling);
-  if (auto found = plans.find(key); found != plans.end()) {
-    return found->second ? &*found->second : nullptr;
-  }
-  const Lt& l = lt();
-  Plan p{};
+// Fills `p` with the descriptors of the product and cuBLASLt's algorithm for it; false
+// where cuBLASLt has no kernel for it on this GPU. Throws on any other failure.
+bool find_algorithm(const Lt& l, Plan& p, int m, int n, int k, mx::Dtype out, Scaling scaling) {
   check(l.desc_create(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
   cublasOperation_t t = CUBLAS_OP_T, no = CUBLAS_OP_N;
   check(l.desc_set(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t), "setting TRANSA");
@@ -131,17 +146,45 @@ const Plan* plan(int m, int n, int k, mx::Dtype out, Scaling scaling) {
   check(l.layout_create(&p.d, d_type, n, m, n), "layout of the output");
   cublasLtMatmulPreference_t pref;
   check(l.pref_create(&pref), "cublasLtMatmulPreferenceCreate");
-  check(
-      l.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace, sizeof kWorkspace),
-      "workspace preference");
+  if (cublasStatus_t set = l.pref_set(
+          pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspace, sizeof kWorkspace);
+      set != CUBLAS_STATUS_SUCCESS) {
+    l.pref_destroy(pref);
+    check(set, "workspace preference");
+  }
   int found = 0;
   cublasStatus_t status =
       l.heuristic(l.handle, p.desc, p.a, p.b, p.d, p.d, pref, 1, &p.algo, &found);
-  if (status != CUBLAS_STATUS_SUCCESS || found == 0) {
-    plans.emplace(key, std::nullopt);
-    return nullptr;
+  l.pref_destroy(pref);
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0)) {
+    return false;
   }
-  return &*plans.emplace(key, p).first->second;
+  check(status, "cublasLtMatmulAlgoGetHeuristic");
+  return true;
+}
+
+// A plan, or nullptr where cuBLASLt has no kernel for it on this GPU.
+const Plan* plan(int m, int n, int k, mx::Dtype out, Scaling scaling) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int, int, int, Scaling>, std::optional<Plan>> plans;
+  std::lock_guard lock(mutex);
+  auto key = std::make_tuple(m, n, k, static_cast<int>(out.val()), scaling);
+  if (auto found = plans.find(key); found != plans.end()) {
+    return found->second ? &*found->second : nullptr;
+  }
+  const Lt& l = lt();
+  Plan p;
+  try {
+    if (!find_algorithm(l, p, m, n, k, out, scaling)) {
+      p.release(l);
+      plans.emplace(key, std::nullopt);
+      return nullptr;
+    }
+  } catch (...) {
+    p.release(l);
+    throw;
+  }
+  return &*plans.emplace(key, std::move(p)).first->second;
 }
 
 // x [M, K] · w [N, K]ᵀ for E4M3 bytes, times x_scale [M] and w_scale [N] (inputs 2 and 3)
@@ -176,7 +219,9 @@ class Fp8Matmul : public mx::UnaryPrimitive {
       encoder.set_input_array(input);
     }
     encoder.set_output_array(out);
+    std::unique_lock launch(*p->launch, std::defer_lock);
     if (scaling_ == Scaling::Outer) {
+      launch.lock();
       // A is the weight, B the activations (see Plan).
       const void* a_scale = mx::gpu_ptr<void>(inputs[3]);
       const void* b_scale = mx::gpu_ptr<void>(inputs[2]);
@@ -221,20 +266,11 @@ bool fp8_gemm_supported(const mx::Device& device) {
   return gpu.compute_capability_major() * 10 + gpu.compute_capability_minor() >= 89;
 }
 
-namespace {
-
-std::string shape_of(int m, int n, int k) {
-  return std::to_string(m) + "x" + std::to_string(k) + " by " + std::to_string(k) + "x" +
-      std::to_string(n);
-}
-
-}  // namespace
-
-mx::array fp8_gemm(const mx::array& x, const mx::array& w, mx::Dtype out, mx::Stream stream) {
+std::optional<mx::array> fp8_gemm(
+    const mx::array& x, const mx::array& w, mx::Dtype out, mx::Stream stream) {
   int m = x.shape(0), k = x.shape(1), n = w.shape(0);
   if (!plan(m, n, k, out, Scaling::After)) {
-    throw std::runtime_error(
-        "[fp8_matmul] cuBLASLt has no FP8 kernel for " + shape_of(m, n, k) + " on this GPU");
+    return std::nullopt;
   }
   // cuBLASLt reads both as dense row-major K-contiguous matrices.
   return mx::array(

@@ -11,13 +11,15 @@ namespace mlxs {
 bool fp8_gemm_supported(const mlx::core::Device& device);
 
 // x[M, K] · w[N, K]ᵀ for uint8 arrays holding E4M3, accumulated in float32 and written in
-// `out`; K and N must be multiples of 16.
-mlx::core::array fp8_gemm(
+// `out` (float16, bfloat16 or float32); K and N must be multiples of 16. nullopt where
+// cuBLASLt has no kernel for the product on the GPU.
+std::optional<mlx::core::array> fp8_gemm(
     const mlx::core::array& x, const mlx::core::array& w, mlx::core::Dtype out,
     mlx::core::Stream stream);
 
-// The same product times x_scale[M, 1] and w_scale[1, N] (float32) in cuBLASLt's epilogue,
-// where it has outer-vector scaling for the GPU; nullopt where it has not.
+// The same product, row i and column j times x_scale[i] and w_scale[j] (x_scale [M] and
+// w_scale [N], float32) in cuBLASLt's epilogue, where it has outer-vector scaling for the
+// GPU; nullopt where it has not.
 std::optional<mlx::core::array> fp8_gemm_scaled(
     const mlx::core::array& x, const mlx::core::array& x_scale, const mlx::core::array& w,
     const mlx::core::array& w_scale, mlx::core::Dtype out, mlx::core::Stream stream);

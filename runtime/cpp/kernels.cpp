@@ -8,7 +8,9 @@
 
 #include <cstdio>
 #include <stdexcept>
+#include <sstream>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "mlx/mlx.h"
@@ -16,18 +18,34 @@
 namespace mx = mlx::core;
 
 namespace mlxs {
-namespace {
 
-std::string shape_string(const mx::array& a) {
-  std::string s = "[";
+std::string describe(const mx::array& a) {
+  std::ostringstream s;
+  s << "[";
   for (int i = 0; i < static_cast<int>(a.ndim()); ++i) {
-    s += (i ? ", " : "") + std::to_string(a.shape(i));
+    s << (i ? ", " : "") << a.shape(i);
   }
-  return s + "]";
+  s << "] " << a.dtype();
+  return s.str();
 }
+
+namespace {
 
 bool on_cuda_gpu() {
   return fused_kernels_enabled() && mx::default_device().type == mx::Device::gpu;
+}
+
+// Whether the default device is a CUDA GPU that converts to E4M3 in hardware (compute
+// capability 8.9 on: the PTX `cvt` to e4m3x2 exists from sm_89).
+bool converts_to_e4m3(const mx::Device& device) {
+  const auto& info = mx::device_info(device);
+  auto number = [&](const char* key) -> size_t {
+    auto found = info.find(key);
+    return found != info.end() && std::holds_alternative<size_t>(found->second)
+        ? std::get<size_t>(found->second)
+        : 0;
+  };
+  return number("compute_capability_major") * 10 + number("compute_capability_minor") >= 89;
 }
 
 std::string float_literal(float v) {
@@ -431,8 +449,8 @@ std::vector<mx::array> residual_rms_norm(
   }
   if (x && x->shape() != y.shape()) {
     throw std::invalid_argument(
-        "[residual_rms_norm] the residual " + shape_string(*x) + " and the sublayer's output " +
-        shape_string(y) + " differ in shape");
+        "[residual_rms_norm] the residual " + describe(*x) + " and the sublayer's output " +
+        describe(y) + " differ in shape");
   }
   bool fits = on_cuda_gpu() && y.ndim() == 3 && y.size() > 0 &&
       mx::issubdtype(y.dtype(), mx::floating) &&
@@ -494,7 +512,7 @@ std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {
   if (x.ndim() == 0 || !mx::issubdtype(x.dtype(), mx::floating)) {
     throw std::invalid_argument(
         "[fp8_quantize] takes a floating-point array with rows along its last axis, found " +
-        shape_string(x));
+        describe(x));
   }
   int k = x.shape(-1);
   mx::Shape rows_shape(x.shape().begin(), x.shape().end() - 1);
@@ -503,7 +521,8 @@ std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {
     return {mx::zeros(x.shape(), mx::uint8), mx::ones(rows_shape, mx::float32)};
   }
   double rows = static_cast<double>(x.size()) / k;
-  if (on_cuda_gpu() && x.dtype() != mx::float64 && rows * kFp8Threads < 2147483647.0) {
+  if (on_cuda_gpu() && converts_to_e4m3(mx::default_device()) && x.dtype() != mx::float64 &&
+      rows * kFp8Threads < 2147483647.0) {
     auto kernel = mx::fast::cuda_kernel(
         "mlxs_fp8_quantize", {"x"}, {"q", "scale"}, fp8_quantize_source(), kHeader);
     int pack = 16 / static_cast<int>(mx::size_of(x.dtype()));
@@ -514,9 +533,17 @@ std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {
         std::nullopt, false, {});
     return {outs[0], outs[1]};
   }
-  mx::array amax = mx::max(mx::abs(mx::astype(x, mx::float32)), -1, true);
+  // As the kernel computes it: the largest magnitude passes NaNs over (fmaxf), and what
+  // divides to NaN (a NaN, or an infinity over an infinite scale) is E4M3's NaN, 0x7f,
+  // where MLX's to_fp8 would saturate it to 448.
+  mx::array x32 = mx::astype(x, mx::float32);
+  mx::array magnitude = mx::abs(x32);
+  mx::array amax =
+      mx::max(mx::where(mx::isnan(magnitude), mx::array(0.0f), magnitude), -1, true);
   mx::array scale = mx::where(amax > 0.0f, amax / 448.0f, mx::array(1.0f));
-  mx::array q = mx::to_fp8(mx::astype(x, mx::float32) / scale);
+  mx::array scaled = x32 / scale;
+  mx::array q = mx::where(
+      mx::isnan(scaled), mx::array(static_cast<uint8_t>(0x7f)), mx::to_fp8(scaled));
   return {q, mx::squeeze(scale, -1)};
 }
 
@@ -526,7 +553,7 @@ mx::array rope_table(
   if (x.ndim() == 0 || x.shape(-1) % 2 != 0) {
     throw std::invalid_argument(
         "[rope_table] the last axis holds pairs: its length must be even, found shape " +
-        shape_string(x));
+        describe(x));
   }
   if (weight && (weight->ndim() != 1 || weight->shape(0) != x.shape(-1))) {
     throw std::invalid_argument(

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -36,6 +37,9 @@ std::vector<mlx::core::array> residual_rms_norm(
 // a row of zeros), `q = e4m3(row / scale)` (uint8 bit patterns, rounded to nearest even).
 // Returns {q, scale}, scale in float32 with x's shape less its last axis.
 std::pair<mlx::core::array, mlx::core::array> fp8_quantize(const mlx::core::array& x);
+
+// "[2, 3] uint8": an array's shape and dtype, for error messages.
+std::string describe(const mlx::core::array& a);
 
 // Whether the kernels of this file run (CUDA GPUs, unless MLX_RS_FUSED_KERNELS=0).
 bool fused_kernels_enabled();

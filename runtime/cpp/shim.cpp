@@ -809,17 +809,6 @@ bool fp8_kernel_runs(const mx::Device& device, int n, int k) {
 #endif
 }
 
-// "[2, 3] uint8", for error messages.
-std::string describe(const mx::array& a) {
-  std::ostringstream s;
-  s << "[";
-  for (int i = 0; i < static_cast<int>(a.ndim()); ++i) {
-    s << (i ? ", " : "") << a.shape(i);
-  }
-  s << "] " << a.dtype();
-  return s.str();
-}
-
 }  // namespace
 
 int mlxs_fp8_quantize(const mlxs_array* x, mlxs_vec** out) {
@@ -837,27 +826,34 @@ int mlxs_fp8_matmul(
     const mx::array& b = w->a;
     const mx::array& sa = x_scale->a;
     const mx::array& sb = w_scale->a;
-    if (a.ndim() < 2 || b.ndim() != 2 || a.shape(-1) != b.shape(1) || a.dtype() != mx::uint8 ||
+    if (a.ndim() < 1 || b.ndim() != 2 || a.shape(-1) != b.shape(1) || a.dtype() != mx::uint8 ||
         b.dtype() != mx::uint8) {
       throw std::invalid_argument(
-          "fp8_matmul takes uint8 E4M3 rows x [..., K] and w [N, K], found x " + describe(a) +
-          " and w " + describe(b));
+          "fp8_matmul takes uint8 E4M3 rows x [..., K] and w [N, K], found x " +
+          mlxs::describe(a) + " and w " + mlxs::describe(b));
     }
     mx::Shape rows(a.shape().begin(), a.shape().end() - 1);
     if (sa.shape() != rows || sb.shape() != mx::Shape{b.shape(0)} ||
         !mx::issubdtype(sa.dtype(), mx::floating) || !mx::issubdtype(sb.dtype(), mx::floating)) {
       throw std::invalid_argument(
-          "fp8_matmul takes float scales, one per row of x and of w, found " + describe(sa) +
-          " and " + describe(sb));
+          "fp8_matmul takes float scales, one per row of x and of w, found " +
+          mlxs::describe(sa) + " and " + mlxs::describe(sb));
     }
     mx::Dtype d = to_dtype(dtype);
+    if (!mx::issubdtype(d, mx::floating)) {
+      std::ostringstream name;
+      name << d;
+      throw std::invalid_argument("fp8_matmul writes a floating-point dtype, not " + name.str());
+    }
     mx::Shape shape = rows;
     shape.push_back(b.shape(0));
     std::optional<mx::array> product;
 #ifdef MLXS_FP8
     mx::Stream stream = mx::default_stream(mx::default_device());
-    // cuBLASLt takes no empty operands; the composed product of nothing is well defined.
-    if (a.size() > 0 && b.size() > 0 &&
+    // cuBLASLt takes no empty operands (the composed product of nothing is well defined)
+    // and writes half, bfloat16 or single precision.
+    bool written = d == mx::float16 || d == mx::bfloat16 || d == mx::float32;
+    if (written && a.size() > 0 && b.size() > 0 &&
         fp8_kernel_runs(stream.device, b.shape(0), a.shape(-1))) {
       auto a2 = mx::reshape(a, {-1, a.shape(-1)}, stream);
       auto sa2 = mx::reshape(sa, {-1}, stream);
@@ -865,7 +861,12 @@ int mlxs_fp8_matmul(
         *out = wrap(mx::reshape(*scaled, shape, stream));
         return;
       }
-      product = mx::reshape(mlxs::fp8_gemm(a2, b, d, stream), shape, stream);
+      // Unscaled, products of E4M3 values run past float16's largest (65504) at the
+      // widths of a transformer: float16 results are scaled from single precision.
+      mx::Dtype unscaled = d == mx::float16 ? mx::float32 : d;
+      if (auto raw = mlxs::fp8_gemm(a2, b, unscaled, stream)) {
+        product = mx::reshape(*raw, shape, stream);
+      }
     }
 #endif
     if (!product) {

@@ -277,9 +277,10 @@ int mlxs_from_fp8(const mlxs_array* x, int dtype, mlxs_array** out);
 // kernels.h's fp8_quantize: per-row E4M3 bytes and float32 scales over the last axis.
 // Out: {q, scale}.
 int mlxs_fp8_quantize(const mlxs_array* x, mlxs_vec** out);
-// (x[..., K] · w[N, K]ᵀ) · x_scale[..., 1] · w_scale[N] for E4M3 operands, in `dtype`: on
-// a GPU with FP8 tensor cores (CUDA builds) cuBLASLt's FP8 kernel, elsewhere the
-// dequantized product in float32.
+// x[..., K] · w[N, K]ᵀ for E4M3 operands, each row of x times its x_scale (shape x's less
+// its last axis) and each column times w_scale[N], in the floating-point `dtype`: on a GPU
+// with FP8 tensor cores (CUDA builds) cuBLASLt's FP8 kernel, elsewhere the dequantized
+// product in float32.
 int mlxs_fp8_matmul(
     const mlxs_array* x, const mlxs_array* x_scale, const mlxs_array* w,
     const mlxs_array* w_scale, int dtype, mlxs_array** out);

@@ -40,7 +40,9 @@ pub struct Fp8Rows {
 
 impl Fp8Rows {
     /// Quantizes `x` row by row along its last axis, rounding to nearest even; a row of
-    /// zeros gets scale 1. One kernel on CUDA GPUs (a block per row), MLX's ops elsewhere.
+    /// zeros (or of nothing) gets scale 1. NaNs are passed over by the scale and stay NaN;
+    /// an infinity makes its row's scale infinite. One kernel on CUDA GPUs that convert to
+    /// E4M3 in hardware (compute capability 8.9 on; a block per row), MLX's ops elsewhere.
     #[track_caller]
     pub fn quantize(x: &Array) -> Fp8Rows {
         let outs = crate::array_list::op_list("fp8_quantize", &[x], |r, out| {
@@ -76,7 +78,7 @@ impl Fp8Rows {
 }
 
 /// `x · wᵀ` for per-row E4M3 arrays `x: [..., K]` and `w: [N, K]` (each row times its
-/// scale), `[..., N]` in `dtype`. Where [`fp8_kernel`] says so, one cuBLASLt FP8 kernel
+/// scale), `[..., N]` in the floating-point `dtype`. Where [`fp8_kernel`] says so, one cuBLASLt FP8 kernel
 /// accumulating in float32, the scales applied in its epilogue where cuBLASLt can (else in
 /// one element-wise pass, which MLX's compiler may fuse with what follows); elsewhere the
 /// product of the dequantized operands in float32, which is the same up to rounding.
