@@ -11,7 +11,7 @@ use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
-use mlx::io::{load_checkpoint, load_safetensors, save_safetensors, Checkpoint};
+use mlx::io::{load_checkpoint, load_safetensors, save_checkpoint, save_safetensors, Checkpoint};
 use mlx::ops::{QuantMode, Quantized};
 use mlx::{random, Array, Dtype, Element, Error};
 use serde_json::{json, Value};
@@ -850,4 +850,44 @@ fn bool_bytes_are_normalized_on_load() {
         .item::<i32>()
         .unwrap();
     assert_eq!(count, 2);
+}
+
+#[test]
+fn checkpoints_are_written_in_their_dtype_but_for_fp8_scales() {
+    let dir = tempdir();
+    let f32s = |shape: &[i32]| Array::ones(shape, Dtype::F32);
+    let (packed, bytes) = (
+        Array::zeros(&[4, 1], Dtype::U32),
+        Array::zeros(&[4, 16], Dtype::U8),
+    );
+    let (dense, scales, fp8_scales) = (f32s(&[4, 16]), f32s(&[4, 1]), f32s(&[4]));
+    save_checkpoint(
+        dir.path(),
+        "model.safetensors",
+        [
+            ("dense.weight", &dense),
+            // An MLX format: packed words, scales in the weights' dtype.
+            ("affine.weight", &packed),
+            ("affine.weight_scale", &scales),
+            ("affine.weight_qbias", &scales),
+            // fp8: byte weights, float32 scales whatever the weights' dtype.
+            ("fp8.weight", &bytes),
+            ("fp8.weight_scale", &fp8_scales),
+        ],
+        Dtype::Bf16,
+        "{}",
+    )
+    .unwrap();
+    let file = load_safetensors(dir.path().join("model.safetensors")).unwrap();
+    let dtype = |name: &str| file.tensors[name].dtype();
+    for (name, expected) in [
+        ("dense.weight", Dtype::Bf16),
+        ("affine.weight", Dtype::U32),
+        ("affine.weight_scale", Dtype::Bf16),
+        ("affine.weight_qbias", Dtype::Bf16),
+        ("fp8.weight", Dtype::U8),
+        ("fp8.weight_scale", Dtype::F32),
+    ] {
+        assert_eq!(dtype(name), expected, "{name}");
+    }
 }

@@ -1,6 +1,6 @@
 //! Checkpoints that may be sharded over several safetensors files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -225,9 +225,9 @@ pub const SCALE_SUFFIX: &str = ".weight_scale";
 /// Writes a checkpoint directory as diffusers and transformers lay one out: the tensors in
 /// one safetensors file named `weights_file` (with PyTorch's `format` metadata) and
 /// `config` (JSON text) as `config.json`, creating `dir`. Floating-point tensors are
-/// written in `dtype`, but for quantization scales (`*.weight_scale`), whose format fixes
-/// their dtype (`fp8`'s are float32 whatever the weights'); integer ones (a quantized
-/// layer's packed words and byte scales) keep theirs.
+/// written in `dtype` but for the scales of FP8 byte weights (`<layer>.weight_scale` beside
+/// a uint8 `<layer>.weight`: `fp8`'s, float32 whatever the weights' dtype); integer ones (a
+/// quantized layer's packed words and byte scales) keep theirs.
 pub fn save_checkpoint<'a, S: AsRef<str>>(
     dir: &Path,
     weights_file: &str,
@@ -242,14 +242,23 @@ pub fn save_checkpoint<'a, S: AsRef<str>>(
             format!("checkpoints are written in a float dtype, not {dtype}"),
         ));
     }
-    let stored: Vec<(S, Array)> = tensors
-        .into_iter()
+    let tensors: Vec<(S, &Array)> = tensors.into_iter().collect();
+    let byte_weights: HashSet<&str> = tensors
+        .iter()
+        .filter(|(_, array)| array.dtype() == Dtype::U8)
+        .filter_map(|(name, _)| name.as_ref().strip_suffix(".weight"))
+        .collect();
+    let fp8_scale = |name: &str| {
+        name.strip_suffix(SCALE_SUFFIX)
+            .is_some_and(|layer| byte_weights.contains(layer))
+    };
+    let stored: Vec<(&S, Array)> = tensors
+        .iter()
         .map(|(name, array)| {
-            let scale = name.as_ref().ends_with(SCALE_SUFFIX);
-            let array = if array.dtype().is_float() && !scale {
+            let array = if array.dtype().is_float() && !fp8_scale(name.as_ref()) {
                 array.astype(dtype)
             } else {
-                array.clone()
+                (*array).clone()
             };
             (name, array)
         })
