@@ -35,8 +35,8 @@ bool on_cuda_gpu() {
   return fused_kernels_enabled() && mx::default_device().type == mx::Device::gpu;
 }
 
-// Whether the default device is a CUDA GPU that converts to E4M3 in hardware (compute
-// capability 8.9 on: the PTX `cvt` to e4m3x2 exists from sm_89).
+// Whether `device` is a CUDA GPU that converts to E4M3 in hardware (compute capability 8.9
+// on: the PTX `cvt` to e4m3x2 exists from sm_89).
 bool converts_to_e4m3(const mx::Device& device) {
   const auto& info = mx::device_info(device);
   auto number = [&](const char* key) -> size_t {
@@ -552,7 +552,7 @@ mx::array rope_table(
     const std::optional<mx::array>& weight, float eps) {
   if (x.ndim() == 0 || x.shape(-1) % 2 != 0) {
     throw std::invalid_argument(
-        "[rope_table] the last axis holds pairs: its length must be even, found shape " +
+        "[rope_table] the last axis holds pairs: its length must be even, found " +
         describe(x));
   }
   if (weight && (weight->ndim() != 1 || weight->shape(0) != x.shape(-1))) {
