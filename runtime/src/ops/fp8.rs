@@ -79,10 +79,10 @@ impl Fp8Rows {
 
 /// `x · wᵀ` for per-row E4M3 arrays `x: [..., K]` and `w: [N, K]` (each row times its
 /// scale), `[..., N]` in the floating-point `dtype`. Where [`fp8_kernel`] says so, one
-/// cuBLASLt FP8 kernel accumulating in float32, the scales applied in its epilogue where
-/// cuBLASLt can (else in one element-wise pass, which MLX's compiler may fuse with what
-/// follows); elsewhere the product of the dequantized operands in float32, which is the
-/// same up to rounding.
+/// cuBLASLt FP8 kernel with the tensor cores' fast accumulation, the scales applied in its
+/// epilogue where cuBLASLt can (else in one element-wise pass, which MLX's compiler may fuse
+/// with what follows); elsewhere the product of the dequantized operands in float32, which
+/// is the same up to rounding.
 #[track_caller]
 pub fn fp8_matmul(x: &Fp8Rows, w: &Fp8Rows, dtype: Dtype) -> Array {
     op(
