@@ -279,15 +279,6 @@ class Fp8Matmul : public mx::UnaryPrimitive {
 
 }  // namespace
 
-bool fp8_gemm_supported(const mx::Device& device) {
-  if (device.type != mx::Device::gpu) {
-    return false;
-  }
-  auto& gpu = mx::cu::device(device);
-  // E4M3 tensor cores: Ada (8.9) and Hopper (9.0) onwards.
-  return gpu.compute_capability_major() * 10 + gpu.compute_capability_minor() >= 89;
-}
-
 std::optional<mx::array> fp8_gemm(
     const mx::array& x, const mx::array& w, mx::Dtype out, mx::Stream stream) {
   int m = x.shape(0), k = x.shape(1), n = w.shape(0);

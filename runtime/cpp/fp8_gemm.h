@@ -7,9 +7,6 @@
 
 namespace mlxs {
 
-// Whether `device` is a GPU with E4M3 tensor cores (compute capability 8.9 or later).
-bool fp8_gemm_supported(const mlx::core::Device& device);
-
 // x[M, K] · w[N, K]ᵀ for uint8 arrays holding E4M3, accumulated in float32 and written in
 // `out` (float16, bfloat16 or float32); K and N must be multiples of 16. nullopt where
 // cuBLASLt has no kernel for the product on the GPU.

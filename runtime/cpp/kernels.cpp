@@ -19,6 +19,20 @@ namespace mx = mlx::core;
 
 namespace mlxs {
 
+bool has_fp8_hardware(const mx::Device& device) {
+  if (device.type != mx::Device::gpu) {
+    return false;
+  }
+  const auto& info = mx::device_info(device);
+  auto number = [&](const char* key) -> size_t {
+    auto found = info.find(key);
+    return found != info.end() && std::holds_alternative<size_t>(found->second)
+        ? std::get<size_t>(found->second)
+        : 0;
+  };
+  return number("compute_capability_major") * 10 + number("compute_capability_minor") >= 89;
+}
+
 std::string describe(const mx::array& a) {
   std::ostringstream s;
   s << "[";
@@ -33,19 +47,6 @@ namespace {
 
 bool on_cuda_gpu() {
   return fused_kernels_enabled() && mx::default_device().type == mx::Device::gpu;
-}
-
-// Whether `device` is a CUDA GPU that converts to E4M3 in hardware (compute capability 8.9
-// on: the PTX `cvt` to e4m3x2 exists from sm_89).
-bool converts_to_e4m3(const mx::Device& device) {
-  const auto& info = mx::device_info(device);
-  auto number = [&](const char* key) -> size_t {
-    auto found = info.find(key);
-    return found != info.end() && std::holds_alternative<size_t>(found->second)
-        ? std::get<size_t>(found->second)
-        : 0;
-  };
-  return number("compute_capability_major") * 10 + number("compute_capability_minor") >= 89;
 }
 
 std::string float_literal(float v) {
@@ -521,7 +522,7 @@ std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {
     return {mx::zeros(x.shape(), mx::uint8), mx::ones(rows_shape, mx::float32)};
   }
   double rows = static_cast<double>(x.size()) / k;
-  if (on_cuda_gpu() && converts_to_e4m3(mx::default_device()) && x.dtype() != mx::float64 &&
+  if (on_cuda_gpu() && has_fp8_hardware(mx::default_device()) && x.dtype() != mx::float64 &&
       rows * kFp8Threads < 2147483647.0) {
     auto kernel = mx::fast::cuda_kernel(
         "mlxs_fp8_quantize", {"x"}, {"q", "scale"}, fp8_quantize_source(), kHeader);

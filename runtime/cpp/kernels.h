@@ -38,6 +38,11 @@ std::vector<mlx::core::array> residual_rms_norm(
 // Returns {q, scale}, scale in float32 with x's shape less its last axis.
 std::pair<mlx::core::array, mlx::core::array> fp8_quantize(const mlx::core::array& x);
 
+// Whether `device` is a CUDA GPU of compute capability 8.9 or later (Ada, Hopper on): the
+// generation that converts to E4M3 in hardware (PTX `cvt` to e4m3x2) and has E4M3 tensor
+// cores.
+bool has_fp8_hardware(const mlx::core::Device& device);
+
 // "[2, 3] uint8": an array's shape and dtype, for error messages.
 std::string describe(const mlx::core::array& a);
 

@@ -802,7 +802,7 @@ namespace {
 // N elements aligned as much.
 bool fp8_kernel_runs(const mx::Device& device, int n, int k) {
 #ifdef MLXS_FP8
-  return n % 16 == 0 && k % 16 == 0 && mlxs::fp8_gemm_supported(device);
+  return n % 16 == 0 && k % 16 == 0 && mlxs::has_fp8_hardware(device);
 #else
   (void)device, (void)n, (void)k;
   return false;
