@@ -1390,6 +1390,56 @@ fn fp8_rows_quantize_to_the_nearest_e4m3_step_of_their_scale() {
 }
 
 #[test]
+fn fp8_rows_of_a_swiglu_are_those_of_its_product() {
+    // Rows of 4096 and 100 values (the GPU kernel's packed and single-value paths), in the
+    // compute dtypes; leading axes are rows. The GPU kernel computes the product in its own
+    // registers, so it may round an element one bfloat16 step the other way: its scale
+    // within a step of the composed one, its bytes within one E4M3 step.
+    for (shape, dtype) in [
+        (&[2, 3, 4096][..], Dtype::Bf16),
+        (&[5, 100][..], Dtype::Bf16),
+        (&[2, 3, 4096][..], Dtype::F32),
+    ] {
+        let gate = (random::normal(shape, Dtype::F32, &random::key(21)) * 3.0).astype(dtype);
+        let up = random::normal(shape, Dtype::F32, &random::key(22)).astype(dtype);
+        let fused = Fp8Rows::quantize_swiglu(&gate, &up);
+        let composed = Fp8Rows::quantize(&(gate.silu() * &up));
+        assert_eq!(fused.values.shape(), shape);
+        assert_eq!(fused.scales.shape(), &shape[..shape.len() - 1]);
+        for (f, c) in f32s(&fused.scales).iter().zip(f32s(&composed.scales)) {
+            assert!(
+                (f - c).abs() <= c * 2f32.powi(-7),
+                "{dtype:?}: scale {f} vs {c}"
+            );
+        }
+        let bytes = |q: &Fp8Rows| q.values.to_vec::<u8>().unwrap();
+        let (f, c) = (bytes(&fused), bytes(&composed));
+        let differ = f.iter().zip(&c).filter(|(a, b)| a != b).count();
+        assert!(
+            f.iter().zip(&c).all(|(a, b)| a.abs_diff(*b) <= 1) && differ * 1000 <= f.len(),
+            "{dtype:?} {shape:?}: {differ} of {} bytes differ",
+            f.len()
+        );
+    }
+    // Operands that do not pair are an error naming the op and both.
+    let gate = Array::ones(&[2, 16], Dtype::Bf16);
+    for up in [
+        Array::ones(&[2, 8], Dtype::Bf16),
+        Array::ones(&[2, 16], Dtype::F32),
+    ] {
+        let err = Fp8Rows::quantize_swiglu(&gate, &up)
+            .scales
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("fp8_quantize_swiglu") && err.contains("[2, 16] bfloat16"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn fp8_products_write_any_float_dtype_from_rows_of_any_rank() {
     // At a transformer's widths the unscaled products of E4M3 values pass float16's
     // largest (65504): a float16 result must still be the float32 one, rounded.

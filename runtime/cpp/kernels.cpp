@@ -135,18 +135,54 @@ __device__ inline unsigned short e4m3x2(float lo, float hi) {
   return pair;
 }
 
-// One row of K values by one block of THREADS threads: its largest magnitude over 448 is
-// the row's scale, and the values over the scale are stored as E4M3 bytes. Two reads of the
-// row (the second from cache) rather than registers: rows run to tens of thousands.
-template <int V, int K, int THREADS, typename T>
+// Packs of V consecutive values of a row of an array, as float.
+template <typename T>
+struct Values {
+  const T* x;
+  template <int V>
+  __device__ void operator()(long i, float (&v)[V]) const {
+    load_pack<V>(x + i, v);
+  }
+};
+
+template <typename T>
+__device__ inline float rounded(float v) {
+  return static_cast<float>(static_cast<T>(v));
+}
+
+// Packs of V consecutive values of `silu(gate) * up` = `gate * sigmoid(gate) * up`, each
+// operation as MLX's CUDA kernels compute it in T (its sigmoid from e^|x|, for either sign).
+template <typename T>
+struct SwiGlu {
+  const T* gate;
+  const T* up;
+  template <int V>
+  __device__ void operator()(long i, float (&v)[V]) const {
+    float g[V], u[V];
+    load_pack<V>(gate + i, g);
+    load_pack<V>(up + i, u);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const float y = rounded<T>(1.0f / rounded<T>(1.0f + rounded<T>(expf(fabsf(g[k])))));
+      const float sigmoid = g[k] < 0.0f ? y : rounded<T>(1.0f - y);
+      v[k] = rounded<T>(rounded<T>(g[k] * sigmoid) * u[k]);
+    }
+  }
+};
+
+// One row of K values (packs of V from `load`) by one block of THREADS threads: its largest
+// magnitude over 448 is the row's scale, and the values over the scale are stored as E4M3
+// bytes. Two passes over the row (the second from cache) rather than registers: rows run to
+// tens of thousands.
+template <int V, int K, int THREADS, typename Load>
 __device__ void fp8_quantize_row(
-    long row, const T* x, unsigned char* q, float* scale, float* partial) {
-  const T* xr = x + row * K;
-  unsigned char* qr = q + row * K;
+    long row, const Load& load, unsigned char* q, float* scale, float* partial) {
+  const long base = row * K;
+  unsigned char* qr = q + base;
   float amax = 0.0f;
   for (int i = threadIdx.x * V; i < K; i += THREADS * V) {
     float v[V];
-    load_pack<V>(xr + i, v);
+    load(base + i, v);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       amax = fmaxf(amax, fabsf(v[k]));
@@ -160,7 +196,7 @@ __device__ void fp8_quantize_row(
   }
   for (int i = threadIdx.x * V; i < K; i += THREADS * V) {
     float v[V];
-    load_pack<V>(xr + i, v);
+    load(base + i, v);
     if constexpr (V == 1) {
       qr[i] = static_cast<unsigned char>(e4m3x2(__fdiv_rn(v[0], s), 0.0f) & 0xff);
     } else {
@@ -214,7 +250,7 @@ __device__ void residual_rms_norm_row(
             u *= at(gate, item + i + k);
           }
           // The stream is stored in T; the next norm reads what was stored.
-          v[c][k] = static_cast<float>(static_cast<T>(xs[k] + u));
+          v[c][k] = rounded<T>(xs[k] + u);
           ss += v[c][k] * v[c][k];
         }
         store_pack<V>(h + base + i, v[c]);
@@ -401,17 +437,23 @@ std::string residual_rms_norm_source(bool residual, bool out, float y_eps, float
 constexpr int kFp8Threads = 256;
 
 // Packs of 16 bytes of input where the row length and the pointers allow, else value by
-// value.
-std::string fp8_quantize_source() {
-  return R"(
+// value. The input is x, or `silu(gate) * up` for a SwiGLU's.
+std::string fp8_quantize_source(bool swiglu) {
+  std::string src = R"(
   __shared__ float partial[32];
-  const unsigned long addresses = reinterpret_cast<unsigned long>(x);
+  const unsigned long addresses = ADDRESSES;
   if (VEC > 1 && addresses % 16 == 0 && reinterpret_cast<unsigned long>(q) % VEC == 0) {
-    fp8_quantize_row<VEC, K, THREADS>(blockIdx.x, x, q, scale, partial);
+    fp8_quantize_row<VEC, K, THREADS>(blockIdx.x, LOAD, q, scale, partial);
   } else {
-    fp8_quantize_row<1, K, THREADS>(blockIdx.x, x, q, scale, partial);
+    fp8_quantize_row<1, K, THREADS>(blockIdx.x, LOAD, q, scale, partial);
   }
 )";
+  replace(
+      src, "ADDRESSES",
+      swiglu ? "reinterpret_cast<unsigned long>(gate) | reinterpret_cast<unsigned long>(up)"
+             : "reinterpret_cast<unsigned long>(x)");
+  replace(src, "LOAD", swiglu ? "(SwiGlu<T>{gate, up})" : "(Values<T>{x})");
+  return src;
 }
 
 // A per-item modulation that broadcasts as [B, 1, D], or none.
@@ -509,30 +551,57 @@ std::vector<mx::array> residual_rms_norm(
       std::nullopt, false, {});
 }
 
-std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {
+namespace {
+
+void check_rows(const char* op, const mx::array& x) {
   if (x.ndim() == 0 || !mx::issubdtype(x.dtype(), mx::floating)) {
     throw std::invalid_argument(
-        "[fp8_quantize] takes a floating-point array with rows along its last axis, found " +
-        describe(x));
+        std::string("[") + op +
+        "] takes a floating-point array with rows along its last axis, found " + describe(x));
   }
+}
+
+mx::Shape rows_shape(const mx::array& x) {
+  return mx::Shape(x.shape().begin(), x.shape().end() - 1);
+}
+
+// Whether the quantization kernel takes rows of x: non-empty, on a GPU that converts to
+// E4M3, in a dtype it reads, one block per row within CUDA's grid.
+bool fp8_kernel_fits(const mx::array& x) {
+  double rows = static_cast<double>(x.size()) / x.shape(-1);
+  return x.size() > 0 && on_cuda_gpu() && has_fp8_hardware(mx::default_device()) &&
+      x.dtype() != mx::float64 && rows * kFp8Threads < 2147483647.0;
+}
+
+// The quantization kernel over the rows of `inputs` (x, or a SwiGLU's gate and up).
+std::pair<mx::array, mx::array> fp8_quantize_kernel(
+    const std::vector<std::string>& names, const std::vector<mx::array>& inputs) {
+  const mx::array& x = inputs[0];
+  bool swiglu = inputs.size() == 2;
+  auto kernel = mx::fast::cuda_kernel(
+      swiglu ? "mlxs_fp8_quantize_swiglu" : "mlxs_fp8_quantize", names, {"q", "scale"},
+      fp8_quantize_source(swiglu), kHeader);
   int k = x.shape(-1);
-  mx::Shape rows_shape(x.shape().begin(), x.shape().end() - 1);
+  int rows = static_cast<int>(x.size() / k);
+  int pack = 16 / static_cast<int>(mx::size_of(x.dtype()));
+  auto outs = kernel(
+      inputs, {x.shape(), rows_shape(x)}, {mx::uint8, mx::float32},
+      {rows * kFp8Threads, 1, 1}, {kFp8Threads, 1, 1},
+      {{"K", k}, {"VEC", k % pack == 0 ? pack : 1}, {"THREADS", kFp8Threads}, {"T", x.dtype()}},
+      std::nullopt, false, {});
+  return {outs[0], outs[1]};
+}
+
+}  // namespace
+
+std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {
+  check_rows("fp8_quantize", x);
   if (x.size() == 0) {
     // No rows, or rows of nothing: a row of nothing is a row of zeros, whose scale is 1.
-    return {mx::zeros(x.shape(), mx::uint8), mx::ones(rows_shape, mx::float32)};
+    return {mx::zeros(x.shape(), mx::uint8), mx::ones(rows_shape(x), mx::float32)};
   }
-  double rows = static_cast<double>(x.size()) / k;
-  if (on_cuda_gpu() && has_fp8_hardware(mx::default_device()) && x.dtype() != mx::float64 &&
-      rows * kFp8Threads < 2147483647.0) {
-    auto kernel = mx::fast::cuda_kernel(
-        "mlxs_fp8_quantize", {"x"}, {"q", "scale"}, fp8_quantize_source(), kHeader);
-    int pack = 16 / static_cast<int>(mx::size_of(x.dtype()));
-    auto outs = kernel(
-        {x}, {x.shape(), rows_shape}, {mx::uint8, mx::float32},
-        {static_cast<int>(rows) * kFp8Threads, 1, 1}, {kFp8Threads, 1, 1},
-        {{"K", k}, {"VEC", k % pack == 0 ? pack : 1}, {"THREADS", kFp8Threads}, {"T", x.dtype()}},
-        std::nullopt, false, {});
-    return {outs[0], outs[1]};
+  if (fp8_kernel_fits(x)) {
+    return fp8_quantize_kernel({"x"}, {x});
   }
   // As the kernel computes it: the largest magnitude passes NaNs over (fmaxf), and what
   // divides to NaN (a NaN, or an infinity over an infinite scale) is E4M3's NaN, 0x7f,
@@ -546,6 +615,19 @@ std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {
   mx::array q = mx::where(
       mx::isnan(scaled), mx::array(static_cast<uint8_t>(0x7f)), mx::to_fp8(scaled));
   return {q, mx::squeeze(scale, -1)};
+}
+
+std::pair<mx::array, mx::array> fp8_quantize_swiglu(const mx::array& gate, const mx::array& up) {
+  check_rows("fp8_quantize_swiglu", gate);
+  if (gate.shape() != up.shape() || gate.dtype() != up.dtype()) {
+    throw std::invalid_argument(
+        "[fp8_quantize_swiglu] the gate " + describe(gate) + " and the up projection " +
+        describe(up) + " differ in shape or dtype");
+  }
+  if (fp8_kernel_fits(gate)) {
+    return fp8_quantize_kernel({"gate", "up"}, {gate, up});
+  }
+  return fp8_quantize(mx::multiply(mx::multiply(gate, mx::sigmoid(gate)), up));
 }
 
 mx::array rope_table(

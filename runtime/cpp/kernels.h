@@ -38,6 +38,12 @@ std::vector<mlx::core::array> residual_rms_norm(
 // Returns {q, scale}, scale in float32 with x's shape less its last axis.
 std::pair<mlx::core::array, mlx::core::array> fp8_quantize(const mlx::core::array& x);
 
+// fp8_quantize of a SwiGLU's `silu(gate) * up` (each operation rounded to their dtype), in
+// one kernel that reads gate and up where fp8_quantize's kernel runs. gate and up have one
+// shape and one floating-point dtype.
+std::pair<mlx::core::array, mlx::core::array> fp8_quantize_swiglu(
+    const mlx::core::array& gate, const mlx::core::array& up);
+
 // Whether `device` is a CUDA GPU of compute capability 8.9 or later (Ada, Hopper on): the
 // generation that converts to E4M3 in hardware (PTX `cvt` to e4m3x2) and has E4M3 tensor
 // cores.

@@ -818,6 +818,13 @@ int mlxs_fp8_quantize(const mlxs_array* x, mlxs_vec** out) {
   });
 }
 
+int mlxs_fp8_quantize_swiglu(const mlxs_array* gate, const mlxs_array* up, mlxs_vec** out) {
+  return guard([&] {
+    auto [values, scales] = mlxs::fp8_quantize_swiglu(gate->a, up->a);
+    *out = new mlxs_vec{{values, scales}};
+  });
+}
+
 int mlxs_fp8_matmul(
     const mlxs_array* x, const mlxs_array* x_scale, const mlxs_array* w,
     const mlxs_array* w_scale, int dtype, mlxs_array** out) {

@@ -277,6 +277,8 @@ int mlxs_from_fp8(const mlxs_array* x, int dtype, mlxs_array** out);
 // kernels.h's fp8_quantize: per-row E4M3 bytes and float32 scales over the last axis.
 // Out: {q, scale}.
 int mlxs_fp8_quantize(const mlxs_array* x, mlxs_vec** out);
+// kernels.h's fp8_quantize_swiglu: fp8_quantize of silu(gate) * up. Out: {q, scale}.
+int mlxs_fp8_quantize_swiglu(const mlxs_array* gate, const mlxs_array* up, mlxs_vec** out);
 // x[..., K] · w[N, K]ᵀ for E4M3 operands, each row of x times its x_scale (shape x's less
 // its last axis) and each column times w_scale[N], in the floating-point `dtype`: on a GPU
 // with FP8 tensor cores (CUDA builds) cuBLASLt's FP8 kernel, elsewhere the dequantized

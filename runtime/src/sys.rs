@@ -468,6 +468,11 @@ extern "C" {
     pub fn mlxs_to_fp8(x: *const mlxs_array, out: *mut *mut mlxs_array) -> c_int;
     pub fn mlxs_from_fp8(x: *const mlxs_array, dtype: c_int, out: *mut *mut mlxs_array) -> c_int;
     pub fn mlxs_fp8_quantize(x: *const mlxs_array, out: *mut *mut mlxs_vec) -> c_int;
+    pub fn mlxs_fp8_quantize_swiglu(
+        gate: *const mlxs_array,
+        up: *const mlxs_array,
+        out: *mut *mut mlxs_vec,
+    ) -> c_int;
     pub fn mlxs_fp8_matmul(
         x: *const mlxs_array,
         x_scale: *const mlxs_array,

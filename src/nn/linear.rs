@@ -4,7 +4,7 @@ use crate::ops::Fp8Rows;
 use crate::{Array, Dtype, Module};
 
 use super::lora::LowRank;
-use super::quant::{MatmulPath, QuantConfig, QuantizedWeight};
+use super::quant::{MatmulPath, QuantConfig, QuantFormat, QuantizedWeight};
 
 /// `nn.Linear`: `x wᵀ + b`, its weight dense or quantized (see [`super::quant`]).
 /// Either way it sits at the same checkpoint path; the variant is part of the structure
@@ -27,6 +27,21 @@ impl Linear {
     pub fn forward_each<const N: usize>(layers: [&Linear; N], x: &Array) -> [Array; N] {
         let mut quantized_x = None;
         layers.map(|layer| layer.apply(x, &mut quantized_x))
+    }
+
+    /// `self.forward(silu(gate) · up)`: a SwiGLU's down projection. `fp8` layers on the FP8
+    /// kernel quantize the product in the kernel that computes it (see
+    /// [`Fp8Rows::quantize_swiglu`]), so it is never stored in the compute dtype.
+    pub fn forward_swiglu(&self, gate: &Array, up: &Array) -> Array {
+        // Lazy: a layer that takes the quantized rows evaluates it only for its LoRA.
+        let x = gate.silu() * up;
+        let mut quantized_x = match self {
+            Linear::Quantized(quantized) if quantized.multiplies_in_fp8() => {
+                Some(Fp8Rows::quantize_swiglu(gate, up))
+            }
+            _ => None,
+        };
+        self.apply(&x, &mut quantized_x)
     }
 
     fn apply(&self, x: &Array, quantized_x: &mut Option<Fp8Rows>) -> Array {
@@ -172,6 +187,12 @@ impl QuantizedLinear {
         (out, packed * self.config.format.elements_per_entry())
     }
 
+    /// Whether the product runs on per-token FP8 rows of the input (see
+    /// [`QuantizedWeight::matmul_sharing`]).
+    fn multiplies_in_fp8(&self) -> bool {
+        self.config.format == QuantFormat::Fp8 && self.matmul == MatmulPath::Kernel
+    }
+
     /// The quantized weight (clones share the arrays).
     pub fn weight(&self) -> QuantizedWeight {
         QuantizedWeight::stored(
@@ -268,6 +289,30 @@ mod tests {
             } else {
                 assert_eq!(shared_nodes, alone_nodes, "{name}");
             }
+        }
+    }
+
+    #[test]
+    fn a_swiglu_down_projection_computes_the_layer_of_its_product() {
+        let normal = |seed| random::normal(&[2, 3, 32], Dtype::F32, &random::key(seed));
+        let (gate, up) = (normal(11) * 3.0, normal(12));
+        let product = gate.silu() * &up;
+        for format in [None, Some(QuantFormat::Affine8), Some(QuantFormat::Fp8)] {
+            let name = format.map_or("dense", QuantFormat::name);
+            let down = match format {
+                None => Linear::Dense(dense(16, 13)),
+                Some(format) => Linear::Quantized(
+                    QuantizedLinear::from_dense(
+                        &dense(16, 13),
+                        QuantConfig::new(format),
+                        MatmulPath::Kernel,
+                    )
+                    .unwrap(),
+                ),
+            };
+            let y = down.forward_swiglu(&gate, &up);
+            assert_eq!(y.shape(), &[2, 3, 16], "{name}");
+            assert_eq!(values(&y), values(&down.forward(&product)), "{name}");
         }
     }
 }

@@ -69,7 +69,7 @@ impl FeedForward {
     #[mlx::graph]
     pub fn forward(&self, x: &Array) -> Array {
         let [gate, up] = Linear::forward_each([&self.w1, &self.w3], x);
-        self.w2.forward(&(gate.silu() * up))
+        self.w2.forward_swiglu(&gate, &up)
     }
 }
 

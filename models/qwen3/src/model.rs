@@ -116,7 +116,7 @@ impl Mlp {
     #[mlx::graph]
     pub fn forward(&self, x: &Array) -> Array {
         let [gate, up] = Linear::forward_each([&self.gate_proj, &self.up_proj], x);
-        self.down_proj.forward(&(gate.silu() * up))
+        self.down_proj.forward_swiglu(&gate, &up)
     }
 }
 

@@ -45,16 +45,35 @@ impl Fp8Rows {
     /// E4M3 in hardware (compute capability 8.9 on; a block per row), MLX's ops elsewhere.
     #[track_caller]
     pub fn quantize(x: &Array) -> Fp8Rows {
-        let outs = crate::array_list::op_list("fp8_quantize", &[x], |r, out| {
+        Fp8Rows::from_op("fp8_quantize", &[x], |r, out| {
             // SAFETY: live handle.
             unsafe { sys::mlxs_fp8_quantize(r[0], out) }
-        });
-        match outs.map(Vec::into_iter) {
+        })
+    }
+
+    /// [`Fp8Rows::quantize`] of a SwiGLU's `silu(gate) · up` (each operation rounded to
+    /// their dtype), computed inside the quantization kernel where that runs: the product
+    /// is never stored in the compute dtype. `gate` and `up` have one shape and dtype.
+    #[track_caller]
+    pub fn quantize_swiglu(gate: &Array, up: &Array) -> Fp8Rows {
+        Fp8Rows::from_op("fp8_quantize_swiglu", &[gate, up], |r, out| {
+            // SAFETY: live handles.
+            unsafe { sys::mlxs_fp8_quantize_swiglu(r[0], r[1], out) }
+        })
+    }
+
+    #[track_caller]
+    fn from_op(
+        name: &'static str,
+        inputs: &[&Array],
+        f: impl FnOnce(&[*const sys::mlxs_array], *mut *mut sys::mlxs_vec) -> std::ffi::c_int,
+    ) -> Fp8Rows {
+        match crate::array_list::op_list(name, inputs, f).map(Vec::into_iter) {
             Ok(mut outs) => match (outs.next(), outs.next()) {
                 (Some(values), Some(scales)) => Fp8Rows { values, scales },
                 _ => Fp8Rows::failed(crate::array::invalid(
-                    "fp8_quantize",
-                    &[x],
+                    name,
+                    inputs,
                     "MLX returned too few arrays",
                 )),
             },
