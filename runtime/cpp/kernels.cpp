@@ -456,6 +456,45 @@ std::string fp8_quantize_source(bool swiglu) {
   return src;
 }
 
+void check_rows(const char* op, const mx::array& x) {
+  if (x.ndim() == 0 || !mx::issubdtype(x.dtype(), mx::floating)) {
+    throw std::invalid_argument(
+        std::string("[") + op +
+        "] takes a floating-point array with rows along its last axis, found " + describe(x));
+  }
+}
+
+mx::Shape rows_shape(const mx::array& x) {
+  return mx::Shape(x.shape().begin(), x.shape().end() - 1);
+}
+
+// Whether the quantization kernel takes rows of x: non-empty, on a GPU that converts to
+// E4M3, in a dtype it reads, one block per row within CUDA's grid.
+bool fp8_kernel_fits(const mx::array& x) {
+  double rows = static_cast<double>(x.size()) / x.shape(-1);
+  return x.size() > 0 && on_cuda_gpu() && has_fp8_hardware(mx::default_device()) &&
+      x.dtype() != mx::float64 && rows * kFp8Threads < 2147483647.0;
+}
+
+// The quantization kernel over the rows of `inputs` (x, or a SwiGLU's gate and up).
+std::pair<mx::array, mx::array> fp8_quantize_kernel(const std::vector<mx::array>& inputs) {
+  const mx::array& x = inputs[0];
+  bool swiglu = inputs.size() == 2;
+  auto kernel = mx::fast::cuda_kernel(
+      swiglu ? "mlxs_fp8_quantize_swiglu" : "mlxs_fp8_quantize",
+      swiglu ? std::vector<std::string>{"gate", "up"} : std::vector<std::string>{"x"},
+      {"q", "scale"}, fp8_quantize_source(swiglu), kHeader);
+  int k = x.shape(-1);
+  int rows = static_cast<int>(x.size() / k);
+  int pack = 16 / static_cast<int>(mx::size_of(x.dtype()));
+  auto outs = kernel(
+      inputs, {x.shape(), rows_shape(x)}, {mx::uint8, mx::float32},
+      {rows * kFp8Threads, 1, 1}, {kFp8Threads, 1, 1},
+      {{"K", k}, {"VEC", k % pack == 0 ? pack : 1}, {"THREADS", kFp8Threads}, {"T", x.dtype()}},
+      std::nullopt, false, {});
+  return {outs[0], outs[1]};
+}
+
 // A per-item modulation that broadcasts as [B, 1, D], or none.
 bool modulation_fits(const std::optional<mx::array>& m, const mx::array& y) {
   return !m || m->shape() == mx::Shape{y.shape(0), 1, y.shape(2)};
@@ -551,49 +590,6 @@ std::vector<mx::array> residual_rms_norm(
       std::nullopt, false, {});
 }
 
-namespace {
-
-void check_rows(const char* op, const mx::array& x) {
-  if (x.ndim() == 0 || !mx::issubdtype(x.dtype(), mx::floating)) {
-    throw std::invalid_argument(
-        std::string("[") + op +
-        "] takes a floating-point array with rows along its last axis, found " + describe(x));
-  }
-}
-
-mx::Shape rows_shape(const mx::array& x) {
-  return mx::Shape(x.shape().begin(), x.shape().end() - 1);
-}
-
-// Whether the quantization kernel takes rows of x: non-empty, on a GPU that converts to
-// E4M3, in a dtype it reads, one block per row within CUDA's grid.
-bool fp8_kernel_fits(const mx::array& x) {
-  double rows = static_cast<double>(x.size()) / x.shape(-1);
-  return x.size() > 0 && on_cuda_gpu() && has_fp8_hardware(mx::default_device()) &&
-      x.dtype() != mx::float64 && rows * kFp8Threads < 2147483647.0;
-}
-
-// The quantization kernel over the rows of `inputs` (x, or a SwiGLU's gate and up).
-std::pair<mx::array, mx::array> fp8_quantize_kernel(
-    const std::vector<std::string>& names, const std::vector<mx::array>& inputs) {
-  const mx::array& x = inputs[0];
-  bool swiglu = inputs.size() == 2;
-  auto kernel = mx::fast::cuda_kernel(
-      swiglu ? "mlxs_fp8_quantize_swiglu" : "mlxs_fp8_quantize", names, {"q", "scale"},
-      fp8_quantize_source(swiglu), kHeader);
-  int k = x.shape(-1);
-  int rows = static_cast<int>(x.size() / k);
-  int pack = 16 / static_cast<int>(mx::size_of(x.dtype()));
-  auto outs = kernel(
-      inputs, {x.shape(), rows_shape(x)}, {mx::uint8, mx::float32},
-      {rows * kFp8Threads, 1, 1}, {kFp8Threads, 1, 1},
-      {{"K", k}, {"VEC", k % pack == 0 ? pack : 1}, {"THREADS", kFp8Threads}, {"T", x.dtype()}},
-      std::nullopt, false, {});
-  return {outs[0], outs[1]};
-}
-
-}  // namespace
-
 std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {
   check_rows("fp8_quantize", x);
   if (x.size() == 0) {
@@ -601,7 +597,7 @@ std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {
     return {mx::zeros(x.shape(), mx::uint8), mx::ones(rows_shape(x), mx::float32)};
   }
   if (fp8_kernel_fits(x)) {
-    return fp8_quantize_kernel({"x"}, {x});
+    return fp8_quantize_kernel({x});
   }
   // As the kernel computes it: the largest magnitude passes NaNs over (fmaxf), and what
   // divides to NaN (a NaN, or an infinity over an infinite scale) is E4M3's NaN, 0x7f,
@@ -625,7 +621,7 @@ std::pair<mx::array, mx::array> fp8_quantize_swiglu(const mx::array& gate, const
         describe(up) + " differ in shape or dtype");
   }
   if (fp8_kernel_fits(gate)) {
-    return fp8_quantize_kernel({"gate", "up"}, {gate, up});
+    return fp8_quantize_kernel({gate, up});
   }
   return fp8_quantize(mx::multiply(mx::multiply(gate, mx::sigmoid(gate)), up));
 }
