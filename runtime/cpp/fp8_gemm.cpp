@@ -21,6 +21,7 @@
 
 #include "mlx/backend/cuda/device.h"
 #include "mlx/backend/cuda/utils.h"
+#include "mlx/fast.h"
 #include "mlx/primitives.h"
 
 namespace mx = mlx::core;
@@ -200,8 +201,25 @@ const Plan* plan(int m, int n, int k, mx::Dtype out, Scaling scaling) {
   return &*plans.emplace(key, std::move(p)).first->second;
 }
 
+// Device memory for a product's output and cuBLASLt's workspace, allocated where x and w are
+// computed. A primitive of ours reaches MLX's CUDA allocator only through
+// `allocator::malloc`, which serves managed memory (and turns a cached device buffer into
+// managed memory with a synchronous copy: the 86 MB output of a feed-forward product cost
+// milliseconds); the device path, `cu::malloc_async`, is not exported from libmlx. MLX
+// allocates a custom kernel's outputs there, so a kernel that writes nothing takes them.
+std::pair<mx::array, mx::array> device_buffers(
+    int m, int n, mx::Dtype out, size_t workspace, const mx::array& x, const mx::array& w,
+    mx::Stream stream) {
+  auto kernel =
+      mx::fast::cuda_kernel("mlxs_device_buffers", {"x", "w"}, {"out", "workspace"}, "", "", false);
+  auto buffers = kernel(
+      {x, w}, {{m, n}, {static_cast<int>(workspace)}}, {out, mx::uint8}, {1, 1, 1}, {1, 1, 1},
+      {}, std::nullopt, false, stream);
+  return {buffers[0], buffers[1]};
+}
+
 // x [M, K] · w [N, K]ᵀ for E4M3 bytes, times x_scale [M] and w_scale [N] (inputs 2 and 3)
-// when the scaling is Outer.
+// when the scaling is Outer; the last two inputs are device_buffers' output and workspace.
 class Fp8Matmul : public mx::UnaryPrimitive {
  public:
   Fp8Matmul(mx::Stream stream, Scaling scaling) : mx::UnaryPrimitive(stream), scaling_(scaling) {}
@@ -220,16 +238,22 @@ class Fp8Matmul : public mx::UnaryPrimitive {
       throw std::runtime_error("[fp8_matmul] cuBLASLt has no FP8 kernel for this product");
     }
     auto& encoder = mx::cu::get_command_encoder(stream());
-    out.set_data(mx::allocator::malloc(out.nbytes()));
+    const mx::array& workspace = inputs.back();
+    // The buffer is this product's alone (compile merges no custom kernels); were it ever
+    // shared, the second product to run allocates its own rather than overwrite the first's.
+    const mx::array& buffer = inputs[inputs.size() - 2];
+    bool taken = buffer.data_shared_ptr().use_count() > 2;  // > the buffer's own and this copy
+    if (taken) {
+      out.set_data(mx::allocator::malloc(out.nbytes()));
+    } else {
+      out.copy_shared_buffer(buffer);
+    }
     // cuBLASLt wants the workspace 256-byte aligned; MLX's small buffers are not.
     size_t bytes = p->algo.workspaceSize;
-    mx::array workspace(
-        mx::allocator::malloc(bytes + 256), {static_cast<int>(bytes + 256)}, mx::uint8);
-    encoder.add_temporary(workspace);
     auto base = reinterpret_cast<uintptr_t>(mx::gpu_ptr<void>(workspace));
     void* aligned = reinterpret_cast<void*>((base + 255) & ~uintptr_t{255});
-    for (const auto& input : inputs) {
-      encoder.set_input_array(input);
+    for (size_t i = 0; i + 2 < inputs.size(); ++i) {
+      encoder.set_input_array(inputs[i]);
     }
     encoder.set_output_array(out);
     std::unique_lock launch(*p->launch, std::defer_lock);
@@ -277,18 +301,31 @@ class Fp8Matmul : public mx::UnaryPrimitive {
   Scaling scaling_;
 };
 
+// The product of `operands` (Fp8Matmul's inputs before the buffers) by plan `p`.
+mx::array fp8_product(
+    int m, int n, mx::Dtype out, Scaling scaling, const Plan& p,
+    std::vector<mx::array> operands, mx::Stream stream) {
+  // The workspace's 256 spare bytes let Fp8Matmul align it (see there).
+  auto [buffer, workspace] =
+      device_buffers(m, n, out, p.algo.workspaceSize + 256, operands[0], operands[1], stream);
+  operands.push_back(std::move(buffer));
+  operands.push_back(std::move(workspace));
+  return mx::array({m, n}, out, std::make_shared<Fp8Matmul>(stream, scaling), std::move(operands));
+}
+
 }  // namespace
 
 std::optional<mx::array> fp8_gemm(
     const mx::array& x, const mx::array& w, mx::Dtype out, mx::Stream stream) {
   int m = x.shape(0), k = x.shape(1), n = w.shape(0);
-  if (!plan(m, n, k, out, Scaling::After)) {
+  const Plan* p = plan(m, n, k, out, Scaling::After);
+  if (!p) {
     return std::nullopt;
   }
   // cuBLASLt reads both as dense row-major K-contiguous matrices.
-  return mx::array(
-      {m, n}, out, std::make_shared<Fp8Matmul>(stream, Scaling::After),
-      {mx::contiguous(x, false, stream), mx::contiguous(w, false, stream)});
+  return fp8_product(
+      m, n, out, Scaling::After, *p,
+      {mx::contiguous(x, false, stream), mx::contiguous(w, false, stream)}, stream);
 }
 
 std::optional<mx::array> fp8_gemm_scaled(
@@ -299,16 +336,18 @@ std::optional<mx::array> fp8_gemm_scaled(
   // supported" at launch for scales 4 or 8 bytes past an aligned address, at every shape
   // tried), and MLX's CUDA allocator serves the smallest arrays from a pool of 8-byte
   // blocks: products of fewer than four rows (a timestep's embedding) scale after.
-  if (m * sizeof(float) < 16 || !plan(m, n, k, out, Scaling::Outer)) {
+  const Plan* p = m * sizeof(float) < 16 ? nullptr : plan(m, n, k, out, Scaling::Outer);
+  if (!p) {
     return std::nullopt;
   }
   auto dense = [&](const mx::array& a, mx::Dtype dtype) {
     return mx::contiguous(mx::astype(a, dtype, stream), false, stream);
   };
-  return mx::array(
-      {m, n}, out, std::make_shared<Fp8Matmul>(stream, Scaling::Outer),
+  return fp8_product(
+      m, n, out, Scaling::Outer, *p,
       {dense(x, mx::uint8), dense(w, mx::uint8), dense(x_scale, mx::float32),
-       dense(w_scale, mx::float32)});
+       dense(w_scale, mx::float32)},
+      stream);
 }
 
 }  // namespace mlxs
