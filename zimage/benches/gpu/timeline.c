@@ -1,7 +1,8 @@
 // A GPU timeline of any CUDA program, for machines without Nsight Systems: a CUDA injection
 // library that records, through CUPTI's activity API, every kernel, copy and memset the GPU
 // ran and every CUDA driver and runtime call the host made, with their start and end, and
-// writes them as CSV when the program exits. `timeline.py` reads it.
+// writes them as CSV when the program exits, with the unified-memory migrations and GPU page
+// faults of CUDA managed memory. `timeline.py` reads it.
 //
 //   gcc -O2 -shared -fPIC -I$CUPTI/include -I$CUDA_HOME/include timeline.c
 //       -L$CUPTI/lib -l:libcupti.so.13 -o libtimeline.so
@@ -9,13 +10,14 @@
 //       LD_LIBRARY_PATH=$CUPTI/lib $BIN/dit generate ...
 //
 // CUPTI is the `nvidia-cuda-cupti` wheel's (PyTorch ships it) or the toolkit's
-// extras/CUPTI. Rows: kind (K kernel, C copy, S memset, D driver call, R runtime call),
-// start and end in ns on CUPTI's clock, stream (kernels, copies, memsets) or host thread
-// (calls), correlation id (a call and the work it launched share it), name. Records are
+// extras/CUPTI. Rows: kind (K kernel, C copy, S memset, D driver call, R runtime call,
+// U unified-memory counter), start and end in ns on CUPTI's clock, stream (kernels, copies,
+// memsets, counters) or host thread (calls), correlation id (a call and the work it
+// launched share it; 0 for counters), name (a counter's: "um KIND VALUE"). Records are
 // read through the oldest layouts that hold these fields (kernels: CUpti_ActivityKernel4),
 // which later versions extend at their end: in CUPTI 13.5's headers the fields read here
-// sit at the same offsets in CUpti_ActivityKernel13, CUpti_ActivityMemcpy7 and
-// CUpti_ActivityMemset5.
+// sit at the same offsets in CUpti_ActivityKernel13, CUpti_ActivityMemcpy7,
+// CUpti_ActivityMemset5 and CUpti_ActivityUnifiedMemoryCounter3.
 
 #include <cupti.h>
 #include <stdint.h>
@@ -74,6 +76,18 @@ static void write_record(const CUpti_Activity* record) {
               (unsigned long long)s->bytes);
       break;
     }
+    case CUPTI_ACTIVITY_KIND_UNIFIED_MEMORY_COUNTER: {
+      const CUpti_ActivityUnifiedMemoryCounter2* u =
+          (const CUpti_ActivityUnifiedMemoryCounter2*)record;
+      static const char* kinds[] = {"unknown", "htod_bytes", "dtoh_bytes", "cpu_faults",
+                                    "gpu_faults", "thrashing", "throttling", "remote_map",
+                                    "dtod_bytes"};
+      unsigned kind = u->counterKind < 9 ? u->counterKind : 0;
+      fprintf(out, "U,%llu,%llu,%u,0,um %s %llu\n", (unsigned long long)u->start,
+              (unsigned long long)u->end, u->streamId, kinds[kind],
+              (unsigned long long)u->value);
+      break;
+    }
     case CUPTI_ACTIVITY_KIND_DRIVER:
       write_call('D', CUPTI_CB_DOMAIN_DRIVER_API, (const CUpti_ActivityAPI*)record);
       break;
@@ -110,6 +124,32 @@ static void finish(void) {
   }
 }
 
+// Migrations and faults of managed memory; a machine or driver without them only loses
+// these rows.
+static void enable_unified_memory_counters(void) {
+  CUpti_ActivityUnifiedMemoryCounterKind kinds[] = {
+      CUPTI_ACTIVITY_UNIFIED_MEMORY_COUNTER_KIND_BYTES_TRANSFER_HTOD,
+      CUPTI_ACTIVITY_UNIFIED_MEMORY_COUNTER_KIND_BYTES_TRANSFER_DTOH,
+      CUPTI_ACTIVITY_UNIFIED_MEMORY_COUNTER_KIND_GPU_PAGE_FAULT};
+  enum { N = sizeof kinds / sizeof kinds[0] };
+  CUpti_ActivityUnifiedMemoryCounterConfig config[N];
+  for (int i = 0; i < N; ++i) {
+    config[i].scope = CUPTI_ACTIVITY_UNIFIED_MEMORY_COUNTER_SCOPE_PROCESS_SINGLE_DEVICE;
+    config[i].kind = kinds[i];
+    config[i].deviceId = 0;
+    config[i].enable = 1;
+  }
+  CUptiResult status = cuptiActivityConfigureUnifiedMemoryCounter(config, N);
+  if (status == CUPTI_SUCCESS) {
+    status = cuptiActivityEnable(CUPTI_ACTIVITY_KIND_UNIFIED_MEMORY_COUNTER);
+  }
+  if (status != CUPTI_SUCCESS) {
+    const char* what = "?";
+    cuptiGetResultString(status, &what);
+    fprintf(stderr, "timeline: no unified-memory counters: %s\n", what);
+  }
+}
+
 // Called by the CUDA driver when it initializes, for the library CUDA_INJECTION64_PATH names;
 // 1 on success.
 int InitializeInjection(void) {
@@ -126,6 +166,7 @@ int InitializeInjection(void) {
   CHECK(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMSET));
   CHECK(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_DRIVER));
   CHECK(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_RUNTIME));
+  enable_unified_memory_counters();
   atexit(finish);
   return 1;
 }

@@ -1,6 +1,7 @@
 """Where a step's GPU time goes, from the CSV that timeline.c writes: the busy and idle time
 of one denoising step, the longest gaps between kernels with what the host was calling
-meanwhile, and the kernels by total time.
+meanwhile, the kernels by total time, and the managed-memory migrations of the whole run
+and of the step.
 
     python3 timeline.py TIMELINE.csv [--period N] [--gaps 20] [--json OUT]
 
@@ -17,17 +18,28 @@ from collections import defaultdict
 
 
 def read(path):
-    kernels, calls = [], []
+    """Kernels (with copies and memsets), host calls and unified-memory counters."""
+    kernels, calls, um = [], [], []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             rec = (int(row["start"]), int(row["end"]), row["name"])
-            if row["kind"] in "KCS":
-                kernels.append(rec)
-            else:
-                calls.append(rec)
-    kernels.sort()
-    calls.sort()
-    return kernels, calls
+            {"U": um, "D": calls, "R": calls}.get(row["kind"], kernels).append(rec)
+    for records in (kernels, calls, um):
+        records.sort()
+    return kernels, calls, um
+
+
+def migrations(um, t0=None, t1=None):
+    """Unified-memory counters by kind: total value (bytes, or fault groups) and time, of
+    the records inside [t0, t1] (all of them without bounds)."""
+    totals = defaultdict(lambda: [0, 0])
+    for start, end, name in um:
+        if t0 is not None and (end < t0 or start > t1):
+            continue
+        _, kind, value = name.split()
+        totals[kind][0] += int(value)
+        totals[kind][1] += end - start
+    return {k: {"value": v, "ms": ns / 1e6} for k, (v, ns) in sorted(totals.items())}
 
 
 def short(name, width=90):
@@ -117,11 +129,13 @@ def main():
     ap.add_argument("--gaps", type=int, default=20)
     ap.add_argument("--json")
     args = ap.parse_args()
-    kernels, calls = read(args.csv)
+    kernels, calls, um = read(args.csv)
     p = args.period or period([k[2] for k in kernels])
     step, before = last_step(kernels, p)
     s = summarize(step, calls, args.gaps)
     s["idle_before_ms"] = before / 1e6
+    s["migrations_run"] = migrations(um)
+    s["migrations_step"] = migrations(um, step[0][0], step[-1][1])
     print(f"one step: {s['kernels']} kernels, {s['span_ms']:.2f} ms from the first to the last,"
           f" GPU busy {s['busy_ms']:.2f}, idle {s['idle_ms']:.2f}"
           f" ({s['idle_in_gaps_over_10us_ms']:.2f} in gaps over 10 us);"
@@ -133,6 +147,9 @@ def main():
     print("kernels by time (ms, count):")
     for r in s["by_kernel"][:25]:
         print(f"  {r['ms']:8.3f} {r['count']:5d}  {r['kernel']}")
+    for what, key in [("the whole run", "migrations_run"), ("the step", "migrations_step")]:
+        rows = ", ".join(f"{k} {v['value']} in {v['ms']:.1f} ms" for k, v in s[key].items())
+        print(f"managed memory, {what}: {rows or 'none'}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(s, f, indent=1)
