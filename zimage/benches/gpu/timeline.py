@@ -1,7 +1,8 @@
 """Where a step's GPU time goes, from the CSV that timeline.c writes: the busy and idle time
 of one denoising step, the longest gaps between kernels with what the host was calling
-meanwhile, the kernels by total time, and the managed-memory migrations of the whole run
-and of the step.
+meanwhile, the kernels by total time, the managed-memory migrations of the whole run
+and of the step, and the run's CUDA calls by total time (where loading and the first
+step's JIT compilation, graph instantiation and module loads go).
 
     python3 timeline.py TIMELINE.csv [--period N] [--gaps 20] [--json OUT]
 
@@ -122,6 +123,17 @@ def summarize(kernels, calls, gaps_shown):
     }
 
 
+def calls_by_time(calls):
+    totals = defaultdict(lambda: [0, 0])
+    for start, end, name in calls:
+        totals[name][0] += 1
+        totals[name][1] += end - start
+    return sorted(
+        ({"call": k, "count": c, "ms": ns / 1e6} for k, (c, ns) in totals.items()),
+        key=lambda r: -r["ms"],
+    )
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("csv")
@@ -136,6 +148,7 @@ def main():
     s["idle_before_ms"] = before / 1e6
     s["migrations_run"] = migrations(um)
     s["migrations_step"] = migrations(um, step[0][0], step[-1][1])
+    s["calls_run"] = calls_by_time(calls)
     print(f"one step: {s['kernels']} kernels, {s['span_ms']:.2f} ms from the first to the last,"
           f" GPU busy {s['busy_ms']:.2f}, idle {s['idle_ms']:.2f}"
           f" ({s['idle_in_gaps_over_10us_ms']:.2f} in gaps over 10 us);"
@@ -150,6 +163,9 @@ def main():
     for what, key in [("the whole run", "migrations_run"), ("the step", "migrations_step")]:
         rows = ", ".join(f"{k} {v['value']} in {v['ms']:.1f} ms" for k, v in s[key].items())
         print(f"managed memory, {what}: {rows or 'none'}")
+    print("CUDA calls of the whole run by time (ms, count):")
+    for r in s["calls_run"][:20]:
+        print(f"  {r['ms']:10.1f} {r['count']:7d}  {r['call']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(s, f, indent=1)
