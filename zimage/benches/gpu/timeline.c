@@ -105,7 +105,8 @@ static void CUPTIAPI buffer_completed(
   (void)stream;
   (void)size;
   CUpti_Activity* record = NULL;
-  while (cuptiActivityGetNextRecord(buffer, valid, &record) == CUPTI_SUCCESS) {
+  // Records CUPTI hands over after `finish` (a context torn down later) have nowhere to go.
+  while (out && cuptiActivityGetNextRecord(buffer, valid, &record) == CUPTI_SUCCESS) {
     write_record(record);
   }
   size_t dropped = 0;
