@@ -15,6 +15,8 @@ import bisect
 import csv
 import json
 import re
+import shutil
+import subprocess
 from collections import defaultdict
 
 
@@ -27,7 +29,17 @@ def read(path):
             {"U": um, "D": calls, "R": calls}.get(row["kind"], kernels).append(rec)
     for records in (kernels, calls, um):
         records.sort()
-    return kernels, calls, um
+    return demangled(kernels), calls, um
+
+
+def demangled(kernels):
+    """Kernels with mangled C++ names demangled, by c++filt where the machine has it."""
+    mangled = sorted({k[2] for k in kernels if k[2].startswith("_Z")})
+    if not mangled or not shutil.which("c++filt"):
+        return kernels
+    out = subprocess.run(["c++filt"], input="\n".join(mangled), capture_output=True, text=True)
+    names = dict(zip(mangled, out.stdout.splitlines()))
+    return [(s, e, names.get(n, n)) for s, e, n in kernels]
 
 
 def migrations(um, t0=None, t1=None):
@@ -84,7 +96,8 @@ def summarize(kernels, calls, gaps_shown):
     call_starts = [c[0] for c in calls]
 
     def host_during(t0, t1):
-        """The host calls overlapping [t0, t1], by overlap."""
+        """The host calls overlapping [t0, t1], by overlap (of those begun at most a second
+        before it)."""
         lo = bisect.bisect_left(call_starts, t0 - 10**9)
         overlap = defaultdict(int)
         for s, e, name in calls[lo:]:
