@@ -101,6 +101,8 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/kernels.h");
     println!("cargo:rerun-if-changed=cpp/fp8_gemm.cpp");
     println!("cargo:rerun-if-changed=cpp/fp8_gemm.h");
+    println!("cargo:rerun-if-changed=cpp/device_memory.cpp");
+    println!("cargo:rerun-if-changed=cpp/device_memory.h");
 
     let request = match requested_backend() {
         Ok(request) => request,
@@ -131,17 +133,19 @@ fn main() {
         build.define("MLXS_CUDA", None);
         match cuda_headers(&mlx) {
             Ok(include) => {
-                // fmt: only for inline code of MLX's CUDA headers, none of it called.
+                // The files that call CUDA themselves. fmt: only for inline code of MLX's
+                // CUDA headers, none of it called.
                 build
-                    .define("MLXS_FP8", None)
+                    .define("MLXS_CUDA_RUNTIME", None)
                     .define("FMT_HEADER_ONLY", None)
                     .flag("-isystem")
                     .flag(include.as_os_str())
-                    .file("cpp/fp8_gemm.cpp");
+                    .file("cpp/fp8_gemm.cpp")
+                    .file("cpp/device_memory.cpp");
             }
             Err(why) => println!(
                 "cargo:warning=mlx: built without the FP8 tensor-core kernel (FP8 products \
-                 dequantize): {why}"
+                 dequantize) and with checkpoints loaded into managed memory: {why}"
             ),
         }
     }

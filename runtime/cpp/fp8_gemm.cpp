@@ -5,6 +5,7 @@
 // dlopen so that binaries link nothing MLX does not.
 
 #include "fp8_gemm.h"
+#include "device_memory.h"
 #include "kernels.h"
 
 #include <dlfcn.h>
@@ -201,25 +202,8 @@ const Plan* plan(int m, int n, int k, mx::Dtype out, Scaling scaling) {
   return &*plans.emplace(key, std::move(p)).first->second;
 }
 
-// Device memory for a product's output and cuBLASLt's workspace, allocated where x and w are
-// computed. A primitive of ours reaches MLX's CUDA allocator only through
-// `allocator::malloc`, which serves managed memory (and turns a cached device buffer into
-// managed memory with a synchronous copy: the 86 MB output of a feed-forward product cost
-// milliseconds); the device path, `cu::malloc_async`, is not exported from libmlx. MLX
-// allocates a custom kernel's outputs there, so a kernel that writes nothing takes them.
-std::pair<mx::array, mx::array> device_buffers(
-    int m, int n, mx::Dtype out, size_t workspace, const mx::array& x, const mx::array& w,
-    mx::Stream stream) {
-  auto kernel =
-      mx::fast::cuda_kernel("mlxs_device_buffers", {"x", "w"}, {"out", "workspace"}, "", "", false);
-  auto buffers = kernel(
-      {x, w}, {{m, n}, {static_cast<int>(workspace)}}, {out, mx::uint8}, {1, 1, 1}, {1, 1, 1},
-      {}, std::nullopt, false, stream);
-  return {buffers[0], buffers[1]};
-}
-
 // x [M, K] · w [N, K]ᵀ for E4M3 bytes, times x_scale [M] and w_scale [N] (inputs 2 and 3)
-// when the scaling is Outer; the last two inputs are device_buffers' output and workspace.
+// when the scaling is Outer; the last two inputs are the output's buffer and the workspace.
 class Fp8Matmul : public mx::UnaryPrimitive {
  public:
   Fp8Matmul(mx::Stream stream, Scaling scaling) : mx::UnaryPrimitive(stream), scaling_(scaling) {}
@@ -305,11 +289,14 @@ class Fp8Matmul : public mx::UnaryPrimitive {
 mx::array fp8_product(
     int m, int n, mx::Dtype out, Scaling scaling, const Plan& p,
     std::vector<mx::array> operands, mx::Stream stream) {
-  // The workspace's 256 spare bytes let Fp8Matmul align it (see there).
-  auto [buffer, workspace] =
-      device_buffers(m, n, out, p.algo.workspaceSize + 256, operands[0], operands[1], stream);
-  operands.push_back(std::move(buffer));
-  operands.push_back(std::move(workspace));
+  // In device memory (see device_memory.h; managed memory cost the 86 MB output of a
+  // feed-forward product milliseconds). The workspace's 256 spare bytes let Fp8Matmul
+  // align it (see there).
+  auto buffers = device_arrays(
+      {{m, n}, {static_cast<int>(p.algo.workspaceSize + 256)}}, {out, mx::uint8},
+      {operands[0], operands[1]}, stream);
+  operands.push_back(std::move(buffers[0]));
+  operands.push_back(std::move(buffers[1]));
   return mx::array({m, n}, out, std::make_shared<Fp8Matmul>(stream, scaling), std::move(operands));
 }
 

@@ -5,7 +5,8 @@
 
 #include "kernels.h"
 
-#ifdef MLXS_FP8
+#ifdef MLXS_CUDA_RUNTIME
+#include "device_memory.h"
 #include "fp8_gemm.h"
 #endif
 
@@ -390,6 +391,17 @@ int mlxs_array_from_external(
     return 1;
   }
   return guard([&] {
+#ifdef MLXS_CUDA_RUNTIME
+    // On a GPU the data is copied into device memory at once (see device_copy) and the
+    // owner released: the mapped file need not outlive the call.
+    mx::Device device = mx::default_device();
+    if (device.type == mx::Device::gpu) {
+      *out = wrap(mlxs::device_copy(
+          data, to_shape(shape, ndim), to_dtype(dtype), mx::default_stream(device)));
+      owner.reset();
+      return;
+    }
+#endif
     auto deleter = [owner](void*) mutable { owner.reset(); };
     *out = wrap(mx::array(data, to_shape(shape, ndim), to_dtype(dtype), deleter));
   });
@@ -801,7 +813,7 @@ namespace {
 // cuBLASLt's FP8 kernels read K-contiguous rows of 16-byte multiples and write rows of
 // N elements aligned as much.
 bool fp8_kernel_runs(const mx::Device& device, int n, int k) {
-#ifdef MLXS_FP8
+#ifdef MLXS_CUDA_RUNTIME
   return n % 16 == 0 && k % 16 == 0 && mlxs::has_fp8_hardware(device);
 #else
   (void)device, (void)n, (void)k;
@@ -855,7 +867,7 @@ int mlxs_fp8_matmul(
     mx::Shape shape = rows;
     shape.push_back(b.shape(0));
     std::optional<mx::array> product;
-#ifdef MLXS_FP8
+#ifdef MLXS_CUDA_RUNTIME
     mx::Stream stream = mx::default_stream(mx::default_device());
     // cuBLASLt takes no empty operands (the composed product of nothing is well defined)
     // and writes half, bfloat16 or single precision.

@@ -135,7 +135,8 @@ int mlxs_array_to_string(const mlxs_array* a, const char** s, size_t* len);
 
 int mlxs_array_from_data(
     const void* data, const int32_t* shape, size_t ndim, int dtype, mlxs_array** out);
-// Wraps memory owned elsewhere without copying. The shim owns `ctx` from the call on:
+// Wraps memory owned elsewhere without copying where MLX can (on a CUDA GPU it is copied
+// into device memory before the call returns). The shim owns `ctx` from the call on:
 // `release(ctx)` runs exactly once, when MLX is done with the memory or if this fails.
 int mlxs_array_from_external(
     void* data, const int32_t* shape, size_t ndim, int dtype,
