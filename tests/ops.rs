@@ -1332,9 +1332,10 @@ fn check_fp8_rows(v: &[f32], rows: usize, k: usize, q: &Fp8Rows) {
 
 #[test]
 fn fp8_rows_quantize_to_the_nearest_e4m3_step_of_their_scale() {
-    // Rows of 4096 and 100 values (the kernel's packed and single-value paths on a GPU),
-    // a row of zeros (scale 1), a row with one large value.
-    for k in [4096usize, 100] {
+    // Rows of 4096 and 100 values (the kernel's packed and single-value paths on a GPU,
+    // held in registers), of 20000 and 2100 (the same paths, read twice), a row of zeros
+    // (scale 1), a row with one large value.
+    for k in [4096usize, 100, 20000, 2100] {
         let rows = 6;
         let mut v = f32s(&random::normal(
             &[rows as i32, k as i32],
@@ -1391,14 +1392,17 @@ fn fp8_rows_quantize_to_the_nearest_e4m3_step_of_their_scale() {
 
 #[test]
 fn fp8_rows_of_a_swiglu_are_those_of_its_product() {
-    // Rows of 4096 and 100 values (the GPU kernel's packed and single-value paths), in the
-    // compute dtypes; leading axes are rows. The GPU kernel computes the product in its own
+    // Rows of 4096 and 100 values (the GPU kernel's packed and single-value paths, held in
+    // registers), of 20000 and 2100 (read twice), in the compute dtypes; leading axes are
+    // rows. The GPU kernel computes the product in its own
     // registers, so it may round an element one bfloat16 step the other way: its scale
     // within a step of the composed one, its bytes within one E4M3 step.
     for (shape, dtype) in [
         (&[2, 3, 4096][..], Dtype::Bf16),
         (&[5, 100][..], Dtype::Bf16),
         (&[2, 3, 4096][..], Dtype::F32),
+        (&[3, 20000][..], Dtype::Bf16),
+        (&[3, 2100][..], Dtype::Bf16),
     ] {
         let gate = (random::normal(shape, Dtype::F32, &random::key(21)) * 3.0).astype(dtype);
         let up = random::normal(shape, Dtype::F32, &random::key(22)).astype(dtype);
@@ -1555,6 +1559,92 @@ fn mxfp8_quantization_round_trip() {
     // E4M3 rounding really happened: some value lost close to its half ulp.
     assert!(worst_relative > 2f64.powi(-5), "worst {worst_relative}");
     check_quantized_matmul(&q, &w, &deq, &bound);
+}
+
+/// The value of an E4M3 byte (sign, 4 exponent bits of bias 7, 3 mantissa bits), computed
+/// here; NaN for S.1111.111.
+fn e4m3_value(b: u8) -> f64 {
+    let (e, m) = (i32::from((b >> 3) & 0xf), f64::from(b & 0x7));
+    let magnitude = match (e, m) {
+        (15, 7.0) => f64::NAN,
+        (0, _) => m * 2f64.powi(-9),
+        _ => (1.0 + m / 8.0) * 2f64.powi(e - 7),
+    };
+    if b & 0x80 != 0 {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+#[test]
+fn eight_bit_weights_dequantize_to_their_formulas() {
+    // Rows of 256 over magnitudes from 1e-3 to 1e2, in each compute dtype (on a GPU the
+    // 8-bit formats take the runtime's own kernel: 16 bytes of weights a thread).
+    let (rows, cols) = (24usize, 256usize);
+    let mut w = gauss(rows * cols, 11);
+    for (r, row) in w.chunks_mut(cols).enumerate() {
+        let scale = 10f32.powf(r as f32 * 5.0 / 23.0 - 3.0);
+        row.iter_mut().for_each(|v| *v *= scale);
+    }
+    let w = f32_array(&w, &[rows as i32, cols as i32]);
+    let bytes = |q: &Quantized| -> Vec<u8> {
+        read::<u32>(&q.weights)
+            .iter()
+            .flat_map(|word| word.to_le_bytes())
+            .collect()
+    };
+    for (dtype, half_ulp) in [
+        (Dtype::Bf16, 2f64.powi(-8)),
+        (Dtype::F16, 2f64.powi(-11)),
+        (Dtype::F32, 2f64.powi(-24)),
+    ] {
+        // Affine: `scale * q + bias` in the scales' dtype, rounded after the product and
+        // after the sum (or once, where the GPU fuses them).
+        let q = Quantized::new(&w.astype(dtype), 64, 8, QuantMode::Affine).unwrap();
+        let deq = q.dequantize(None);
+        assert_eq!(
+            (deq.dtype(), deq.shape()),
+            (dtype, &[rows as i32, cols as i32][..])
+        );
+        let as_f32 = |a: &Array| f32s(&a.astype(Dtype::F32));
+        let (scales, biases) = (as_f32(&q.scales), as_f32(q.biases.as_ref().unwrap()));
+        for (i, (&got, &byte)) in as_f32(&deq).iter().zip(&bytes(&q)).enumerate() {
+            let (s, b) = (f64::from(scales[i / 64]), f64::from(biases[i / 64]));
+            let product = s * f64::from(byte);
+            let exact = product + b;
+            let bound = half_ulp * (product.abs() + exact.abs()) + 1e-300;
+            assert!(
+                (f64::from(got) - exact).abs() <= bound,
+                "{dtype:?} affine element {i}: {got}, {s} * {byte} + {b} = {exact}"
+            );
+        }
+        // mxfp8: the E4M3 value times 2^(e - 127), exact in float32, rounded once to the
+        // requested dtype.
+        let q = Quantized::new(&w.astype(dtype), 32, 8, QuantMode::Mxfp8).unwrap();
+        let exponents = read::<u8>(&q.scales);
+        let exact: Vec<f32> = bytes(&q)
+            .iter()
+            .enumerate()
+            .map(|(i, &byte)| {
+                (e4m3_value(byte) * 2f64.powi(i32::from(exponents[i / 32]) - 127)) as f32
+            })
+            .collect();
+        let exact = f32_array(&exact, &[rows as i32, cols as i32]);
+        for out in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
+            let deq = q.dequantize(Some(out));
+            assert_eq!(deq.dtype(), out);
+            let (got, want) = (as_f32(&deq), as_f32(&exact.astype(out)));
+            let differ = got
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert!(
+                differ.is_none(),
+                "{dtype:?} mxfp8 to {out:?}: element {differ:?} differs"
+            );
+        }
+    }
 }
 
 // === random ===================================================================================

@@ -6,6 +6,7 @@
 
 #include "kernels.h"
 
+#include <cstdint>
 #include <cstdio>
 #include <stdexcept>
 #include <sstream>
@@ -135,6 +136,29 @@ __device__ inline unsigned short e4m3x2(float lo, float hi) {
   return pair;
 }
 
+// An E4M3 byte's value (sign, 4 exponent bits of bias 7, 3 mantissa bits; S.1111.111 is
+// NaN), in integer operations: GPUs before sm_89 do not convert it.
+__device__ inline float e4m3_value(unsigned char b) {
+  const unsigned int sign = static_cast<unsigned int>(b & 0x80) << 24;
+  const unsigned int e = (b >> 3) & 0xf, m = b & 0x7;
+  if (e == 0xf && m == 0x7) {
+    return __uint_as_float(0x7fffffffu);
+  }
+  if (e == 0) {
+    return __uint_as_float(sign | __float_as_uint(static_cast<float>(m) * 0x1p-9f));
+  }
+  return __uint_as_float(sign | ((e + 120) << 23) | (m << 20));
+}
+
+// An E8M0 byte's value, 2^(s - 127) (255 is NaN).
+__device__ inline float e8m0_value(unsigned char s) {
+  if (s == 0xff) {
+    return __uint_as_float(0x7fffffffu);
+  }
+  return s == 0 ? __uint_as_float(0x00400000u)
+                : __uint_as_float(static_cast<unsigned int>(s) << 23);
+}
+
 // Packs of V consecutive values of a row of an array, as float.
 template <typename T>
 struct Values {
@@ -170,42 +194,74 @@ struct SwiGlu {
   }
 };
 
+// Packs of V floats over `s` as E4M3 bytes at q (exact divisions, as the composed path
+// computes them: NVRTC may be told fast math).
+template <int V>
+__device__ inline void store_e4m3(unsigned char* q, const float (&v)[V], float s) {
+  if constexpr (V == 1) {
+    *q = static_cast<unsigned char>(e4m3x2(__fdiv_rn(v[0], s), 0.0f) & 0xff);
+  } else {
+    Pack<unsigned short, V / 2> pairs;
+#pragma unroll
+    for (int k = 0; k < V; k += 2) {
+      pairs.v[k / 2] = e4m3x2(__fdiv_rn(v[k], s), __fdiv_rn(v[k + 1], s));
+    }
+    *reinterpret_cast<Pack<unsigned short, V / 2>*>(q) = pairs;
+  }
+}
+
 // One row of K values (packs of V from `load`) by one block of THREADS threads: its largest
 // magnitude over 448 is the row's scale, and the values over the scale are stored as E4M3
-// bytes. Two passes over the row (the second from cache) rather than registers: rows run to
-// tens of thousands.
+// bytes. Rows of up to eight packs a thread (a SwiGLU's 10240 values are five packs of
+// eight for 256 threads) are read once and held in registers, a SwiGLU's product computed
+// once; longer ones are read again, from cache.
 template <int V, int K, int THREADS, typename Load>
 __device__ void fp8_quantize_row(
     long row, const Load& load, unsigned char* q, float* scale, float* partial) {
+  constexpr int PACKS = (K / V + THREADS - 1) / THREADS;
+  constexpr bool HELD = PACKS <= 8;
   const long base = row * K;
   unsigned char* qr = q + base;
+  float held[HELD ? PACKS : 1][V];
   float amax = 0.0f;
-  for (int i = threadIdx.x * V; i < K; i += THREADS * V) {
-    float v[V];
-    load(base + i, v);
+  if constexpr (HELD) {
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      amax = fmaxf(amax, fabsf(v[k]));
+    for (int c = 0; c < PACKS; ++c) {
+      const int i = (threadIdx.x + c * THREADS) * V;
+      if (i < K) {
+        load(base + i, held[c]);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          amax = fmaxf(amax, fabsf(held[c][k]));
+        }
+      }
+    }
+  } else {
+    for (int i = threadIdx.x * V; i < K; i += THREADS * V) {
+      load(base + i, held[0]);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        amax = fmaxf(amax, fabsf(held[0][k]));
+      }
     }
   }
   amax = block_reduce(amax, partial, Max());
-  // Exact divisions, as the composed path computes them (NVRTC may be told fast math).
   const float s = amax > 0.0f ? __fdiv_rn(amax, 448.0f) : 1.0f;
   if (threadIdx.x == 0) {
     scale[row] = s;
   }
-  for (int i = threadIdx.x * V; i < K; i += THREADS * V) {
-    float v[V];
-    load(base + i, v);
-    if constexpr (V == 1) {
-      qr[i] = static_cast<unsigned char>(e4m3x2(__fdiv_rn(v[0], s), 0.0f) & 0xff);
-    } else {
-      Pack<unsigned short, V / 2> pairs;
+  if constexpr (HELD) {
 #pragma unroll
-      for (int k = 0; k < V; k += 2) {
-        pairs.v[k / 2] = e4m3x2(__fdiv_rn(v[k], s), __fdiv_rn(v[k + 1], s));
+    for (int c = 0; c < PACKS; ++c) {
+      const int i = (threadIdx.x + c * THREADS) * V;
+      if (i < K) {
+        store_e4m3<V>(qr + i, held[c], s);
       }
-      *reinterpret_cast<Pack<unsigned short, V / 2>*>(qr + i) = pairs;
+    }
+  } else {
+    for (int i = threadIdx.x * V; i < K; i += THREADS * V) {
+      load(base + i, held[0]);
+      store_e4m3<V>(qr + i, held[0], s);
     }
   }
 }
@@ -330,6 +386,28 @@ __device__ void rope_row(
 }
 )";
 
+// FNV-1a: a hash that stays the same across processes and builds.
+uint64_t fnv1a(const std::string& text, uint64_t hash = 0xcbf29ce484222325ull) {
+  for (unsigned char c : text) {
+    hash = (hash ^ c) * 0x100000001b3ull;
+  }
+  return hash;
+}
+
+// mx::fast::cuda_kernel over kHeader and `source`, named `name` and a hash of both. MLX
+// keys compiled kernels by name alone, in the process and on disk across processes (its
+// PTX cache): a kernel whose source changed (another version of this library, or another
+// epsilon baked into the source) must not find the old one under its name.
+mx::fast::CustomKernelFunction cuda_kernel(
+    const std::string& name, const std::vector<std::string>& inputs,
+    const std::vector<std::string>& outputs, const std::string& source) {
+  static const uint64_t header = fnv1a(kHeader);
+  char hash[17];
+  auto value = static_cast<unsigned long long>(fnv1a(source, header));
+  std::snprintf(hash, sizeof hash, "%016llx", value);
+  return mx::fast::cuda_kernel(name + "_" + hash, inputs, outputs, source, kHeader);
+}
+
 // Packs of 4 channels (8 bytes of bfloat16) where the head size and the pointers allow,
 // else single pairs.
 std::string rope_table_source(bool norm, float eps) {
@@ -378,9 +456,9 @@ mx::array rope_table_kernel(
     names.push_back("weight");
     inputs.push_back(*weight);
   }
-  auto kernel = mx::fast::cuda_kernel(
+  auto kernel = cuda_kernel(
       norm ? "mlxs_rms_norm_rope_table" : "mlxs_rope_table", names, {"out"},
-      rope_table_source(norm, eps), kHeader);
+      rope_table_source(norm, eps));
   int threads = 32 * x.shape(0) * x.shape(1) * x.shape(2);
   int d = x.shape(3);
   return kernel(
@@ -480,10 +558,10 @@ bool fp8_kernel_fits(const mx::array& x) {
 std::pair<mx::array, mx::array> fp8_quantize_kernel(const std::vector<mx::array>& inputs) {
   const mx::array& x = inputs[0];
   bool swiglu = inputs.size() == 2;
-  auto kernel = mx::fast::cuda_kernel(
+  auto kernel = cuda_kernel(
       swiglu ? "mlxs_fp8_quantize_swiglu" : "mlxs_fp8_quantize",
       swiglu ? std::vector<std::string>{"gate", "up"} : std::vector<std::string>{"x"},
-      {"q", "scale"}, fp8_quantize_source(swiglu), kHeader);
+      {"q", "scale"}, fp8_quantize_source(swiglu));
   int k = x.shape(-1);
   int rows = static_cast<int>(x.size() / k);
   int pack = 16 / static_cast<int>(mx::size_of(x.dtype()));
@@ -569,9 +647,9 @@ std::vector<mx::array> residual_rms_norm(
   if (out) {
     out_names.push_back("o");
   }
-  auto kernel = mx::fast::cuda_kernel(
+  auto kernel = cuda_kernel(
       "mlxs_residual_rms_norm", names, out_names,
-      residual_rms_norm_source(residual, out, y_eps, out_eps), kHeader);
+      residual_rms_norm_source(residual, out, y_eps, out_eps));
   int rows = y.shape(0) * y.shape(1);
   int d = y.shape(2);
   int pack = 16 / static_cast<int>(mx::size_of(y.dtype()));
@@ -588,6 +666,80 @@ std::vector<mx::array> residual_rms_norm(
        {"SCALE", scale.has_value()},
        {"T", y.dtype()}},
       std::nullopt, false, {});
+}
+
+// Sixteen weights (16 bytes of w, within one group) a thread, as MLX's kernels compute
+// them: affine in the scales' dtype, `scale * q + bias`; mxfp8 in float32, the E4M3 value
+// times the power-of-two scale, rounded once to T.
+std::string dequantize_source(bool affine) {
+  std::string src = R"(
+  const long i = (static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x) * 16;
+  if (i >= SIZE) {
+    return;
+  }
+  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(w) + i;
+  Pack<unsigned char, 16> q;
+  if (reinterpret_cast<unsigned long>(bytes) % 16 == 0) {
+    q = *reinterpret_cast<const Pack<unsigned char, 16>*>(bytes);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+      q.v[k] = bytes[k];
+    }
+  }
+  const long g = i / GROUP;
+  Pack<T, 16> v;
+  VALUES
+  *reinterpret_cast<Pack<T, 16>*>(out + i) = v;
+)";
+  replace(
+      src, "VALUES",
+      affine ? R"(const T scale = scales[g];
+  const T bias = biases[g];
+#pragma unroll
+  for (int k = 0; k < 16; ++k) {
+    v.v[k] = scale * static_cast<T>(q.v[k]) + bias;
+  })"
+             : R"(const float scale = e8m0_value(scales[g]);
+#pragma unroll
+  for (int k = 0; k < 16; ++k) {
+    v.v[k] = static_cast<T>(scale * e4m3_value(q.v[k]));
+  })");
+  return src;
+}
+
+constexpr int kDequantizeThreads = 256;
+
+mx::array dequantize(
+    const mx::array& w, const mx::array& scales, const std::optional<mx::array>& biases,
+    int group_size, int bits, const std::string& mode, std::optional<mx::Dtype> dtype) {
+  // MLX's op checks the operands and says what it computes; lazy, it costs nothing unused.
+  mx::array reference =
+      mx::dequantize(w, scales, biases, group_size, bits, mode, std::nullopt, dtype);
+  bool affine = mode == "affine";
+  bool fits = on_cuda_gpu() && bits == 8 && (affine || mode == "mxfp8") &&
+      group_size % 16 == 0 && reference.size() > 0 && reference.size() < (1u << 31) &&
+      (reference.dtype() == mx::bfloat16 || reference.dtype() == mx::float16 ||
+       reference.dtype() == mx::float32) &&
+      (!affine || (biases && reference.dtype() == scales.dtype()));
+  if (!fits) {
+    return reference;
+  }
+  std::vector<std::string> names{"w", "scales"};
+  std::vector<mx::array> inputs{w, scales};
+  if (affine) {
+    names.push_back("biases");
+    inputs.push_back(*biases);
+  }
+  auto kernel = cuda_kernel(
+      affine ? "mlxs_dequantize_affine8" : "mlxs_dequantize_mxfp8", names, {"out"},
+      dequantize_source(affine));
+  int size = static_cast<int>(reference.size());
+  return kernel(
+      inputs, {reference.shape()}, {reference.dtype()}, {size / 16, 1, 1},
+      {kDequantizeThreads, 1, 1},
+      {{"SIZE", size}, {"GROUP", group_size}, {"T", reference.dtype()}}, std::nullopt, false,
+      {})[0];
 }
 
 std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {

@@ -44,6 +44,16 @@ std::pair<mlx::core::array, mlx::core::array> fp8_quantize(const mlx::core::arra
 std::pair<mlx::core::array, mlx::core::array> fp8_quantize_swiglu(
     const mlx::core::array& gate, const mlx::core::array& up);
 
+// mx::dequantize (same operands, checks and result), on CUDA GPUs by a kernel of ours for
+// 8-bit affine and mxfp8 weights: sixteen a thread, where MLX's kernel reads one byte a
+// thread and runs at under a third of an H200's bandwidth. Its values are MLX's (affine:
+// `scale * q + bias` in the scales' dtype, which must be the result's; mxfp8: the E4M3
+// value times the power-of-two scale, rounded once).
+mlx::core::array dequantize(
+    const mlx::core::array& w, const mlx::core::array& scales,
+    const std::optional<mlx::core::array>& biases, int group_size, int bits,
+    const std::string& mode, std::optional<mlx::core::Dtype> dtype);
+
 // Whether `device` is a CUDA GPU of compute capability 8.9 or later (Ada, Hopper on): the
 // generation that converts to E4M3 in hardware (PTX `cvt` to e4m3x2) and has E4M3 tensor
 // cores.

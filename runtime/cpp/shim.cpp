@@ -784,8 +784,8 @@ int mlxs_dequantize(
     int bits, const char* mode, int dtype, mlxs_array** out) {
   return guard([&] {
     std::optional<mx::Dtype> d = dtype < 0 ? std::nullopt : std::optional(to_dtype(dtype));
-    *out = wrap(mx::dequantize(
-        w->a, scales->a, opt(biases), group_size, bits, std::string(mode), std::nullopt, d));
+    *out = wrap(
+        mlxs::dequantize(w->a, scales->a, opt(biases), group_size, bits, std::string(mode), d));
   });
 }
 

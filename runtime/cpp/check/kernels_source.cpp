@@ -85,13 +85,32 @@ int main() {
             mlxs::residual_rms_norm_source(residual, out, 1e-5f, 1e-6f));
       }
     }
-    for (int k : {3840, 100}) {
+    // Rows held in registers and rows read twice, packed and value by value; plain rows
+    // and a SwiGLU's.
+    for (int k : {3840, 10240, 100, 20000, 2100}) {
+      for (bool swiglu : {false, true}) {
+        std::vector<Input> in = swiglu ? std::vector<Input>{{"gate", type}, {"up", type}}
+                                       : std::vector<Input>{{"x", type}};
+        kernel(
+            "fp8_quantize_" + std::to_string(n++), in, {{"q", "uint8_t"}, {"scale", "float"}},
+            number("K", k) + number("VEC", k % pack == 0 ? pack : 1) +
+                number("THREADS", mlxs::kFp8Threads) + "  using T = " + type + ";\n",
+            mlxs::fp8_quantize_source(swiglu));
+      }
+    }
+  }
+  for (const char* t : {"__nv_bfloat16", "__half", "float"}) {
+    std::string type = t;
+    for (bool affine : {true, false}) {
+      std::vector<Input> in{{"w", "uint32_t"}, {"scales", affine ? type : "uint8_t"}};
+      if (affine) {
+        in.push_back({"biases", type});
+      }
       kernel(
-          "fp8_quantize_" + std::to_string(n++), {{"x", type}},
-          {{"q", "uint8_t"}, {"scale", "float"}},
-          number("K", k) + number("VEC", k % pack == 0 ? pack : 1) +
-              number("THREADS", mlxs::kFp8Threads) + "  using T = " + type + ";\n",
-          mlxs::fp8_quantize_source());
+          "dequantize_" + std::to_string(n++), in, {{"out", type}},
+          number("SIZE", 4096) + number("GROUP", affine ? 64 : 32) + "  using T = " + type +
+              ";\n",
+          mlxs::dequantize_source(affine));
     }
   }
   std::cout << "}  // namespace mlx::core::cu\n";
