@@ -103,6 +103,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/fp8_gemm.h");
     println!("cargo:rerun-if-changed=cpp/device_memory.cpp");
     println!("cargo:rerun-if-changed=cpp/device_memory.h");
+    println!("cargo:rerun-if-changed=cpp/cuda_library.h");
 
     let request = match requested_backend() {
         Ok(request) => request,

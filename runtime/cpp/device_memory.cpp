@@ -1,15 +1,12 @@
-// Device memory for code outside libmlx: see device_memory.h. CUDA's runtime is reached by
-// dlopen, as cuBLASLt is in fp8_gemm.cpp, so that binaries link nothing MLX does not.
+// Device memory for code outside libmlx: see device_memory.h.
 
 #include "device_memory.h"
-
-#include <dlfcn.h>
+#include "cuda_library.h"
 
 #include <cuda_runtime_api.h>
 
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
 #include "mlx/backend/cuda/device.h"
 #include "mlx/backend/cuda/utils.h"
@@ -29,24 +26,11 @@ struct Cudart {
 
 const Cudart& cudart() {
   static const Cudart cudart = [] {
-    // libmlx.so depends on libcudart.so.13, so it is loaded already.
-    void* lib = dlopen("libcudart.so.13", RTLD_NOW | RTLD_NOLOAD);
-    if (!lib) {
-      lib = dlopen("libcudart.so.13", RTLD_NOW);
-    }
-    if (!lib) {
-      throw std::runtime_error("[device_copy] libcudart.so.13 cannot be loaded");
-    }
-    auto bind = [&](auto& f, const char* name) {
-      f = reinterpret_cast<std::remove_reference_t<decltype(f)>>(dlsym(lib, name));
-      if (!f) {
-        throw std::runtime_error(std::string("[device_copy] libcudart.so.13 lacks ") + name);
-      }
-    };
+    CudaLibrary lib("libcudart.so.13", "device_copy");
     Cudart c;
-    bind(c.memcpy, "cudaMemcpy");
-    bind(c.synchronize, "cudaStreamSynchronize");
-    bind(c.error_string, "cudaGetErrorString");
+    lib.bind(c.memcpy, "cudaMemcpy");
+    lib.bind(c.synchronize, "cudaStreamSynchronize");
+    lib.bind(c.error_string, "cudaGetErrorString");
     return c;
   }();
   return cudart;

@@ -5,10 +5,9 @@
 // dlopen so that binaries link nothing MLX does not.
 
 #include "fp8_gemm.h"
+#include "cuda_library.h"
 #include "device_memory.h"
 #include "kernels.h"
-
-#include <dlfcn.h>
 
 #include <cublasLt.h>
 
@@ -46,14 +45,6 @@ struct Lt {
   cublasLtHandle_t handle = nullptr;
 };
 
-template <typename F>
-void bind(void* lib, F& f, const char* name) {
-  f = reinterpret_cast<F>(dlsym(lib, name));
-  if (!f) {
-    throw std::runtime_error(std::string("[fp8_matmul] cuBLASLt lacks ") + name);
-  }
-}
-
 void check(cublasStatus_t status, const char* what) {
   if (status != CUBLAS_STATUS_SUCCESS) {
     throw std::runtime_error(
@@ -64,26 +55,19 @@ void check(cublasStatus_t status, const char* what) {
 
 const Lt& lt() {
   static const Lt lt = [] {
-    // libmlx.so depends on libcublasLt.so.13, so it is loaded already.
-    void* lib = dlopen("libcublasLt.so.13", RTLD_NOW | RTLD_NOLOAD);
-    if (!lib) {
-      lib = dlopen("libcublasLt.so.13", RTLD_NOW);
-    }
-    if (!lib) {
-      throw std::runtime_error("[fp8_matmul] libcublasLt.so.13 cannot be loaded");
-    }
+    CudaLibrary lib("libcublasLt.so.13", "fp8_matmul");
     Lt l;
-    bind(lib, l.create, "cublasLtCreate");
-    bind(lib, l.desc_create, "cublasLtMatmulDescCreate");
-    bind(lib, l.desc_set, "cublasLtMatmulDescSetAttribute");
-    bind(lib, l.layout_create, "cublasLtMatrixLayoutCreate");
-    bind(lib, l.pref_create, "cublasLtMatmulPreferenceCreate");
-    bind(lib, l.pref_set, "cublasLtMatmulPreferenceSetAttribute");
-    bind(lib, l.pref_destroy, "cublasLtMatmulPreferenceDestroy");
-    bind(lib, l.desc_destroy, "cublasLtMatmulDescDestroy");
-    bind(lib, l.layout_destroy, "cublasLtMatrixLayoutDestroy");
-    bind(lib, l.heuristic, "cublasLtMatmulAlgoGetHeuristic");
-    bind(lib, l.matmul, "cublasLtMatmul");
+    lib.bind(l.create, "cublasLtCreate");
+    lib.bind(l.desc_create, "cublasLtMatmulDescCreate");
+    lib.bind(l.desc_set, "cublasLtMatmulDescSetAttribute");
+    lib.bind(l.layout_create, "cublasLtMatrixLayoutCreate");
+    lib.bind(l.pref_create, "cublasLtMatmulPreferenceCreate");
+    lib.bind(l.pref_set, "cublasLtMatmulPreferenceSetAttribute");
+    lib.bind(l.pref_destroy, "cublasLtMatmulPreferenceDestroy");
+    lib.bind(l.desc_destroy, "cublasLtMatmulDescDestroy");
+    lib.bind(l.layout_destroy, "cublasLtMatrixLayoutDestroy");
+    lib.bind(l.heuristic, "cublasLtMatmulAlgoGetHeuristic");
+    lib.bind(l.matmul, "cublasLtMatmul");
     check(l.create(&l.handle), "cublasLtCreate");
     return l;
   }();
