@@ -3,7 +3,7 @@
 #include "device_memory.h"
 #include "cuda_library.h"
 
-#include <cuda_runtime_api.h>
+#include <cuda.h>
 
 #include <stdexcept>
 #include <string>
@@ -17,30 +17,34 @@ namespace mx = mlx::core;
 namespace mlxs {
 namespace {
 
-// The CUDA runtime entry points this file calls.
-struct Cudart {
-  decltype(&cudaMemcpy) memcpy;
-  decltype(&cudaStreamSynchronize) synchronize;
-  decltype(&cudaGetErrorString) error_string;
+// The CUDA driver's entry points this file calls. The driver rather than the runtime:
+// libmlx.so links CUDA's runtime statically and the driver dynamically, so the driver is
+// the copy MLX itself runs on.
+struct Driver {
+  decltype(&cuMemcpyHtoD_v2) memcpy;
+  decltype(&cuStreamSynchronize) synchronize;
+  decltype(&cuGetErrorString) error_string;
 };
 
-const Cudart& cudart() {
-  static const Cudart cudart = [] {
-    CudaLibrary lib("libcudart.so.13", "device_copy");
-    Cudart c;
-    lib.bind(c.memcpy, "cudaMemcpy");
-    lib.bind(c.synchronize, "cudaStreamSynchronize");
-    lib.bind(c.error_string, "cudaGetErrorString");
-    return c;
+const Driver& driver() {
+  static const Driver driver = [] {
+    CudaLibrary lib("libcuda.so.1", "device_copy");
+    Driver d;
+    lib.bind(d.memcpy, "cuMemcpyHtoD_v2");
+    lib.bind(d.synchronize, "cuStreamSynchronize");
+    lib.bind(d.error_string, "cuGetErrorString");
+    return d;
   }();
-  return cudart;
+  return driver;
 }
 
-void check(cudaError_t status, const char* what, const mx::array& a) {
-  if (status != cudaSuccess) {
+void check(CUresult status, const char* what, const mx::array& a) {
+  if (status != CUDA_SUCCESS) {
+    const char* why = "unknown error";
+    driver().error_string(status, &why);
     throw std::runtime_error(
         std::string("[device_copy] ") + what + " of " + std::to_string(a.nbytes()) +
-        " bytes failed: " + cudart().error_string(status));
+        " bytes failed: " + why);
   }
 }
 
@@ -69,14 +73,13 @@ mx::array device_copy(
   mx::array out = device_arrays({shape}, {dtype}, {}, stream)[0];
   mx::eval(out);
   // The buffer is allocated in the stream's order; the copy below runs on CUDA's legacy
-  // stream, which MLX's streams do not wait on.
+  // stream, which MLX's streams do not wait on. mx::eval made MLX's context current.
   mx::synchronize(stream);
   if (out.nbytes() > 0) {
-    check(
-        cudart().memcpy(mx::gpu_ptr<void>(out), data, out.nbytes(), cudaMemcpyDefault),
-        "cudaMemcpy", out);
+    auto to = reinterpret_cast<CUdeviceptr>(mx::gpu_ptr<void>(out));
+    check(driver().memcpy(to, data, out.nbytes()), "cuMemcpyHtoD", out);
     // From pageable memory the call returns once the bytes are staged, not yet written.
-    check(cudart().synchronize(nullptr), "cudaStreamSynchronize after cudaMemcpy", out);
+    check(driver().synchronize(nullptr), "cuStreamSynchronize after cuMemcpyHtoD", out);
   }
   return out;
 }

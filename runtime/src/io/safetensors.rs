@@ -216,6 +216,8 @@ fn tensor_to_array(map: &Arc<Backing>, info: &TensorInfo, data: &[u8]) -> Result
     let mut out = ptr::null_mut();
     let status = if aligned && !data.is_empty() {
         let ctx = Arc::into_raw(Arc::clone(map)).cast_mut().cast::<c_void>();
+        // On a GPU the shim evaluates: it copies the tensor into device memory at once.
+        let _evaluating = crate::eval_lock::lock();
         // SAFETY: `data` points into the backing bytes, which `ctx` keeps alive until the shim
         // releases it (once, whether or not the call succeeds); its length matches shape and
         // dtype (checked by the safetensors parser).
