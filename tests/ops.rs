@@ -1332,9 +1332,10 @@ fn check_fp8_rows(v: &[f32], rows: usize, k: usize, q: &Fp8Rows) {
 
 #[test]
 fn fp8_rows_quantize_to_the_nearest_e4m3_step_of_their_scale() {
-    // Rows of 4096 and 100 values (the kernel's packed and single-value paths on a GPU,
-    // held in registers), of 20000 and 2100 (the same paths, read twice), a row of zeros
-    // (scale 1), a row with one large value.
+    // Rows of 4096 and 100 values (in bfloat16, the GPU kernel's packed and single-value
+    // paths, held in registers), of 20000 and 2100 (the same paths, read twice; float32
+    // rows of 100 and 2100 are packed and held), a row of zeros (scale 1), a row with one
+    // large value.
     for k in [4096usize, 100, 20000, 2100] {
         let rows = 6;
         let mut v = f32s(&random::normal(

@@ -6,7 +6,6 @@
 
 #include "kernels.h"
 
-#include <cstdint>
 #include <cstdio>
 #include <stdexcept>
 #include <sstream>
@@ -386,28 +385,6 @@ __device__ void rope_row(
 }
 )";
 
-// FNV-1a: a hash that stays the same across processes and builds.
-uint64_t fnv1a(const std::string& text, uint64_t hash = 0xcbf29ce484222325ull) {
-  for (unsigned char c : text) {
-    hash = (hash ^ c) * 0x100000001b3ull;
-  }
-  return hash;
-}
-
-// mx::fast::cuda_kernel over kHeader and `source`, named `name` and a hash of both. MLX
-// keys compiled kernels by name alone, in the process and on disk across processes (its
-// PTX cache): a kernel whose source changed (another version of this library, or another
-// epsilon baked into the source) must not find the old one under its name.
-mx::fast::CustomKernelFunction cuda_kernel(
-    const std::string& name, const std::vector<std::string>& inputs,
-    const std::vector<std::string>& outputs, const std::string& source) {
-  static const uint64_t header = fnv1a(kHeader);
-  char hash[17];
-  auto value = static_cast<unsigned long long>(fnv1a(source, header));
-  std::snprintf(hash, sizeof hash, "%016llx", value);
-  return mx::fast::cuda_kernel(name + "_" + hash, inputs, outputs, source, kHeader);
-}
-
 // Packs of 4 channels (8 bytes of bfloat16) where the head size and the pointers allow,
 // else single pairs.
 std::string rope_table_source(bool norm, float eps) {
@@ -456,9 +433,9 @@ mx::array rope_table_kernel(
     names.push_back("weight");
     inputs.push_back(*weight);
   }
-  auto kernel = cuda_kernel(
+  auto kernel = mx::fast::cuda_kernel(
       norm ? "mlxs_rms_norm_rope_table" : "mlxs_rope_table", names, {"out"},
-      rope_table_source(norm, eps));
+      rope_table_source(norm, eps), kHeader);
   int threads = 32 * x.shape(0) * x.shape(1) * x.shape(2);
   int d = x.shape(3);
   return kernel(
@@ -558,10 +535,10 @@ bool fp8_kernel_fits(const mx::array& x) {
 std::pair<mx::array, mx::array> fp8_quantize_kernel(const std::vector<mx::array>& inputs) {
   const mx::array& x = inputs[0];
   bool swiglu = inputs.size() == 2;
-  auto kernel = cuda_kernel(
+  auto kernel = mx::fast::cuda_kernel(
       swiglu ? "mlxs_fp8_quantize_swiglu" : "mlxs_fp8_quantize",
       swiglu ? std::vector<std::string>{"gate", "up"} : std::vector<std::string>{"x"},
-      {"q", "scale"}, fp8_quantize_source(swiglu));
+      {"q", "scale"}, fp8_quantize_source(swiglu), kHeader);
   int k = x.shape(-1);
   int rows = static_cast<int>(x.size() / k);
   int pack = 16 / static_cast<int>(mx::size_of(x.dtype()));
@@ -647,9 +624,9 @@ std::vector<mx::array> residual_rms_norm(
   if (out) {
     out_names.push_back("o");
   }
-  auto kernel = cuda_kernel(
+  auto kernel = mx::fast::cuda_kernel(
       "mlxs_residual_rms_norm", names, out_names,
-      residual_rms_norm_source(residual, out, y_eps, out_eps));
+      residual_rms_norm_source(residual, out, y_eps, out_eps), kHeader);
   int rows = y.shape(0) * y.shape(1);
   int d = y.shape(2);
   int pack = 16 / static_cast<int>(mx::size_of(y.dtype()));
@@ -673,8 +650,13 @@ std::vector<mx::array> residual_rms_norm(
 // times the power-of-two scale, rounded once to T.
 std::string dequantize_source(bool affine) {
   std::string src = R"(
+  // w's words hold four weights each.
+  long size = 4;
+  for (int d = 0; d < w_ndim; ++d) {
+    size *= w_shape[d];
+  }
   const long i = (static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x) * 16;
-  if (i >= SIZE) {
+  if (i >= size) {
     return;
   }
   const unsigned char* bytes = reinterpret_cast<const unsigned char*>(w) + i;
@@ -721,7 +703,8 @@ mx::array dequantize(
       group_size % 16 == 0 && reference.size() > 0 && reference.size() < (1u << 31) &&
       (reference.dtype() == mx::bfloat16 || reference.dtype() == mx::float16 ||
        reference.dtype() == mx::float32) &&
-      (!affine || (biases && reference.dtype() == scales.dtype()));
+      (!affine ||
+       (biases && reference.dtype() == scales.dtype() && biases->dtype() == scales.dtype()));
   if (!fits) {
     return reference;
   }
@@ -731,15 +714,14 @@ mx::array dequantize(
     names.push_back("biases");
     inputs.push_back(*biases);
   }
-  auto kernel = cuda_kernel(
+  auto kernel = mx::fast::cuda_kernel(
       affine ? "mlxs_dequantize_affine8" : "mlxs_dequantize_mxfp8", names, {"out"},
-      dequantize_source(affine));
+      dequantize_source(affine), kHeader);
   int size = static_cast<int>(reference.size());
   return kernel(
       inputs, {reference.shape()}, {reference.dtype()}, {size / 16, 1, 1},
       {kDequantizeThreads, 1, 1},
-      {{"SIZE", size}, {"GROUP", group_size}, {"T", reference.dtype()}}, std::nullopt, false,
-      {})[0];
+      {{"GROUP", group_size}, {"T", reference.dtype()}}, std::nullopt, false, {})[0];
 }
 
 std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {

@@ -1,7 +1,8 @@
 // Writes every variant of runtime/cpp/kernels.cpp's CUDA kernels as one CUDA file, with the
-// signatures MLX's fast::cuda_kernel gives them (inputs, then `<name>_shape` where the
-// source uses it, then outputs; template arguments as constants), for check_kernels to
-// compile. It includes kernels.cpp itself to reach the source builders.
+// signatures MLX's fast::cuda_kernel gives them (inputs, then `<name>_shape` and
+// `<name>_ndim` where the source uses them, then outputs; template arguments as
+// constants), for check_kernels to compile. It includes kernels.cpp itself to reach the
+// source builders.
 
 #include "../kernels.cpp"
 
@@ -23,6 +24,9 @@ void kernel(
     params += "    const " + in.type + "* " + in.name + ",\n";
     if (body.find(in.name + "_shape") != std::string::npos) {
       params += "    const __grid_constant__ Shape " + in.name + "_shape,\n";
+    }
+    if (body.find(in.name + "_ndim") != std::string::npos) {
+      params += "    const __grid_constant__ int " + in.name + "_ndim,\n";
     }
   }
   for (const auto& out : outputs) {
@@ -108,8 +112,7 @@ int main() {
       }
       kernel(
           "dequantize_" + std::to_string(n++), in, {{"out", type}},
-          number("SIZE", 4096) + number("GROUP", affine ? 64 : 32) + "  using T = " + type +
-              ";\n",
+          number("GROUP", affine ? 64 : 32) + "  using T = " + type + ";\n",
           mlxs::dequantize_source(affine));
     }
   }
