@@ -53,7 +53,6 @@ void check(CUresult status, const char* what, const mx::array& a) {
 std::vector<mx::array> device_arrays(
     const std::vector<mx::Shape>& shapes, const std::vector<mx::Dtype>& dtypes,
     const std::vector<mx::array>& after, mx::Stream stream) {
-  // Kernels are cached by name: one per signature.
   std::vector<std::string> inputs, outputs;
   for (size_t i = 0; i < after.size(); ++i) {
     inputs.push_back("in" + std::to_string(i));

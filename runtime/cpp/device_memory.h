@@ -20,11 +20,11 @@ std::vector<mlx::core::array> device_arrays(
     const std::vector<mlx::core::array>& after, mlx::core::Stream stream);
 
 // An evaluated array in the memory of `stream`'s GPU holding a copy of `data` (row-major
-// bytes of `shape` and `dtype`), copied before it returns. Evaluates: callers hold the
-// runtime's eval lock. What a checkpoint's tensors
-// become on a GPU: MLX's own `array(data, ...)` copies them on one CPU thread into managed
-// memory, which the host fills by page faults (about 1.4 GB/s on an H200's host) and the
-// GPU migrates by page faults again at first use.
+// bytes of `shape` and `dtype`), copied before it returns; it evaluates, so callers hold
+// the runtime's eval lock. What a checkpoint's tensors become on a GPU: MLX's own
+// `array(data, ...)` copies them on one CPU thread into managed memory, which the host
+// fills by page faults (about 1.4 GB/s on an H200's host) and the GPU migrates by page
+// faults again at first use.
 mlx::core::array device_copy(
     const void* data, const mlx::core::Shape& shape, mlx::core::Dtype dtype,
     mlx::core::Stream stream);
