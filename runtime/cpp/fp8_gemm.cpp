@@ -21,7 +21,6 @@
 
 #include "mlx/backend/cuda/device.h"
 #include "mlx/backend/cuda/utils.h"
-#include "mlx/fast.h"
 #include "mlx/primitives.h"
 
 namespace mx = mlx::core;
