@@ -495,8 +495,8 @@ fn wheel_root(mlx: &Mlx) -> PathBuf {
         .unwrap_or_else(|| mlx.lib.clone())
 }
 
-/// The include directory with what cpp/fp8_gemm.cpp needs from CUDA (its runtime, cuBLASLt,
-/// crt and CCCL headers), from the wheels beside MLX or a CUDA toolkit; MLX's CUDA headers
+/// The include directory with what the files that call CUDA need (its runtime and driver,
+/// cuBLASLt, crt and CCCL headers), from the wheels beside MLX or a CUDA toolkit; MLX's CUDA headers
 /// also include fmt's, from the system.
 fn cuda_headers(mlx: &Mlx) -> Result<PathBuf, String> {
     let candidates = [
@@ -505,6 +505,7 @@ fn cuda_headers(mlx: &Mlx) -> Result<PathBuf, String> {
     ];
     let needed = [
         "cuda_runtime.h",
+        "cuda.h",
         "cublasLt.h",
         "crt/host_config.h",
         "nv/target",
