@@ -194,6 +194,13 @@ impl Generation {
     pub fn cache_hits(&self) -> usize {
         self.computed.len() - self.forward_passes()
     }
+
+    /// The highest peak memory of any step. The step loop resets MLX's peak statistic at
+    /// each boundary, so a peak read around the whole run sees only what followed the
+    /// last step: this is the run's.
+    pub fn peak_bytes(&self) -> usize {
+        self.steps.iter().map(|s| s.peak_bytes).max().unwrap_or(0)
+    }
 }
 
 impl Request {

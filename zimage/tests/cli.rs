@@ -93,6 +93,22 @@ fn init_info_and_generate_on_the_written_directory() {
     }
     assert_eq!(report["forward_passes"], 3);
     assert_eq!(report["step_ms"].as_array().unwrap().len(), 3);
+    // The denoising peak is its steps' highest, above what a step leaves behind: the step
+    // loop resets MLX's peak at each boundary, which must not hide the steps from it.
+    let bytes = |key: &str| -> Vec<u64> {
+        let values = report[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key}: {report}"));
+        values.iter().map(|v| v.as_u64().unwrap()).collect()
+    };
+    let (step_peaks, active) = (bytes("step_peak_bytes"), bytes("active_bytes"));
+    assert_eq!(step_peaks.len(), 3);
+    let highest = *step_peaks.iter().max().unwrap();
+    assert!(
+        report["denoise_peak_bytes"].as_u64().unwrap() >= highest,
+        "{report}"
+    );
+    assert!(highest > active[2], "{report}");
     assert_eq!(report["compute_dtype"], "float32");
 
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));

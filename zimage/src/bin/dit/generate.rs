@@ -257,7 +257,7 @@ pub fn run(args: Args) -> CliResult {
     };
     let bar = progress_bar(steps_run);
     let step_bar = bar.clone();
-    let (generation, denoise) = phase(|| {
+    let (generation, mut denoise) = phase(|| {
         let on_step = move |_, report: &sampler::StepReport| {
             step_bar.set_message(format!("{:.0} ms/step", report.elapsed.as_secs_f64() * 1e3));
             step_bar.inc(1);
@@ -271,6 +271,7 @@ pub fn run(args: Args) -> CliResult {
         )?)
     })?;
     bar.finish_and_clear();
+    denoise.peak_bytes = denoise.peak_bytes.max(generation.peak_bytes());
     let latents = &generation.latents;
     let [batch, _, h, w] = latents.dims();
     let (width, height) = (w * sampler::VAE_SCALE, h * sampler::VAE_SCALE);
@@ -323,6 +324,7 @@ pub fn run(args: Args) -> CliResult {
         .map(|s| s.elapsed.as_secs_f64() * 1e3)
         .collect();
     let active: Vec<usize> = generation.steps.iter().map(|s| s.active_bytes).collect();
+    let step_peaks: Vec<usize> = generation.steps.iter().map(|s| s.peak_bytes).collect();
     let mean_ms = step_ms.iter().sum::<f64>() / step_ms.len().max(1) as f64;
     let decode = decoded.as_ref().map(|(_, phase)| phase);
     let image_encode_ms = image_encode.as_ref().map(|p| p.ms);
@@ -363,6 +365,7 @@ pub fn run(args: Args) -> CliResult {
             "timesteps": generation.schedule.timesteps,
             "step_ms": step_ms,
             "active_bytes": active,
+            "step_peak_bytes": step_peaks,
             "peak_bytes": denoise.peak_bytes,
             "weights_bytes": pipeline.weights_bytes(),
             "transformer_bytes": model.nbytes(),
