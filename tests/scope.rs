@@ -74,6 +74,68 @@ fn a_thousand_compiled_steps_keep_memory_flat() {
     assert_eq!(step.trace_count(), 1);
 }
 
+#[test]
+fn a_pipelined_loop_computes_what_an_evaluating_one_does_and_reports_each_step_late() {
+    let _serial = serial();
+    let step = Compiled::new(false, |a: &[Array]| {
+        let x = &a[0];
+        Ok(vec![(x * 0.5).tanh() * &a[1] + x.cos() * 0.25])
+    })
+    .unwrap();
+    let w = mlx::random::uniform(0.5, 1.5, &[64, 64], Dtype::F32, &mlx::random::key(4));
+    w.eval().unwrap();
+    let run = |pipelined: bool| {
+        let mut x = Array::ones(&[64, 64], Dtype::F32);
+        let bodies = Rc::new(AtomicUsize::new(0));
+        let seen = Rc::clone(&bodies);
+        let (stats, mut record) = recorder();
+        let when = Rc::new(RefCell::new(Vec::new()));
+        let sink = Rc::clone(&when);
+        let hook = move |s: &StepStats| {
+            sink.borrow_mut().push(seen.load(Ordering::Relaxed));
+            record(s);
+        };
+        let loop_ = steps(0..200).on_boundary(hook);
+        let loop_ = if pipelined { loop_.pipelined() } else { loop_ };
+        let started = std::time::Instant::now();
+        for _ in loop_ {
+            bodies.fetch_add(1, Ordering::Relaxed);
+            x = step.call(&[&x, &w]).unwrap().remove(0);
+        }
+        let wall = started.elapsed();
+        assert!(x.is_evaluated());
+        let stats = stats.take();
+        let when = when.take();
+        (x.to_vec::<f32>().unwrap(), stats, when, wall)
+    };
+    let (expected, _, eager_when, _) = run(false);
+    assert_eq!(
+        eager_when,
+        (1..=200).collect::<Vec<_>>(),
+        "reported at once"
+    );
+    let (values, stats, when, wall) = run(true);
+    assert_eq!(values, expected, "the same graph, the same bits");
+    let steps: Vec<usize> = stats.iter().map(|s| s.step).collect();
+    assert_eq!(steps, (0..200).collect::<Vec<_>>(), "every step, in order");
+    // Step i is reported after body i + 1 has built the next graph; the last at the end.
+    let mut late: Vec<usize> = (2..=200).collect();
+    late.push(200);
+    assert_eq!(when, late);
+    assert!(stats.iter().all(|s| s.kept == 1));
+    // Each report's time runs from the previous completion: together, the loop's.
+    let reported: std::time::Duration = stats.iter().map(|s| s.elapsed).sum();
+    assert!(reported <= wall, "{reported:?} > {wall:?}");
+    assert!(reported * 10 >= wall * 9, "{reported:?} of {wall:?}");
+    // At most one step is queued: memory stays within a few of its arrays.
+    let active: Vec<usize> = stats[2..].iter().map(|s| s.active_bytes).collect();
+    let spread = active.iter().max().unwrap() - active.iter().min().unwrap();
+    assert!(
+        spread <= 8 * 64 * 64 * 4,
+        "active memory moved by {spread} B"
+    );
+}
+
 struct Cache {
     k: Array,
     v: Array,

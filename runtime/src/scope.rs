@@ -85,6 +85,13 @@ pub enum Boundary {
     /// Schedule the Keep set and go on building the next iteration's graph while it
     /// computes.
     AsyncEval,
+    /// Schedule the Keep set, then wait for the previous iteration's: the next iteration's
+    /// graph is built while this one computes, and at most one iteration is queued behind
+    /// the one computing. For loops whose body reads nothing it computed (a sampler's
+    /// latents), which an [`AsyncEval`](Boundary::AsyncEval) loop would queue without
+    /// bound. Reports describe computed iterations, so each comes one boundary late and
+    /// the last when the loop ends.
+    Pipelined,
 }
 
 /// What one iteration of a step loop carried out, and memory at its boundary.
@@ -106,7 +113,9 @@ pub struct StepStats {
     pub active_bytes: usize,
     /// Peak memory during the iteration (the peak is reset at each boundary).
     pub peak_bytes: usize,
-    /// Time from the start of the iteration to the end of its boundary.
+    /// Time from the start of the iteration to the end of its boundary; in a
+    /// [`Pipelined`](Boundary::Pipelined) loop, from the boundary before (the first
+    /// iteration: its start) to its own, and for the last iteration on to its completion.
     pub elapsed: Duration,
 }
 
@@ -175,6 +184,7 @@ pub fn steps<I: IntoIterator>(iter: I) -> Steps<I::IntoIter> {
         step: 0,
         started: Instant::now(),
         on_boundary: None,
+        pending: None,
         growth: Growth::default(),
         _not_send: PhantomData,
     }
@@ -197,6 +207,8 @@ pub struct Steps<I> {
     step: usize,
     started: Instant,
     on_boundary: Option<BoundaryHook>,
+    /// A pipelined loop's last scheduled iteration, reported once it has computed.
+    pending: Option<Scheduled>,
     growth: Growth,
     _not_send: PhantomData<*const ()>,
 }
@@ -208,6 +220,13 @@ impl<I> Steps<I> {
         self
     }
 
+    /// Evaluates the Keep set as [`Boundary::Pipelined`] says: scheduled at each boundary,
+    /// waited for at the next.
+    pub fn pipelined(mut self) -> Self {
+        self.boundary = Boundary::Pipelined;
+        self
+    }
+
     /// Calls `f` with each iteration's [`StepStats`] after its boundary. The peak memory
     /// statistic is reset at each boundary of such a loop.
     pub fn on_boundary(mut self, f: impl FnMut(&StepStats) + 'static) -> Self {
@@ -215,44 +234,102 @@ impl<I> Steps<I> {
         self
     }
 
-    /// Closes the current iteration: evaluates its Keep set and reports.
+    /// Closes the current iteration: evaluates its Keep set and reports it, or, pipelined,
+    /// schedules it and reports the one before.
     fn finish_step(&mut self, frame: Frame) {
         let (survivors, kept, kept_bytes) = frame.take_survivors();
         drop(frame);
-        let evaluated = {
-            let _guard = crate::eval_lock::lock();
-            // SAFETY: a live list of live arrays.
-            let status = unsafe {
-                match self.boundary {
-                    Boundary::Eval => sys::mlxs_eval(survivors.as_ptr()),
-                    Boundary::AsyncEval => sys::mlxs_async_eval(survivors.as_ptr()),
-                }
-            };
-            check("step boundary", status)
+        let mut scheduled = Scheduled {
+            survivors,
+            step: self.step,
+            kept,
+            kept_bytes,
+            elapsed: Duration::ZERO,
         };
-        drop(survivors);
-        if let Err(error) = evaluated {
-            tracing::error!(step = self.step, %error, "evaluating the step loop's Keep set failed");
+        self.step += 1;
+        let eval = match self.boundary {
+            Boundary::Eval => sys::mlxs_eval,
+            Boundary::AsyncEval | Boundary::Pipelined => sys::mlxs_async_eval,
+        };
+        scheduled.evaluate(eval);
+        scheduled.elapsed = self.started.elapsed();
+        if self.boundary != Boundary::Pipelined {
+            self.report(scheduled);
+            return;
         }
+        // Scheduling returns once little of the iteration is left to run (MLX lets only a
+        // few command batches wait), so the time between boundaries is the iteration's.
+        self.started = Instant::now();
+        if let Some(previous) = self.pending.replace(scheduled) {
+            previous.evaluate(sys::mlxs_eval);
+            self.report(previous);
+        }
+    }
+
+    /// A pipelined loop's end: waits for its last iteration, whose time includes the wait,
+    /// and reports it.
+    fn finish_pipeline(&mut self) {
+        if let Some(mut last) = self.pending.take() {
+            let waited = Instant::now();
+            last.evaluate(sys::mlxs_eval);
+            last.elapsed += waited.elapsed();
+            self.report(last);
+        }
+    }
+
+    /// The boundary's bookkeeping for an evaluated iteration: the growth check, then the
+    /// hook's stats.
+    fn report(&mut self, scheduled: Scheduled) {
+        let Scheduled {
+            survivors,
+            step,
+            kept,
+            kept_bytes,
+            elapsed,
+        } = scheduled;
+        drop(survivors);
         let (carried, carried_bytes) = frame_size(self.carried);
-        self.growth.observe(self.step, carried, carried_bytes);
+        self.growth.observe(step, carried, carried_bytes);
         // Memory statistics take MLX's allocator lock, which the worker thread still holds
         // while it releases this step's buffers: only a loop that asks for them pays.
         if let Some(f) = &mut self.on_boundary {
             let stats = StepStats {
-                step: self.step,
+                step,
                 kept,
                 kept_bytes,
                 carried,
                 carried_bytes,
                 active_bytes: crate::memory::active_memory(),
                 peak_bytes: crate::memory::peak_memory(),
-                elapsed: self.started.elapsed(),
+                elapsed,
             };
             let _ = crate::memory::reset_peak_memory();
             f(&stats);
         }
-        self.step += 1;
+    }
+}
+
+/// An iteration's Keep set, handed to MLX at its boundary.
+struct Scheduled {
+    survivors: ArrayList,
+    step: usize,
+    kept: usize,
+    kept_bytes: usize,
+    elapsed: Duration,
+}
+
+impl Scheduled {
+    /// Runs `eval` (MLX's `eval` or `async_eval`) on the Keep set; a failure is logged, and
+    /// the failed arrays carry it to whoever reads them.
+    fn evaluate(&self, eval: unsafe extern "C" fn(*const sys::mlxs_vec) -> std::ffi::c_int) {
+        let evaluated = {
+            let _guard = crate::eval_lock::lock();
+            // SAFETY: a live list of live arrays.
+            check("step boundary", unsafe { eval(self.survivors.as_ptr()) })
+        };
+        if let Err(error) = evaluated {
+            tracing::error!(step = self.step, %error, "evaluating the step loop's Keep set failed");
+        }
     }
 }
 
@@ -263,8 +340,13 @@ impl<I: Iterator> Iterator for Steps<I> {
         if let Some(frame) = self.frame.take() {
             self.finish_step(frame);
         }
-        let item = self.inner.next()?;
-        self.started = Instant::now();
+        let Some(item) = self.inner.next() else {
+            self.finish_pipeline();
+            return None;
+        };
+        if self.boundary != Boundary::Pipelined || self.step == 0 {
+            self.started = Instant::now();
+        }
         if self.step == 0 && self.on_boundary.is_some() {
             let _ = crate::memory::reset_peak_memory();
         }
