@@ -13,7 +13,7 @@ use dit::denoiser::{Denoiser, DenoiserSetup};
 use dit::sequence::fit_captions;
 use dit::teacache::{Mode, TeaCacheOptions};
 use dit::ZImage;
-use mlx::{random, Array, Dtype};
+use mlx::{random, Array, Device, Dtype};
 
 use crate::scheduler::{scale_noise, Schedule, SchedulerConfig};
 use crate::{Error, Result};
@@ -440,7 +440,16 @@ pub fn generate_until(
     let sink = Rc::clone(&reports);
     let stopped = Rc::new(Cell::new(false));
     let stop = Rc::clone(&stopped);
-    let steps = mlx::steps(0..schedule.len()).on_boundary(move |s| {
+    // On a GPU the next step's graph is built while this one computes: the host's share
+    // of a step (replaying the compiled graph) would otherwise leave the GPU idle at each
+    // boundary. On the CPU that work competes with the computation, and each report's
+    // memory figures stay those of a finished step with nothing queued.
+    let steps = mlx::steps(0..schedule.len());
+    let steps = match mlx::default_device() {
+        Ok(Device::Gpu(_)) => steps.pipelined(),
+        _ => steps,
+    };
+    let steps = steps.on_boundary(move |s| {
         let report = StepReport {
             elapsed: s.elapsed,
             active_bytes: s.active_bytes,
