@@ -266,7 +266,8 @@ __device__ void fp8_quantize_row(
 }
 
 // One row of D channels by one block of THREADS threads, each holding its packs of V
-// channels in registers from the first read to the last write.
+// channels in registers from the first read to the last write; the norms' weights and the
+// modulations are read in packs of V too.
 template <int V, int D, int THREADS, bool RESIDUAL, bool GATE, bool OUT, bool SCALE,
           typename T, typename TW, typename TG, typename TO, typename TS>
 __device__ void residual_rms_norm_row(
@@ -296,13 +297,17 @@ __device__ void residual_rms_norm_row(
     for (int c = 0; c < PACKS; ++c) {
       const int i = (threadIdx.x + c * THREADS) * V;
       if (i < D) {
-        float xs[V];
+        float xs[V], w[V], g[V];
         load_pack<V>(x + base + i, xs);
+        load_pack<V>(y_weight + i, w);
+        if constexpr (GATE) {
+          load_pack<V>(gate + item + i, g);
+        }
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-          float u = v[c][k] * inv * at(y_weight, i + k);
+          float u = v[c][k] * inv * w[k];
           if constexpr (GATE) {
-            u *= at(gate, item + i + k);
+            u *= g[k];
           }
           // The stream is stored in T; the next norm reads what was stored.
           v[c][k] = rounded<T>(xs[k] + u);
@@ -318,12 +323,16 @@ __device__ void residual_rms_norm_row(
     for (int c = 0; c < PACKS; ++c) {
       const int i = (threadIdx.x + c * THREADS) * V;
       if (i < D) {
-        float out[V];
+        float out[V], w[V], m[V];
+        load_pack<V>(out_weight + i, w);
+        if constexpr (SCALE) {
+          load_pack<V>(scale + item + i, m);
+        }
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-          out[k] = v[c][k] * inv * at(out_weight, i + k);
+          out[k] = v[c][k] * inv * w[k];
           if constexpr (SCALE) {
-            out[k] *= at(scale, item + i + k);
+            out[k] *= m[k];
           }
         }
         store_pack<V>(o + base + i, out);
@@ -331,22 +340,36 @@ __device__ void residual_rms_norm_row(
     }
   }
 }
-// One warp per row of D channels (one head of one token); each lane holds its packs of V
-// channels (V even: whole pairs), and the warp reduces the sum of squares by shuffles.
-// The table row is the token's, shared by its heads.
-template <int V, int D, bool NORM, typename T, typename TC, typename TS, typename TW>
+// One row of D channels (one head of one token) by LANES lanes of a warp (a power of two
+// up to 32: a warp holds 32 / LANES rows), each lane holding its packs of V channels (V
+// even: whole pairs); the lanes reduce the sum of squares by shuffles. The table row is the
+// token's, shared by its heads. PACKED reads the tables and the weight in packs of V too
+// (their pointers aligned for it), else value by value. Every lane of the warp takes part
+// in the shuffles: a lane past the last row (`valid` false) computes that row again but
+// stores nothing.
+template <int V, int D, int LANES, bool NORM, bool PACKED, typename T, typename TC,
+          typename TS, typename TW>
 __device__ void rope_row(
-    long row, long heads, const T* x, const TC* cos_t, const TS* sin_t, const TW* weight,
-    T* out, float eps) {
-  constexpr int PACKS = (D / V + 31) / 32;
-  const int lane = threadIdx.x % 32;
+    long row, int lane, bool valid, long heads, const T* x, const TC* cos_t, const TS* sin_t,
+    const TW* weight, T* out, float eps) {
+  constexpr int PACKS = (D / V + LANES - 1) / LANES;
   const long base = row * D;
   const long t = (row / heads) * D;
+  auto load = [](const auto* p, float (&v)[V]) {
+    if constexpr (PACKED) {
+      load_pack<V>(p, v);
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        v[k] = at(p, k);
+      }
+    }
+  };
   float v[PACKS][V];
   float ss = 0.0f;
 #pragma unroll
   for (int c = 0; c < PACKS; ++c) {
-    const int i = (lane + 32 * c) * V;
+    const int i = (lane + LANES * c) * V;
     if (i < D) {
       load_pack<V>(x + base + i, v[c]);
 #pragma unroll
@@ -358,26 +381,31 @@ __device__ void rope_row(
   float inv = 1.0f;
   if constexpr (NORM) {
 #pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) {
+    for (int offset = LANES / 2; offset > 0; offset /= 2) {
       ss += __shfl_xor_sync(0xffffffff, ss, offset);
     }
     inv = rsqrtf(ss / D + eps);
   }
 #pragma unroll
   for (int c = 0; c < PACKS; ++c) {
-    const int i = (lane + 32 * c) * V;
-    if (i < D) {
-      float o[V];
+    const int i = (lane + LANES * c) * V;
+    if (valid && i < D) {
+      float cs[V], sn[V], w[V], o[V];
+      load(cos_t + t + i, cs);
+      load(sin_t + t + i, sn);
+      if constexpr (NORM) {
+        load(weight + i, w);
+      }
 #pragma unroll
       for (int k = 0; k < V; k += 2) {
         float a = v[c][k] * inv;
         float b = v[c][k + 1] * inv;
         if constexpr (NORM) {
-          a *= at(weight, i + k);
-          b *= at(weight, i + k + 1);
+          a *= w[k];
+          b *= w[k + 1];
         }
-        o[k] = a * at(cos_t, t + i + k) + b * at(sin_t, t + i + k);
-        o[k + 1] = b * at(cos_t, t + i + k + 1) + a * at(sin_t, t + i + k + 1);
+        o[k] = a * cs[k] + b * sn[k];
+        o[k + 1] = b * cs[k + 1] + a * sn[k + 1];
       }
       store_pack<V>(out + base + i, o);
     }
@@ -385,31 +413,53 @@ __device__ void rope_row(
 }
 )";
 
-// Packs of 4 channels (8 bytes of bfloat16) where the head size and the pointers allow,
-// else single pairs.
+// Packs of 16 bytes (8 channels of bfloat16, 4 of float32) where the head size and the
+// pointers allow, else single pairs with the tables read value by value.
 std::string rope_table_source(bool norm, float eps) {
   std::string src = R"(
-  const long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const long thread = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  const long rows = (long)x_shape[0] * x_shape[1] * x_shape[2];
   const long heads = x_shape[2];
-  if (row >= (long)x_shape[0] * x_shape[1] * heads) {
+  const long row = thread / LANES;
+  // Whole warps return together (LANES divides 32); the rest take part in the shuffles.
+  if (row - (threadIdx.x % 32) / LANES >= rows) {
     return;
   }
+  const bool valid = row < rows;
+  const long r = valid ? row : rows - 1;
+  const int lane = threadIdx.x % LANES;
   const auto* w = WEIGHT;
-  const unsigned long addresses =
-      reinterpret_cast<unsigned long>(x) | reinterpret_cast<unsigned long>(out);
-  if (VEC == 4 && addresses % (4 * sizeof(T)) == 0) {
-    rope_row<4, D, NORM>(row, heads, x, cos_t, sin_t, w, out, EPS);
+  const auto aligned = [](const void* p, unsigned long bytes) {
+    return reinterpret_cast<unsigned long>(p) % bytes == 0;
+  };
+  constexpr unsigned long DATA = VEC * sizeof(T);
+  constexpr unsigned long TABLE = VEC * sizeof(float);
+  if (VEC > 2 && aligned(x, DATA) && aligned(out, DATA) && aligned(cos_t, TABLE) &&
+      aligned(sin_t, TABLE) && (!NORM || aligned(w, DATA))) {
+    rope_row<VEC, D, LANES, NORM, true>(r, lane, valid, heads, x, cos_t, sin_t, w, out, EPS);
   } else {
-    rope_row<2, D, NORM>(row, heads, x, cos_t, sin_t, w, out, EPS);
+    rope_row<2, D, LANES, NORM, false>(r, lane, valid, heads, x, cos_t, sin_t, w, out, EPS);
   }
 )";
-  replace(src, "WEIGHT", norm ? "weight" : "static_cast<const float*>(nullptr)");
+  replace(src, "WEIGHT", norm ? "weight" : "static_cast<const T*>(nullptr)");
   replace(src, "EPS", float_literal(eps));
   return src;
 }
 
 // The largest head the kernel's registers hold (16 channels a lane).
 constexpr int kMaxKernelHeadDim = 512;
+
+// Channels a lane of the RoPE kernel reads at once (16 bytes, else a pair), and lanes a row:
+// enough for one pack each, a power of two up to a warp.
+std::pair<int, int> rope_layout(int d, mx::Dtype dtype) {
+  int pack = 16 / static_cast<int>(mx::size_of(dtype));
+  int vec = d % pack == 0 ? pack : 2;
+  int lanes = 1;
+  while (lanes < 32 && lanes * vec < d) {
+    lanes *= 2;
+  }
+  return {vec, lanes};
+}
 
 bool kernel_fits(const mx::array& x, const mx::array& cos, const mx::array& sin) {
   if (!on_cuda_gpu() || x.ndim() != 4 || x.size() == 0 ||
@@ -418,7 +468,7 @@ bool kernel_fits(const mx::array& x, const mx::array& cos, const mx::array& sin)
   }
   int d = x.shape(3);
   mx::Shape table{x.shape(0), x.shape(1), 1, d};
-  double threads = 32.0 * x.shape(0) * x.shape(1) * x.shape(2);
+  double threads = 32.0 * x.shape(0) * x.shape(1) * x.shape(2);  // at most 32 lanes a row
   return d % 2 == 0 && d <= kMaxKernelHeadDim && cos.shape() == table &&
       sin.shape() == table && threads < 2147483647.0;
 }
@@ -436,12 +486,13 @@ mx::array rope_table_kernel(
   auto kernel = mx::fast::cuda_kernel(
       norm ? "mlxs_rms_norm_rope_table" : "mlxs_rope_table", names, {"out"},
       rope_table_source(norm, eps), kHeader);
-  int threads = 32 * x.shape(0) * x.shape(1) * x.shape(2);
   int d = x.shape(3);
+  auto [vec, lanes] = rope_layout(d, x.dtype());
+  int threads = lanes * x.shape(0) * x.shape(1) * x.shape(2);
   return kernel(
       inputs, {x.shape()}, {x.dtype()}, {threads, 1, 1}, {128, 1, 1},
-      {{"D", d}, {"VEC", d % 4 == 0 ? 4 : 2}, {"NORM", norm}, {"T", x.dtype()}}, std::nullopt,
-      false, {})[0];
+      {{"D", d}, {"VEC", vec}, {"LANES", lanes}, {"NORM", norm}, {"T", x.dtype()}},
+      std::nullopt, false, {})[0];
 }
 
 mx::array rope_table_composed(
@@ -464,14 +515,13 @@ constexpr int kMaxResidualDim = 32 * kResidualThreads;
 
 // Packs of 16 bytes where the rows allow them, checked on the pointers at run time (MLX's
 // small buffers may be less aligned), else channel by channel.
-std::string residual_rms_norm_source(bool residual, bool out, float y_eps, float out_eps) {
+std::string residual_rms_norm_source(
+    bool residual, bool gate, bool out, bool scale, float y_eps, float out_eps) {
   std::string src = R"(
   __shared__ float partial[32];
   T* h_out = H_OUT;
   T* o_out = O_OUT;
-  const unsigned long addresses = reinterpret_cast<unsigned long>(x) |
-      reinterpret_cast<unsigned long>(y) | reinterpret_cast<unsigned long>(h_out) |
-      reinterpret_cast<unsigned long>(o_out);
+  const unsigned long addresses = ADDRESSES;
   if (VEC > 1 && addresses % 16 == 0) {
     residual_rms_norm_row<VEC, D, THREADS, RESIDUAL, GATE, OUT, SCALE>(
         blockIdx.x, y_shape[1], x, y, y_weight, gate, out_weight, scale, h_out, o_out,
@@ -482,6 +532,21 @@ std::string residual_rms_norm_source(bool residual, bool out, float y_eps, float
         Y_EPS, OUT_EPS, partial);
   }
 )";
+  // The pointers read or written in packs: absent inputs are never read.
+  std::string addresses = "reinterpret_cast<unsigned long>(y)";
+  auto address = [&](bool present, const char* name) {
+    if (present) {
+      addresses += std::string(" | reinterpret_cast<unsigned long>(") + name + ")";
+    }
+  };
+  address(residual, "x");
+  address(residual, "y_weight");
+  address(residual, "h_out");
+  address(gate, "gate");
+  address(out, "out_weight");
+  address(out, "o_out");
+  address(scale, "scale");
+  replace(src, "ADDRESSES", addresses);
   replace(src, "H_OUT", residual ? "h" : "static_cast<T*>(nullptr)");
   replace(src, "O_OUT", out ? "o" : "static_cast<T*>(nullptr)");
   replace(src, "Y_EPS", float_literal(y_eps));
@@ -626,7 +691,9 @@ std::vector<mx::array> residual_rms_norm(
   }
   auto kernel = mx::fast::cuda_kernel(
       "mlxs_residual_rms_norm", names, out_names,
-      residual_rms_norm_source(residual, out, y_eps, out_eps), kHeader);
+      residual_rms_norm_source(
+          residual, gate.has_value(), out, scale.has_value(), y_eps, out_eps),
+      kHeader);
   int rows = y.shape(0) * y.shape(1);
   int d = y.shape(2);
   int pack = 16 / static_cast<int>(mx::size_of(y.dtype()));

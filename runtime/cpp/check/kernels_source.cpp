@@ -53,14 +53,15 @@ int main() {
     std::string type = t;
     int pack = type == "float" ? 4 : 8;
     for (bool norm : {false, true}) {
-      for (int d : {128, 64, 6}) {
+      for (int d : {128, 64, 6, 500, 512}) {
         std::vector<Input> in{{"x", type}, {"cos_t", "float"}, {"sin_t", "float"}};
         if (norm) {
           in.push_back({"weight", type});
         }
+        auto [vec, lanes] = mlxs::rope_layout(d, type == "float" ? mx::float32 : mx::bfloat16);
         kernel(
             "rope_" + std::to_string(n++), in, {{"out", type}},
-            number("D", d) + number("VEC", d % 4 == 0 ? 4 : 2) + flag("NORM", norm) +
+            number("D", d) + number("VEC", vec) + number("LANES", lanes) + flag("NORM", norm) +
                 "  using T = " + type + ";\n",
             mlxs::rope_table_source(norm, 1e-5f));
       }
@@ -86,7 +87,7 @@ int main() {
                 number("THREADS", mlxs::kResidualThreads) + flag("RESIDUAL", residual) +
                 flag("GATE", gate) + flag("OUT", out) + flag("SCALE", scale) +
                 "  using T = " + type + ";\n",
-            mlxs::residual_rms_norm_source(residual, out, 1e-5f, 1e-6f));
+            mlxs::residual_rms_norm_source(residual, gate, out, scale, 1e-5f, 1e-6f));
       }
     }
     // Rows held in registers and rows read twice, packed and value by value; plain rows
