@@ -53,7 +53,8 @@ __attribute__((constructor)) static void mlxs_keep_openblas(void) {
 // Z-Image-Turbo transformer (11.46 GiB of weights, 1024x1024): peak 22.9 GiB at MLX's
 // default, 15.2 at 400 MB, 13.8 at 200, 13.0 at 100, 12.4 at 50, all within 1% of the same
 // step time; later, with the sampler's pipelined boundaries, 12.06 GiB at 25 MB (diffusers
-// peaks at 12.10) for 2% more time than at 50. The user's own MLX_MAX_MB_PER_BUFFER wins.
+// peaks at 12.10) against 12.41 at 50, at the same speed. The user's own
+// MLX_MAX_MB_PER_BUFFER wins.
 // Only CUDA builds set it: Metal reads the same variable for its command buffers, with
 // defaults of its own.
 //
