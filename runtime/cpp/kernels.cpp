@@ -433,9 +433,8 @@ std::string rope_table_source(bool norm, float eps) {
     return reinterpret_cast<unsigned long>(p) % bytes == 0;
   };
   constexpr unsigned long DATA = VEC * sizeof(T);
-  constexpr unsigned long TABLE = VEC * sizeof(float);
-  if (VEC > 2 && aligned(x, DATA) && aligned(out, DATA) && aligned(cos_t, TABLE) &&
-      aligned(sin_t, TABLE) && (!NORM || aligned(w, DATA))) {
+  if (VEC > 2 && aligned(x, DATA) && aligned(out, DATA) && aligned(cos_t, VEC * sizeof(*cos_t)) &&
+      aligned(sin_t, VEC * sizeof(*sin_t)) && (!NORM || aligned(w, VEC * sizeof(*w)))) {
     rope_row<VEC, D, LANES, NORM, true>(r, lane, valid, heads, x, cos_t, sin_t, w, out, EPS);
   } else {
     rope_row<2, D, LANES, NORM, false>(r, lane, valid, heads, x, cos_t, sin_t, w, out, EPS);
