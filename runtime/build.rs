@@ -104,6 +104,8 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/device_memory.cpp");
     println!("cargo:rerun-if-changed=cpp/device_memory.h");
     println!("cargo:rerun-if-changed=cpp/cuda_library.h");
+    println!("cargo:rerun-if-changed=cpp/jit.cpp");
+    println!("cargo:rerun-if-changed=cpp/jit.h");
 
     let request = match requested_backend() {
         Ok(request) => request,
@@ -145,7 +147,8 @@ fn main() {
                     .file("cpp/device_memory.cpp");
             }
             Err(why) => println!(
-                "cargo:warning=mlx: built without the FP8 tensor-core kernel (FP8 products \
+                "cargo:warning=mlx: built without the runtime's fused kernels (MLX's \
+                 operations run instead), the FP8 tensor-core kernel (FP8 products \
                  dequantize) and with checkpoints loaded into managed memory: {why}"
             ),
         }
@@ -158,6 +161,7 @@ fn main() {
         .flag(mlx.include.as_os_str())
         .file("cpp/shim.cpp")
         .file("cpp/kernels.cpp")
+        .file("cpp/jit.cpp")
         .warnings(true)
         .extra_warnings(true)
         .compile("mlx_shim");
@@ -496,7 +500,7 @@ fn wheel_root(mlx: &Mlx) -> PathBuf {
 }
 
 /// The include directory with what the files that call CUDA need (its runtime and driver,
-/// cuBLASLt, crt and CCCL headers), from the wheels beside MLX or a CUDA toolkit; MLX's CUDA headers
+/// cuBLASLt, NVRTC, crt and CCCL headers), from the wheels beside MLX or a CUDA toolkit; MLX's CUDA headers
 /// also include fmt's, from the system.
 fn cuda_headers(mlx: &Mlx) -> Result<PathBuf, String> {
     let candidates = [
@@ -507,6 +511,7 @@ fn cuda_headers(mlx: &Mlx) -> Result<PathBuf, String> {
         "cuda_runtime.h",
         "cuda.h",
         "cublasLt.h",
+        "nvrtc.h",
         "crt/host_config.h",
         "nv/target",
     ];

@@ -2,6 +2,7 @@
 
 #include "device_memory.h"
 #include "cuda_library.h"
+#include "jit.h"
 
 #include <cuda.h>
 
@@ -10,7 +11,6 @@
 
 #include "mlx/backend/cuda/device.h"
 #include "mlx/backend/cuda/utils.h"
-#include "mlx/fast.h"
 
 namespace mx = mlx::core;
 
@@ -60,11 +60,8 @@ std::vector<mx::array> device_arrays(
   for (size_t i = 0; i < shapes.size(); ++i) {
     outputs.push_back("out" + std::to_string(i));
   }
-  auto kernel = mx::fast::cuda_kernel(
-      "mlxs_device_arrays_" + std::to_string(inputs.size()) + "_" +
-          std::to_string(outputs.size()),
-      inputs, outputs, "", "", false);
-  return kernel(after, shapes, dtypes, {1, 1, 1}, {1, 1, 1}, {}, std::nullopt, false, stream);
+  KernelSpec spec{"mlxs_device_arrays", inputs, outputs, {}, "", ""};
+  return run_kernel(spec, after, shapes, dtypes, {}, {}, {1, 1, 1}, {1, 1, 1}, stream, false);
 }
 
 mx::array device_copy(

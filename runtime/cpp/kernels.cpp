@@ -1,10 +1,11 @@
 // Fused kernels of our own for MLX's CUDA backend. MLX's compiler fuses element-wise chains
 // but stops at reductions and gathers; where a model's hot path is made of those, one
-// kernel here does the whole of it. The kernels are CUDA source that MLX JIT-compiles with
-// NVRTC at first use and caches with its own kernels; on other devices the same
+// kernel here does the whole of it. The kernels are CUDA source that jit.cpp compiles with
+// NVRTC at first use and keeps on disk for later processes; on other devices the same
 // computation is composed of MLX operations.
 
 #include "kernels.h"
+#include "jit.h"
 
 #include <cstdio>
 #include <stdexcept>
@@ -415,11 +416,11 @@ __device__ void rope_row(
 
 // Packs of 16 bytes (8 channels of bfloat16, 4 of float32) where the head size and the
 // pointers allow, else single pairs with the tables read value by value.
-std::string rope_table_source(bool norm, float eps) {
+KernelSpec rope_table_spec(bool norm, float eps) {
   std::string src = R"(
   const long thread = (long)blockIdx.x * blockDim.x + threadIdx.x;
-  const long rows = (long)x_shape[0] * x_shape[1] * x_shape[2];
-  const long heads = x_shape[2];
+  const long rows = n_rows;
+  const long heads = n_heads;
   const long row = thread / LANES;
   // Whole warps return together (LANES divides 32); the rest take part in the shuffles.
   if (row - (threadIdx.x % 32) / LANES >= rows) {
@@ -442,7 +443,13 @@ std::string rope_table_source(bool norm, float eps) {
 )";
   replace(src, "WEIGHT", norm ? "weight" : "static_cast<const T*>(nullptr)");
   replace(src, "EPS", float_literal(eps));
-  return src;
+  std::vector<std::string> inputs{"x", "cos_t", "sin_t"};
+  if (norm) {
+    inputs.push_back("weight");
+  }
+  return {
+      norm ? "mlxs_rms_norm_rope_table" : "mlxs_rope_table", inputs, {"out"},
+      {"n_rows", "n_heads"}, kHeader, src};
 }
 
 // The largest head the kernel's registers hold (16 channels a lane).
@@ -476,22 +483,17 @@ mx::array rope_table_kernel(
     const mx::array& x, const mx::array& cos, const mx::array& sin,
     const std::optional<mx::array>& weight, float eps) {
   bool norm = weight.has_value();
-  std::vector<std::string> names{"x", "cos_t", "sin_t"};
   std::vector<mx::array> inputs{x, cos, sin};
   if (norm) {
-    names.push_back("weight");
     inputs.push_back(*weight);
   }
-  auto kernel = mx::fast::cuda_kernel(
-      norm ? "mlxs_rms_norm_rope_table" : "mlxs_rope_table", names, {"out"},
-      rope_table_source(norm, eps), kHeader);
   int d = x.shape(3);
   auto [vec, lanes] = rope_layout(d, x.dtype());
-  int threads = lanes * x.shape(0) * x.shape(1) * x.shape(2);
-  return kernel(
-      inputs, {x.shape()}, {x.dtype()}, {threads, 1, 1}, {128, 1, 1},
+  int rows = x.shape(0) * x.shape(1) * x.shape(2);
+  return run_kernel(
+      rope_table_spec(norm, eps), inputs, {x.shape()}, {x.dtype()},
       {{"D", d}, {"VEC", vec}, {"LANES", lanes}, {"NORM", norm}, {"T", x.dtype()}},
-      std::nullopt, false, {})[0];
+      {rows, x.shape(2)}, {lanes * rows, 1, 1}, {128, 1, 1})[0];
 }
 
 mx::array rope_table_composed(
@@ -514,7 +516,7 @@ constexpr int kMaxResidualDim = 32 * kResidualThreads;
 
 // Packs of 16 bytes where the rows allow them, checked on the pointers at run time (MLX's
 // small buffers may be less aligned), else channel by channel.
-std::string residual_rms_norm_source(
+KernelSpec residual_rms_norm_spec(
     bool residual, bool gate, bool out, bool scale, float y_eps, float out_eps) {
   std::string src = R"(
   __shared__ float partial[32];
@@ -523,11 +525,11 @@ std::string residual_rms_norm_source(
   const unsigned long addresses = ADDRESSES;
   if (VEC > 1 && addresses % 16 == 0) {
     residual_rms_norm_row<VEC, D, THREADS, RESIDUAL, GATE, OUT, SCALE>(
-        blockIdx.x, y_shape[1], x, y, y_weight, gate, out_weight, scale, h_out, o_out,
+        blockIdx.x, tokens, x, y, y_weight, gate, out_weight, scale, h_out, o_out,
         Y_EPS, OUT_EPS, partial);
   } else {
     residual_rms_norm_row<1, D, THREADS, RESIDUAL, GATE, OUT, SCALE>(
-        blockIdx.x, y_shape[1], x, y, y_weight, gate, out_weight, scale, h_out, o_out,
+        blockIdx.x, tokens, x, y, y_weight, gate, out_weight, scale, h_out, o_out,
         Y_EPS, OUT_EPS, partial);
   }
 )";
@@ -550,14 +552,23 @@ std::string residual_rms_norm_source(
   replace(src, "O_OUT", out ? "o" : "static_cast<T*>(nullptr)");
   replace(src, "Y_EPS", float_literal(y_eps));
   replace(src, "OUT_EPS", float_literal(out_eps));
-  return src;
+  std::vector<std::string> outputs;
+  if (residual) {
+    outputs.push_back("h");
+  }
+  if (out) {
+    outputs.push_back("o");
+  }
+  return {
+      "mlxs_residual_rms_norm", {"x", "y", "y_weight", "gate", "out_weight", "scale"}, outputs,
+      {"tokens"}, kHeader, src};
 }
 
 constexpr int kFp8Threads = 256;
 
 // Packs of 16 bytes of input where the row length and the pointers allow, else value by
 // value. The input is x, or `silu(gate) * up` for a SwiGLU's.
-std::string fp8_quantize_source(bool swiglu) {
+KernelSpec fp8_quantize_spec(bool swiglu) {
   std::string src = R"(
   __shared__ float partial[32];
   const unsigned long addresses = ADDRESSES;
@@ -572,7 +583,10 @@ std::string fp8_quantize_source(bool swiglu) {
       swiglu ? "reinterpret_cast<unsigned long>(gate) | reinterpret_cast<unsigned long>(up)"
              : "reinterpret_cast<unsigned long>(x)");
   replace(src, "LOAD", swiglu ? "(SwiGlu<T>{gate, up})" : "(Values<T>{x})");
-  return src;
+  return {
+      swiglu ? "mlxs_fp8_quantize_swiglu" : "mlxs_fp8_quantize",
+      swiglu ? std::vector<std::string>{"gate", "up"} : std::vector<std::string>{"x"},
+      {"q", "scale"}, {}, kHeader, src};
 }
 
 void check_rows(const char* op, const mx::array& x) {
@@ -599,18 +613,13 @@ bool fp8_kernel_fits(const mx::array& x) {
 std::pair<mx::array, mx::array> fp8_quantize_kernel(const std::vector<mx::array>& inputs) {
   const mx::array& x = inputs[0];
   bool swiglu = inputs.size() == 2;
-  auto kernel = mx::fast::cuda_kernel(
-      swiglu ? "mlxs_fp8_quantize_swiglu" : "mlxs_fp8_quantize",
-      swiglu ? std::vector<std::string>{"gate", "up"} : std::vector<std::string>{"x"},
-      {"q", "scale"}, fp8_quantize_source(swiglu), kHeader);
   int k = x.shape(-1);
   int rows = static_cast<int>(x.size() / k);
   int pack = 16 / static_cast<int>(mx::size_of(x.dtype()));
-  auto outs = kernel(
-      inputs, {x.shape(), rows_shape(x)}, {mx::uint8, mx::float32},
-      {rows * kFp8Threads, 1, 1}, {kFp8Threads, 1, 1},
+  auto outs = run_kernel(
+      fp8_quantize_spec(swiglu), inputs, {x.shape(), rows_shape(x)}, {mx::uint8, mx::float32},
       {{"K", k}, {"VEC", k % pack == 0 ? pack : 1}, {"THREADS", kFp8Threads}, {"T", x.dtype()}},
-      std::nullopt, false, {});
+      {}, {rows * kFp8Threads, 1, 1}, {kFp8Threads, 1, 1});
   return {outs[0], outs[1]};
 }
 
@@ -633,11 +642,16 @@ bool dtype_fits(const std::optional<mx::array>& a, const mx::array& y) {
 }  // namespace
 
 bool fused_kernels_enabled() {
+#ifdef MLXS_CUDA_RUNTIME
   static const bool enabled = [] {
     const char* v = std::getenv("MLX_RS_FUSED_KERNELS");
     return mx::cu::is_available() && !(v && std::string(v) == "0");
   }();
   return enabled;
+#else
+  // jit.cpp compiles the kernels with NVRTC, whose header a build without CUDA's lacks.
+  return false;
+#endif
 }
 
 std::vector<mx::array> residual_rms_norm(
@@ -676,30 +690,19 @@ std::vector<mx::array> residual_rms_norm(
   }
   bool residual = x.has_value(), out = out_weight.has_value();
   mx::array one = mx::array(1.0f);
-  std::vector<std::string> names{"x", "y", "y_weight", "gate", "out_weight", "scale"};
   // Absent inputs are a scalar the kernel never reads.
   std::vector<mx::array> inputs{
       residual ? *x : y,       y, residual ? *y_weight : one, gate ? *gate : one,
       out ? *out_weight : one, scale ? *scale : one};
-  std::vector<std::string> out_names;
-  if (residual) {
-    out_names.push_back("h");
-  }
-  if (out) {
-    out_names.push_back("o");
-  }
-  auto kernel = mx::fast::cuda_kernel(
-      "mlxs_residual_rms_norm", names, out_names,
-      residual_rms_norm_source(
-          residual, gate.has_value(), out, scale.has_value(), y_eps, out_eps),
-      kHeader);
+  KernelSpec spec =
+      residual_rms_norm_spec(residual, gate.has_value(), out, scale.has_value(), y_eps, out_eps);
   int rows = y.shape(0) * y.shape(1);
   int d = y.shape(2);
   int pack = 16 / static_cast<int>(mx::size_of(y.dtype()));
-  std::vector<mx::Shape> shapes(out_names.size(), y.shape());
-  std::vector<mx::Dtype> dtypes(out_names.size(), y.dtype());
-  return kernel(
-      inputs, shapes, dtypes, {rows * kResidualThreads, 1, 1}, {kResidualThreads, 1, 1},
+  std::vector<mx::Shape> shapes(spec.outputs.size(), y.shape());
+  std::vector<mx::Dtype> dtypes(spec.outputs.size(), y.dtype());
+  return run_kernel(
+      spec, inputs, shapes, dtypes,
       {{"D", d},
        {"VEC", d % pack == 0 ? pack : 1},
        {"THREADS", kResidualThreads},
@@ -708,19 +711,16 @@ std::vector<mx::array> residual_rms_norm(
        {"OUT", out},
        {"SCALE", scale.has_value()},
        {"T", y.dtype()}},
-      std::nullopt, false, {});
+      {y.shape(1)}, {rows * kResidualThreads, 1, 1}, {kResidualThreads, 1, 1});
 }
 
 // Sixteen weights (16 bytes of w, within one group) a thread, as MLX's kernels compute
 // them: affine in the scales' dtype, `scale * q + bias`; mxfp8 in float32, the E4M3 value
 // times the power-of-two scale, rounded once to T.
-std::string dequantize_source(bool affine) {
+KernelSpec dequantize_spec(bool affine) {
   std::string src = R"(
   // w's words hold four weights each.
-  long size = 4;
-  for (int d = 0; d < w_ndim; ++d) {
-    size *= w_shape[d];
-  }
+  const long size = 4L * words;
   const long i = (static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x) * 16;
   if (i >= size) {
     return;
@@ -753,7 +753,13 @@ std::string dequantize_source(bool affine) {
   for (int k = 0; k < 16; ++k) {
     v.v[k] = static_cast<T>(scale * e4m3_value(q.v[k]));
   })");
-  return src;
+  std::vector<std::string> inputs{"w", "scales"};
+  if (affine) {
+    inputs.push_back("biases");
+  }
+  return {
+      affine ? "mlxs_dequantize_affine8" : "mlxs_dequantize_mxfp8", inputs, {"out"}, {"words"},
+      kHeader, src};
 }
 
 constexpr int kDequantizeThreads = 256;
@@ -774,20 +780,15 @@ mx::array dequantize(
   if (!fits) {
     return reference;
   }
-  std::vector<std::string> names{"w", "scales"};
   std::vector<mx::array> inputs{w, scales};
   if (affine) {
-    names.push_back("biases");
     inputs.push_back(*biases);
   }
-  auto kernel = mx::fast::cuda_kernel(
-      affine ? "mlxs_dequantize_affine8" : "mlxs_dequantize_mxfp8", names, {"out"},
-      dequantize_source(affine), kHeader);
   int size = static_cast<int>(reference.size());
-  return kernel(
-      inputs, {reference.shape()}, {reference.dtype()}, {size / 16, 1, 1},
-      {kDequantizeThreads, 1, 1},
-      {{"GROUP", group_size}, {"T", reference.dtype()}}, std::nullopt, false, {})[0];
+  return run_kernel(
+      dequantize_spec(affine), inputs, {reference.shape()}, {reference.dtype()},
+      {{"GROUP", group_size}, {"T", reference.dtype()}}, {static_cast<int>(w.size())},
+      {size / 16, 1, 1}, {kDequantizeThreads, 1, 1})[0];
 }
 
 std::pair<mx::array, mx::array> fp8_quantize(const mx::array& x) {

@@ -1,6 +1,6 @@
-// Fused kernels of our own for MLX's CUDA backend, JIT-compiled through MLX's custom-kernel
-// support (mlx::core::fast::cuda_kernel), with the same computation composed of MLX
-// operations on every other device.
+// Fused kernels of our own for MLX's CUDA backend, compiled by the runtime (jit.h) and run
+// as MLX custom kernels, with the same computation composed of MLX operations on every
+// other device.
 
 #pragma once
 
@@ -62,7 +62,8 @@ bool has_fp8_hardware(const mlx::core::Device& device);
 // "[2, 3] uint8": an array's shape and dtype, for error messages.
 std::string describe(const mlx::core::array& a);
 
-// Whether the kernels of this file run (CUDA GPUs, unless MLX_RS_FUSED_KERNELS=0).
+// Whether the kernels of this file run: on CUDA GPUs, in builds that found CUDA's headers,
+// unless MLX_RS_FUSED_KERNELS=0.
 bool fused_kernels_enabled();
 
 }  // namespace mlxs

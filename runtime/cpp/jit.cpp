@@ -1,0 +1,401 @@
+// Our CUDA kernels compiled by NVRTC, cached on disk, run as MLX custom kernels: see jit.h.
+
+#include "jit.h"
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <variant>
+
+#ifdef MLXS_CUDA_RUNTIME
+#include "cuda_library.h"
+
+#include <cuda.h>
+#include <dlfcn.h>
+#include <link.h>
+#include <nvrtc.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#endif
+
+namespace mx = mlx::core;
+
+namespace mlxs {
+
+std::string cuda_type(mx::Dtype dtype) {
+  switch (dtype.val()) {
+    case mx::Dtype::Val::bool_:
+      return "bool";
+    case mx::Dtype::Val::uint8:
+      return "unsigned char";
+    case mx::Dtype::Val::uint16:
+      return "unsigned short";
+    case mx::Dtype::Val::uint32:
+      return "unsigned int";
+    case mx::Dtype::Val::uint64:
+      return "unsigned long long";
+    case mx::Dtype::Val::int8:
+      return "signed char";
+    case mx::Dtype::Val::int16:
+      return "short";
+    case mx::Dtype::Val::int32:
+      return "int";
+    case mx::Dtype::Val::int64:
+      return "long long";
+    case mx::Dtype::Val::float16:
+      return "__half";
+    case mx::Dtype::Val::bfloat16:
+      return "__nv_bfloat16";
+    case mx::Dtype::Val::float32:
+      return "float";
+    case mx::Dtype::Val::float64:
+      return "double";
+    default:
+      break;
+  }
+  std::ostringstream what;
+  what << "[cuda kernels] no CUDA type for " << dtype;
+  throw std::invalid_argument(what.str());
+}
+
+std::string kernel_source(
+    const KernelSpec& spec, const std::vector<mx::Dtype>& input_dtypes,
+    const std::vector<mx::Dtype>& output_dtypes, const Constants& constants) {
+  if (input_dtypes.size() != spec.inputs.size() || output_dtypes.size() != spec.outputs.size()) {
+    throw std::invalid_argument(
+        "[" + spec.name + "] takes " + std::to_string(spec.inputs.size()) + " inputs and " +
+        std::to_string(spec.outputs.size()) + " outputs, given " +
+        std::to_string(input_dtypes.size()) + " and " + std::to_string(output_dtypes.size()));
+  }
+  std::vector<std::string> params;
+  for (size_t i = 0; i < spec.inputs.size(); ++i) {
+    params.push_back("const " + cuda_type(input_dtypes[i]) + "* " + spec.inputs[i]);
+  }
+  for (size_t i = 0; i < spec.outputs.size(); ++i) {
+    params.push_back(cuda_type(output_dtypes[i]) + "* " + spec.outputs[i]);
+  }
+  for (const auto& scalar : spec.scalars) {
+    params.push_back("const int " + scalar);
+  }
+  std::string src = "#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n\n";
+  src += spec.header;
+  src += "\nextern \"C\" __global__ void " + spec.name + "(";
+  for (size_t i = 0; i < params.size(); ++i) {
+    src += (i ? ",\n    " : "\n    ") + params[i];
+  }
+  src += ") {\n";
+  for (const auto& [name, value] : constants) {
+    if (auto* n = std::get_if<int>(&value)) {
+      src += "  constexpr int " + name + " = " + std::to_string(*n) + ";\n";
+    } else if (auto* b = std::get_if<bool>(&value)) {
+      src += "  constexpr bool " + name + " = " + (*b ? "true" : "false") + ";\n";
+    } else {
+      src += "  using " + name + " = " + cuda_type(std::get<mx::Dtype>(value)) + ";\n";
+    }
+  }
+  src += spec.body;
+  src += "\n}\n";
+  return src;
+}
+
+#ifdef MLXS_CUDA_RUNTIME
+
+namespace {
+
+// The NVRTC entry points this file calls, from the library libmlx.so links (so loaded).
+struct Nvrtc {
+  decltype(&nvrtcVersion) version;
+  decltype(&nvrtcGetErrorString) error_string;
+  decltype(&nvrtcCreateProgram) create;
+  decltype(&nvrtcCompileProgram) compile;
+  decltype(&nvrtcGetProgramLogSize) log_size;
+  decltype(&nvrtcGetProgramLog) log;
+  decltype(&nvrtcGetCUBINSize) cubin_size;
+  decltype(&nvrtcGetCUBIN) cubin;
+  decltype(&nvrtcDestroyProgram) destroy;
+};
+
+const Nvrtc& nvrtc() {
+  static const Nvrtc nvrtc = [] {
+    std::string soname = "libnvrtc.so." + std::to_string(CUDA_VERSION / 1000);
+    CudaLibrary lib(soname.c_str(), "cuda kernels");
+    Nvrtc n;
+    lib.bind(n.version, "nvrtcVersion");
+    lib.bind(n.error_string, "nvrtcGetErrorString");
+    lib.bind(n.create, "nvrtcCreateProgram");
+    lib.bind(n.compile, "nvrtcCompileProgram");
+    lib.bind(n.log_size, "nvrtcGetProgramLogSize");
+    lib.bind(n.log, "nvrtcGetProgramLog");
+    lib.bind(n.cubin_size, "nvrtcGetCUBINSize");
+    lib.bind(n.cubin, "nvrtcGetCUBIN");
+    lib.bind(n.destroy, "nvrtcDestroyProgram");
+    return n;
+  }();
+  return nvrtc;
+}
+
+void check(nvrtcResult result, const char* what) {
+  if (result != NVRTC_SUCCESS) {
+    throw std::runtime_error(
+        std::string("[cuda kernels] ") + what + " failed: " + nvrtc().error_string(result));
+  }
+}
+
+}  // namespace
+
+std::string compile_cuda(
+    const std::string& source, const std::string& arch,
+    const std::vector<std::string>& include_dirs) {
+  const Nvrtc& n = nvrtc();
+  nvrtcProgram program;
+  check(n.create(&program, source.c_str(), "kernel.cu", 0, nullptr, nullptr), "nvrtcCreateProgram");
+  struct Destroy {
+    const Nvrtc& n;
+    nvrtcProgram& p;
+    ~Destroy() {
+      n.destroy(&p);
+    }
+  } destroy{n, program};
+  // As MLX compiles its own: unannotated functions (the kernels' lambdas) are device code,
+  // which NVRTC 13.0 requires of them (13.5 does not).
+  std::vector<std::string> options{
+      "--gpu-architecture=" + arch, "--device-as-default-execution-space"};
+  for (const auto& dir : include_dirs) {
+    options.push_back("--include-path=" + dir);
+  }
+  std::vector<const char*> argv;
+  for (const auto& option : options) {
+    argv.push_back(option.c_str());
+  }
+  nvrtcResult compiled = n.compile(program, static_cast<int>(argv.size()), argv.data());
+  if (compiled != NVRTC_SUCCESS) {
+    size_t size = 0;
+    check(n.log_size(program, &size), "nvrtcGetProgramLogSize");
+    std::string log(size, '\0');
+    check(n.log(program, log.data()), "nvrtcGetProgramLog");
+    throw std::runtime_error(
+        std::string("[cuda kernels] NVRTC did not compile a kernel for ") + arch + ": " +
+        n.error_string(compiled) + "\n" + log.c_str());
+  }
+  size_t size = 0;
+  check(n.cubin_size(program, &size), "nvrtcGetCUBINSize");
+  std::string cubin(size, '\0');
+  check(n.cubin(program, cubin.data()), "nvrtcGetCUBIN");
+  return cubin;
+}
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// The directory of libmlx.so's install (`<root>/lib/libmlx.so`), or empty.
+fs::path mlx_root() {
+  void* handle = dlopen("libmlx.so", RTLD_NOW | RTLD_NOLOAD);
+  if (!handle) {
+    return {};
+  }
+  link_map* map = nullptr;
+  fs::path root;
+  if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && map && map->l_name) {
+    root = fs::path(map->l_name).parent_path().parent_path();
+  }
+  dlclose(handle);
+  return root;
+}
+
+// CUDA's headers where MLX's own compiler finds them: the wheels' layout beside MLX's
+// (site-packages/nvidia/cu13/include), else CUDA_HOME, CUDA_PATH or /usr/local/cuda; and
+// the CCCL headers MLX bundles (cuda_bf16.h includes <nv/target>).
+const std::vector<std::string>& include_dirs() {
+  static const std::vector<std::string> dirs = [] {
+    fs::path root = mlx_root();
+    std::vector<fs::path> candidates;
+    if (!root.empty()) {
+      candidates.push_back(
+          root.parent_path() / "nvidia" / ("cu" + std::to_string(CUDA_VERSION / 1000)) /
+          "include");
+    }
+    for (const char* var : {"CUDA_HOME", "CUDA_PATH"}) {
+      if (const char* dir = std::getenv(var); dir && *dir) {
+        candidates.push_back(fs::path(dir) / "include");
+      }
+    }
+    candidates.push_back("/usr/local/cuda/include");
+    std::vector<std::string> found;
+    std::string tried;
+    for (const auto& dir : candidates) {
+      std::error_code error;
+      if (fs::exists(dir / "cuda_bf16.h", error)) {
+        found.push_back(dir.string());
+        break;
+      }
+      tried += (tried.empty() ? "" : ", ") + dir.string();
+    }
+    if (found.empty()) {
+      throw std::runtime_error(
+          "[cuda kernels] CUDA's headers (cuda_bf16.h) are in none of " + tried +
+          ": install the nvidia-cuda-runtime wheel beside MLX or set CUDA_HOME");
+    }
+    std::error_code error;
+    if (!root.empty() && fs::exists(root / "include" / "cccl", error)) {
+      found.push_back((root / "include" / "cccl").string());
+    }
+    return found;
+  }();
+  return dirs;
+}
+
+// "sm_90a": the default GPU's architecture, with Hopper's and later GPUs' own features.
+std::string device_arch() {
+  const auto& info = mx::device_info(mx::Device::gpu);
+  auto number = [&](const char* key) {
+    auto found = info.find(key);
+    return found != info.end() && std::holds_alternative<size_t>(found->second)
+        ? std::get<size_t>(found->second)
+        : size_t{0};
+  };
+  size_t major = number("compute_capability_major");
+  return "sm_" + std::to_string(major) + std::to_string(number("compute_capability_minor")) +
+      (major >= 9 ? "a" : "");
+}
+
+// FNV-1a, for file names only: a cached binary is used only when the source saved beside
+// it is this one.
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : s) {
+    h = (h ^ c) * 1099511628211ull;
+  }
+  return h;
+}
+
+// Where binaries are kept between processes (MLX's PTX cache directory, which the runtime
+// points at the user's cache: see shim.cpp), or empty for none.
+fs::path cache_dir() {
+  if (const char* dir = std::getenv("MLX_PTX_CACHE_DIR"); dir && *dir) {
+    return fs::path(dir) / "mlxs";
+  }
+  std::error_code error;
+  fs::path tmp = fs::temp_directory_path(error);
+  return error ? fs::path() : tmp / "mlx" / mx::version() / "ptx" / "mlxs";
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  return in ? bytes.str() : std::string();
+}
+
+// Writes `bytes` to `path` through a file of its own renamed over it, so that another
+// process reads the whole file or none. The cache is an optimization: failures are ignored.
+void write_file(const fs::path& path, const std::string& bytes) {
+  static std::atomic<unsigned> counter{0};
+  fs::path tmp = path;
+  tmp += ".tmp-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out) {
+      std::error_code error;
+      fs::remove(tmp, error);
+      return;
+    }
+  }
+  std::error_code error;
+  fs::rename(tmp, path, error);
+  if (error) {
+    fs::remove(tmp, error);
+  }
+}
+
+// The binary of `source` for `arch`: from the disk cache where the source saved beside it
+// is this one and the binary is an ELF file, else compiled and saved there.
+std::string cached_binary(
+    const std::string& name, const std::string& source, const std::string& arch) {
+  const Nvrtc& n = nvrtc();
+  int major = 0, minor = 0;
+  check(n.version(&major, &minor), "nvrtcVersion");
+  std::string key = source + "\n// " + arch + " nvrtc " + std::to_string(major) + "." +
+      std::to_string(minor) + "\n";
+  fs::path dir = cache_dir();
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(fnv1a(key)));
+  fs::path base = dir.empty() ? fs::path() : dir / (name + "-" + hash);
+  if (!base.empty()) {
+    std::string cubin = read_file(fs::path(base).replace_extension(".cubin"));
+    bool elf = cubin.rfind("\x7f" "ELF", 0) == 0;
+    if (elf && read_file(fs::path(base).replace_extension(".cu")) == key) {
+      return cubin;
+    }
+  }
+  std::string cubin = compile_cuda(source, arch, include_dirs());
+  if (!base.empty()) {
+    std::error_code error;
+    fs::create_directories(dir, error);
+    // The binary first: a reader that finds this source finds a binary compiled from it.
+    write_file(fs::path(base).replace_extension(".cubin"), cubin);
+    write_file(fs::path(base).replace_extension(".cu"), key);
+  }
+  return cubin;
+}
+
+// The binary of `source`, compiled or read once per process.
+const std::string& binary(const std::string& name, const std::string& source) {
+  static std::mutex mutex;
+  static std::map<std::string, std::string> binaries;
+  static const std::string arch = device_arch();
+  std::lock_guard lock(mutex);
+  if (auto found = binaries.find(source); found != binaries.end()) {
+    return found->second;
+  }
+  return binaries.emplace(source, cached_binary(name, source, arch)).first->second;
+}
+
+}  // namespace
+
+std::vector<mx::array> run_kernel(
+    const KernelSpec& spec, const std::vector<mx::array>& inputs,
+    const std::vector<mx::Shape>& output_shapes, const std::vector<mx::Dtype>& output_dtypes,
+    const Constants& constants, const std::vector<int>& scalars, std::tuple<int, int, int> grid,
+    std::tuple<int, int, int> threads, mx::StreamOrDevice stream, bool contiguous) {
+  if (scalars.size() != spec.scalars.size() || output_shapes.size() != output_dtypes.size()) {
+    throw std::invalid_argument(
+        "[" + spec.name + "] takes " + std::to_string(spec.scalars.size()) +
+        " int parameters and a dtype per output shape");
+  }
+  std::vector<mx::Dtype> input_dtypes;
+  for (const auto& in : inputs) {
+    input_dtypes.push_back(in.dtype());
+  }
+  std::string source = kernel_source(spec, input_dtypes, output_dtypes, constants);
+  std::vector<mx::fast::ScalarArg> args(scalars.begin(), scalars.end());
+  return mx::fast::precompiled_cuda_kernel(
+      spec.name, binary(spec.name, source), inputs, output_shapes, output_dtypes, args, grid,
+      threads, 0, std::nullopt, contiguous, stream);
+}
+
+#else
+
+std::string compile_cuda(const std::string&, const std::string&, const std::vector<std::string>&) {
+  throw std::logic_error("[cuda kernels] this build has no CUDA headers: it compiles no kernels");
+}
+
+std::vector<mx::array> run_kernel(
+    const KernelSpec& spec, const std::vector<mx::array>&, const std::vector<mx::Shape>&,
+    const std::vector<mx::Dtype>&, const Constants&, const std::vector<int>&,
+    std::tuple<int, int, int>, std::tuple<int, int, int>, mx::StreamOrDevice, bool) {
+  throw std::logic_error(
+      "[" + spec.name + "] this build has no CUDA headers: it runs no kernels of its own");
+}
+
+#endif
+
+}  // namespace mlxs
