@@ -1,8 +1,7 @@
-// Writes every variant of runtime/cpp/kernels.cpp's CUDA kernels as one CUDA file, with the
-// signatures MLX's fast::cuda_kernel gives them (inputs, then `<name>_shape` and
-// `<name>_ndim` where the source uses them, then outputs; template arguments as
-// constants), for check_kernels to compile. It includes kernels.cpp itself to reach the
-// source builders.
+// Compiles every variant of runtime/cpp/kernels.cpp's CUDA kernels with NVRTC for sm_90a,
+// from the very sources the runtime compiles (jit.cpp's kernel_source over kernels.cpp's
+// specs), so that a kernel NVRTC would refuse is found without a GPU. It includes
+// kernels.cpp itself to reach the specs. Arguments: CUDA's include directories.
 
 #include "../kernels.cpp"
 
@@ -10,60 +9,43 @@
 
 namespace {
 
-struct Input {
-  std::string name;
-  std::string type;
-};
+using mlxs::Constants;
+using mlxs::KernelSpec;
 
-void kernel(
-    const std::string& name, const std::vector<Input>& inputs,
-    const std::vector<Input>& outputs, const std::string& constants, const std::string& body) {
-  std::cout << "namespace " << name << " {\n__global__ void kernel(\n";
-  std::string params;
-  for (const auto& in : inputs) {
-    params += "    const " + in.type + "* " + in.name + ",\n";
-    if (body.find(in.name + "_shape") != std::string::npos) {
-      params += "    const __grid_constant__ Shape " + in.name + "_shape,\n";
-    }
-    if (body.find(in.name + "_ndim") != std::string::npos) {
-      params += "    const __grid_constant__ int " + in.name + "_ndim,\n";
-    }
+int compiled = 0;
+std::vector<std::string> include_dirs;
+
+void check(
+    const KernelSpec& spec, const std::vector<mx::Dtype>& inputs,
+    const std::vector<mx::Dtype>& outputs, const Constants& constants) {
+  std::string source = mlxs::kernel_source(spec, inputs, outputs, constants);
+  try {
+    mlxs::compile_cuda(source, "sm_90a", include_dirs);
+    ++compiled;
+  } catch (const std::exception& e) {
+    std::cerr << "check_kernels: " << spec.name << " does not compile:\n"
+              << source << "\n"
+              << e.what() << "\n";
+    std::exit(1);
   }
-  for (const auto& out : outputs) {
-    params += "    " + out.type + "* " + out.name + ",\n";
-  }
-  params.resize(params.size() - 2);
-  std::cout << params << ") {\n" << constants << body << "}\n}  // namespace " << name << "\n\n";
-}
-
-std::string flag(const char* name, bool v) {
-  return std::string("  constexpr bool ") + name + " = " + (v ? "true" : "false") + ";\n";
-}
-
-std::string number(const char* name, int v) {
-  return std::string("  constexpr int ") + name + " = " + std::to_string(v) + ";\n";
 }
 
 }  // namespace
 
-int main() {
-  std::cout << "namespace mlx::core::cu {\n" << mlxs::kHeader << "\n";
-  int n = 0;
-  for (const char* t : {"__nv_bfloat16", "float"}) {
-    std::string type = t;
-    int pack = type == "float" ? 4 : 8;
+int main(int argc, char** argv) {
+  include_dirs.assign(argv + 1, argv + argc);
+  for (mx::Dtype t : {mx::bfloat16, mx::float32}) {
+    int pack = 16 / static_cast<int>(mx::size_of(t));
     for (bool norm : {false, true}) {
       for (int d : {128, 64, 6, 500, 512}) {
-        std::vector<Input> in{{"x", type}, {"cos_t", "float"}, {"sin_t", "float"}};
+        std::vector<mx::Dtype> in{t, mx::float32, mx::float32};
         if (norm) {
-          in.push_back({"weight", type});
+          in.push_back(t);
         }
-        auto [vec, lanes] = mlxs::rope_layout(d, type == "float" ? mx::float32 : mx::bfloat16);
-        kernel(
-            "rope_" + std::to_string(n++), in, {{"out", type}},
-            number("D", d) + number("VEC", vec) + number("LANES", lanes) + flag("NORM", norm) +
-                "  using T = " + type + ";\n",
-            mlxs::rope_table_source(norm, 1e-5f));
+        auto [vec, lanes] = mlxs::rope_layout(d, t);
+        check(
+            mlxs::rope_table_spec(norm, 1e-5f), in, {t},
+            {{"D", d}, {"VEC", vec}, {"LANES", lanes}, {"NORM", norm}, {"T", t}});
       }
     }
     for (int v = 0; v < 16; ++v) {
@@ -71,51 +53,51 @@ int main() {
       if (!residual && !out) {
         continue;
       }
+      // As residual_rms_norm passes them: y for an absent residual, a float32 scalar for
+      // the other absent inputs.
+      auto present = [&](bool p) { return p ? t : mx::float32; };
+      std::vector<mx::Dtype> in{t,             t,            present(residual),
+                                present(gate), present(out), present(scale)};
+      KernelSpec spec = mlxs::residual_rms_norm_spec(residual, gate, out, scale, 1e-5f, 1e-6f);
       for (int d : {3840, 100}) {
-        std::vector<Input> in{{"x", type}, {"y", type}, {"y_weight", type},
-                              {"gate", type}, {"out_weight", type}, {"scale", type}};
-        std::vector<Input> outs;
-        if (residual) {
-          outs.push_back({"h", type});
-        }
-        if (out) {
-          outs.push_back({"o", type});
-        }
-        kernel(
-            "residual_" + std::to_string(n++), in, outs,
-            number("D", d) + number("VEC", d % pack == 0 ? pack : 1) +
-                number("THREADS", mlxs::kResidualThreads) + flag("RESIDUAL", residual) +
-                flag("GATE", gate) + flag("OUT", out) + flag("SCALE", scale) +
-                "  using T = " + type + ";\n",
-            mlxs::residual_rms_norm_source(residual, gate, out, scale, 1e-5f, 1e-6f));
+        check(
+            spec, in, std::vector<mx::Dtype>(spec.outputs.size(), t),
+            {{"D", d},
+             {"VEC", d % pack == 0 ? pack : 1},
+             {"THREADS", mlxs::kResidualThreads},
+             {"RESIDUAL", residual},
+             {"GATE", gate},
+             {"OUT", out},
+             {"SCALE", scale},
+             {"T", t}});
       }
     }
     // Rows held in registers and rows read twice, packed and value by value; plain rows
     // and a SwiGLU's.
     for (int k : {3840, 10240, 100, 20000, 2100}) {
       for (bool swiglu : {false, true}) {
-        std::vector<Input> in = swiglu ? std::vector<Input>{{"gate", type}, {"up", type}}
-                                       : std::vector<Input>{{"x", type}};
-        kernel(
-            "fp8_quantize_" + std::to_string(n++), in, {{"q", "uint8_t"}, {"scale", "float"}},
-            number("K", k) + number("VEC", k % pack == 0 ? pack : 1) +
-                number("THREADS", mlxs::kFp8Threads) + "  using T = " + type + ";\n",
-            mlxs::fp8_quantize_source(swiglu));
+        check(
+            mlxs::fp8_quantize_spec(swiglu), std::vector<mx::Dtype>(swiglu ? 2 : 1, t),
+            {mx::uint8, mx::float32},
+            {{"K", k},
+             {"VEC", k % pack == 0 ? pack : 1},
+             {"THREADS", mlxs::kFp8Threads},
+             {"T", t}});
       }
     }
   }
-  for (const char* t : {"__nv_bfloat16", "__half", "float"}) {
-    std::string type = t;
+  for (mx::Dtype t : {mx::bfloat16, mx::float16, mx::float32}) {
     for (bool affine : {true, false}) {
-      std::vector<Input> in{{"w", "uint32_t"}, {"scales", affine ? type : "uint8_t"}};
+      std::vector<mx::Dtype> in{mx::uint32, affine ? t : mx::uint8};
       if (affine) {
-        in.push_back({"biases", type});
+        in.push_back(t);
       }
-      kernel(
-          "dequantize_" + std::to_string(n++), in, {{"out", type}},
-          number("GROUP", affine ? 64 : 32) + "  using T = " + type + ";\n",
-          mlxs::dequantize_source(affine));
+      check(
+          mlxs::dequantize_spec(affine), in, {t},
+          {{"GROUP", affine ? 64 : 32}, {"T", t}});
     }
   }
-  std::cout << "}  // namespace mlx::core::cu\n";
+  check({"mlxs_device_arrays", {"in0", "in1"}, {"out0", "out1"}, {}, "", ""},
+        {mx::uint8, mx::bfloat16}, {mx::bfloat16, mx::uint8}, {});
+  std::cout << "check_kernels: " << compiled << " kernels compile\n";
 }
