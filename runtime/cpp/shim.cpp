@@ -60,7 +60,8 @@ __attribute__((constructor)) static void mlxs_keep_openblas(void) {
 //
 // The kernels MLX's CUDA backend compiles at first use (about a minute of CPU for a
 // transformer) are cached on disk, by default under /tmp, which many machines empty at
-// every boot: the user's cache directory keeps them. MLX_PTX_CACHE_DIR wins here too.
+// every boot: the user's cache directory keeps them, and the runtime's own (jit.cpp).
+// MLX_PTX_CACHE_DIR wins here too.
 __attribute__((constructor)) static void mlxs_backend_defaults(void) {
 #ifdef MLXS_CUDA
   setenv("MLX_MAX_MB_PER_BUFFER", "25", /* overwrite */ 0);
