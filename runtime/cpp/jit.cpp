@@ -266,8 +266,8 @@ std::string device_arch() {
       (major >= 9 ? "a" : "");
 }
 
-// FNV-1a, for file names only: a cached binary is used only when the source saved beside
-// it is this one.
+// FNV-1a: names and checksums of cached binaries, which are used only when the source
+// saved beside them is this one.
 uint64_t fnv1a(const std::string& s) {
   uint64_t h = 14695981039346656037ull;
   for (unsigned char c : s) {
@@ -316,36 +316,51 @@ void write_file(const fs::path& path, const std::string& bytes) {
   }
 }
 
-// The binary of `source` for `arch`: from the disk cache where the source saved beside it
-// is this one and the binary is an ELF file, else compiled and saved there.
-std::string cached_binary(
-    const std::string& name, const std::string& source, const std::string& arch) {
+std::string hex(uint64_t v) {
+  char digits[17];
+  std::snprintf(digits, sizeof digits, "%016llx", static_cast<unsigned long long>(v));
+  return digits;
+}
+
+}  // namespace
+
+std::string cached_cuda_binary(
+    const std::string& name, const std::string& source, const std::string& arch,
+    const std::vector<std::string>& include_dirs, const std::string& dir, bool* compiled) {
   const Nvrtc& n = nvrtc();
   int major = 0, minor = 0;
   check(n.version(&major, &minor), "nvrtcVersion");
   std::string key = source + "\n// " + arch + " nvrtc " + std::to_string(major) + "." +
       std::to_string(minor) + "\n";
-  fs::path dir = cache_dir();
-  char hash[17];
-  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(fnv1a(key)));
-  fs::path base = dir.empty() ? fs::path() : dir / (name + "-" + hash);
+  // What is saved beside a binary: its key, and a checksum that finds a truncated or
+  // damaged file (the file name's hash only spreads keys over names).
+  auto label = [&](const std::string& binary) {
+    return key + "// binary " + hex(fnv1a(binary)) + "\n";
+  };
+  fs::path base = dir.empty() ? fs::path() : fs::path(dir) / (name + "-" + hex(fnv1a(key)));
   if (!base.empty()) {
     std::string cubin = read_file(fs::path(base).replace_extension(".cubin"));
-    bool elf = cubin.rfind("\x7f" "ELF", 0) == 0;
-    if (elf && read_file(fs::path(base).replace_extension(".cu")) == key) {
+    if (!cubin.empty() && read_file(fs::path(base).replace_extension(".cu")) == label(cubin)) {
+      if (compiled) {
+        *compiled = false;
+      }
       return cubin;
     }
   }
-  std::string cubin = compile_cuda(source, arch, include_dirs());
+  std::string cubin = compile_cuda(source, arch, include_dirs);
   if (!base.empty()) {
     std::error_code error;
     fs::create_directories(dir, error);
-    // The binary first: a reader that finds this source finds a binary compiled from it.
     write_file(fs::path(base).replace_extension(".cubin"), cubin);
-    write_file(fs::path(base).replace_extension(".cu"), key);
+    write_file(fs::path(base).replace_extension(".cu"), label(cubin));
+  }
+  if (compiled) {
+    *compiled = true;
   }
   return cubin;
 }
+
+namespace {
 
 // The binary of `source`, compiled or read once per process.
 const std::string& binary(const std::string& name, const std::string& source) {
@@ -356,7 +371,9 @@ const std::string& binary(const std::string& name, const std::string& source) {
   if (auto found = binaries.find(source); found != binaries.end()) {
     return found->second;
   }
-  return binaries.emplace(source, cached_binary(name, source, arch)).first->second;
+  std::string cubin =
+      cached_cuda_binary(name, source, arch, include_dirs(), cache_dir().string(), nullptr);
+  return binaries.emplace(source, std::move(cubin)).first->second;
 }
 
 }  // namespace
@@ -383,6 +400,12 @@ std::vector<mx::array> run_kernel(
 }
 
 #else
+
+std::string cached_cuda_binary(
+    const std::string&, const std::string&, const std::string&, const std::vector<std::string>&,
+    const std::string&, bool*) {
+  throw std::logic_error("[cuda kernels] this build has no CUDA headers: it compiles no kernels");
+}
 
 std::string compile_cuda(const std::string&, const std::string&, const std::vector<std::string>&) {
   throw std::logic_error("[cuda kernels] this build has no CUDA headers: it compiles no kernels");

@@ -47,6 +47,15 @@ std::string compile_cuda(
     const std::string& source, const std::string& arch,
     const std::vector<std::string>& include_dirs);
 
+// compile_cuda's binary from `dir` where an earlier call saved one for this source, arch
+// and NVRTC (with a checksum of the binary: a damaged file is compiled again), else
+// compiled and saved there through files renamed into place, so that processes sharing
+// `dir` read whole files; an empty `dir` saves nothing, nor does one that cannot be
+// written. `compiled` (may be null) says which it was.
+std::string cached_cuda_binary(
+    const std::string& name, const std::string& source, const std::string& arch,
+    const std::vector<std::string>& include_dirs, const std::string& dir, bool* compiled);
+
 // `spec` run on `stream`'s GPU over `inputs` (row-contiguous copies where they are not,
 // unless `contiguous` is false), with `scalars` as its int parameters: `grid` counts
 // threads, as MLX's custom kernels do. Compiled once per process and variant, and loaded

@@ -5,6 +5,9 @@
 
 #include "../kernels.cpp"
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 
 namespace {
@@ -28,6 +31,47 @@ void check(
               << e.what() << "\n";
     std::exit(1);
   }
+}
+
+void expect(bool ok, const char* what) {
+  if (!ok) {
+    std::cerr << "check_kernels: the binary cache " << what << "\n";
+    std::exit(1);
+  }
+}
+
+// jit.cpp's disk cache: a second process reads what the first compiled, and a damaged
+// or foreign file is compiled again and replaced.
+void check_cache() {
+  namespace fs = std::filesystem;
+  char tmpl[] = "/tmp/check_kernels_cache.XXXXXX";
+  const char* made = mkdtemp(tmpl);
+  expect(made != nullptr, "test could not make a directory");
+  std::string dir = made;
+  std::string source = mlxs::kernel_source(
+      {"mlxs_device_arrays", {"in0"}, {"out0"}, {}, "", ""}, {mx::uint8}, {mx::float32}, {});
+  auto get = [&](bool expect_compiled, const char* what) {
+    bool compiled = false;
+    std::string binary = mlxs::cached_cuda_binary(
+        "mlxs_device_arrays", source, "sm_90a", include_dirs, dir, &compiled);
+    expect(compiled == expect_compiled, what);
+    return binary;
+  };
+  std::string first = get(true, "did not compile a kernel it had never seen");
+  expect(get(false, "compiled a kernel it had saved") == first, "returned other bytes");
+  fs::path cubin;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().extension() == ".cubin") {
+      cubin = entry.path();
+    }
+  }
+  expect(!cubin.empty(), "saved no .cubin file");
+  fs::resize_file(cubin, fs::file_size(cubin) / 2);
+  expect(get(true, "used a truncated binary") == first, "compiled other bytes");
+  expect(get(false, "did not save the binary again") == first, "returned other bytes");
+  std::ofstream(fs::path(cubin).replace_extension(".cu")) << "another source";
+  get(true, "used a binary saved for another source");
+  fs::remove_all(dir);
 }
 
 }  // namespace
@@ -99,5 +143,6 @@ int main(int argc, char** argv) {
   }
   check({"mlxs_device_arrays", {"in0", "in1"}, {"out0", "out1"}, {}, "", ""},
         {mx::uint8, mx::bfloat16}, {mx::bfloat16, mx::uint8}, {});
-  std::cout << "check_kernels: " << compiled << " kernels compile\n";
+  check_cache();
+  std::cout << "check_kernels: " << compiled << " kernels compile; the binary cache works\n";
 }
