@@ -151,11 +151,14 @@ void check(nvrtcResult result, const char* what) {
 }  // namespace
 
 std::string compile_cuda(
-    const std::string& source, const std::string& arch,
+    const std::string& name, const std::string& source, const std::string& arch,
     const std::vector<std::string>& include_dirs) {
   const Nvrtc& n = nvrtc();
   nvrtcProgram program;
-  check(n.create(&program, source.c_str(), "kernel.cu", 0, nullptr, nullptr), "nvrtcCreateProgram");
+  std::string file = name + ".cu";
+  check(
+      n.create(&program, source.c_str(), file.c_str(), 0, nullptr, nullptr),
+      "nvrtcCreateProgram");
   struct Destroy {
     const Nvrtc& n;
     nvrtcProgram& p;
@@ -163,8 +166,9 @@ std::string compile_cuda(
       n.destroy(&p);
     }
   } destroy{n, program};
-  // As MLX compiles its own: unannotated functions (the kernels' lambdas) are device code,
-  // which NVRTC 13.0 requires of them (13.5 does not).
+  // As MLX compiles its own: unannotated functions (the kernels' lambdas) are device code.
+  // The NVRTC of the H200 test machine (PyTorch's) refused them without it; the pinned one
+  // does not.
   std::vector<std::string> options{
       "--gpu-architecture=" + arch, "--device-as-default-execution-space"};
   for (const auto& dir : include_dirs) {
@@ -181,7 +185,7 @@ std::string compile_cuda(
     std::string log(size, '\0');
     check(n.log(program, log.data()), "nvrtcGetProgramLog");
     throw std::runtime_error(
-        std::string("[cuda kernels] NVRTC did not compile a kernel for ") + arch + ": " +
+        "[cuda kernels] NVRTC did not compile " + name + " for " + arch + ": " +
         n.error_string(compiled) + "\n" + log.c_str());
   }
   size_t size = 0;
@@ -347,7 +351,7 @@ std::string cached_cuda_binary(
       return cubin;
     }
   }
-  std::string cubin = compile_cuda(source, arch, include_dirs);
+  std::string cubin = compile_cuda(name, source, arch, include_dirs);
   if (!base.empty()) {
     std::error_code error;
     fs::create_directories(dir, error);
@@ -407,7 +411,8 @@ std::string cached_cuda_binary(
   throw std::logic_error("[cuda kernels] this build has no CUDA headers: it compiles no kernels");
 }
 
-std::string compile_cuda(const std::string&, const std::string&, const std::vector<std::string>&) {
+std::string compile_cuda(
+    const std::string&, const std::string&, const std::string&, const std::vector<std::string>&) {
   throw std::logic_error("[cuda kernels] this build has no CUDA headers: it compiles no kernels");
 }
 

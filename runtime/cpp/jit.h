@@ -41,10 +41,10 @@ std::string kernel_source(
 // The CUDA type of a dtype's elements in kernel sources ("__nv_bfloat16", "float", ...).
 std::string cuda_type(mlx::core::Dtype dtype);
 
-// NVRTC's binary (a cubin) of `source` for `arch` ("sm_90a"), with CUDA's headers from
-// `include_dirs`. Throws with NVRTC's log where it does not compile.
+// NVRTC's binary (a cubin) of `source`, kernel `name`'s, for `arch` ("sm_90a"), with CUDA's
+// headers from `include_dirs`. Throws with NVRTC's log where it does not compile.
 std::string compile_cuda(
-    const std::string& source, const std::string& arch,
+    const std::string& name, const std::string& source, const std::string& arch,
     const std::vector<std::string>& include_dirs);
 
 // compile_cuda's binary from `dir` where an earlier call saved one for this source, arch

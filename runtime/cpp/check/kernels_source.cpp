@@ -23,7 +23,7 @@ void check(
     const std::vector<mx::Dtype>& outputs, const Constants& constants) {
   std::string source = mlxs::kernel_source(spec, inputs, outputs, constants);
   try {
-    mlxs::compile_cuda(source, "sm_90a", include_dirs);
+    mlxs::compile_cuda(spec.name, source, "sm_90a", include_dirs);
     ++compiled;
   } catch (const std::exception& e) {
     std::cerr << "check_kernels: " << spec.name << " does not compile:\n"
