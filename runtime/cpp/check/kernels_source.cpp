@@ -35,7 +35,7 @@ void check(
 
 void expect(bool ok, const char* what) {
   if (!ok) {
-    std::cerr << "check_kernels: the binary cache " << what << "\n";
+    std::cerr << "check_kernels: " << what << "\n";
     std::exit(1);
   }
 }
@@ -46,7 +46,7 @@ void check_cache() {
   namespace fs = std::filesystem;
   char tmpl[] = "/tmp/check_kernels_cache.XXXXXX";
   const char* made = mkdtemp(tmpl);
-  expect(made != nullptr, "test could not make a directory");
+  expect(made != nullptr, "the cache test could not make a directory");
   std::string dir = made;
   std::string source = mlxs::kernel_source(
       {"mlxs_device_arrays", {"in0"}, {"out0"}, {}, "", ""}, {mx::uint8}, {mx::float32}, {});
@@ -57,21 +57,46 @@ void check_cache() {
     expect(compiled == expect_compiled, what);
     return binary;
   };
-  std::string first = get(true, "did not compile a kernel it had never seen");
-  expect(get(false, "compiled a kernel it had saved") == first, "returned other bytes");
+  std::string first = get(true, "the cache did not compile a kernel it had never seen");
+  std::string again = get(false, "the cache compiled a kernel it had saved");
+  expect(again == first, "the cache returned other bytes");
   fs::path cubin;
   for (const auto& entry : fs::directory_iterator(dir)) {
     if (entry.path().extension() == ".cubin") {
       cubin = entry.path();
     }
   }
-  expect(!cubin.empty(), "saved no .cubin file");
+  expect(!cubin.empty(), "the cache saved no .cubin file");
   fs::resize_file(cubin, fs::file_size(cubin) / 2);
-  expect(get(true, "used a truncated binary") == first, "compiled other bytes");
-  expect(get(false, "did not save the binary again") == first, "returned other bytes");
+  again = get(true, "the cache used a truncated binary");
+  expect(again == first, "the cache compiled other bytes");
+  again = get(false, "the cache did not save the binary again");
+  expect(again == first, "the cache returned other bytes");
   std::ofstream(fs::path(cubin).replace_extension(".cu")) << "another source";
-  get(true, "used a binary saved for another source");
+  get(true, "the cache used a binary saved for another source");
   fs::remove_all(dir);
+  // A directory that cannot be made (not even by root) is no cache, not an error.
+  dir = "/proc/check_kernels_cache";
+  again = get(true, "the cache read an unwritable directory");
+  expect(again == first, "the cache compiled other bytes");
+  expect(!fs::exists(dir), "the cache made a directory under /proc");
+}
+
+// A source NVRTC refuses: the error names the kernel and carries NVRTC's log.
+void check_error() {
+  try {
+    mlxs::compile_cuda(
+        "mlxs_broken", "extern \"C\" __global__ void mlxs_broken() { undeclared(); }", "sm_90a",
+        include_dirs);
+  } catch (const std::runtime_error& e) {
+    std::string what = e.what();
+    expect(
+        what.find("mlxs_broken") != std::string::npos &&
+            what.find("undeclared") != std::string::npos,
+        "error does not name the kernel and its log");
+    return;
+  }
+  expect(false, "test's broken kernel compiled");
 }
 
 }  // namespace
@@ -144,5 +169,7 @@ int main(int argc, char** argv) {
   check({"mlxs_device_arrays", {"in0", "in1"}, {"out0", "out1"}, {}, "", ""},
         {mx::uint8, mx::bfloat16}, {mx::bfloat16, mx::uint8}, {});
   check_cache();
-  std::cout << "check_kernels: " << compiled << " kernels compile; the binary cache works\n";
+  check_error();
+  std::cout << "check_kernels: " << compiled
+            << " kernels compile; the binary cache and compile errors work\n";
 }
