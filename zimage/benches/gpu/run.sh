@@ -10,7 +10,8 @@
 # turbo: the Z-Image-Turbo transformer (dim 3840, 30 layers) at 1024x1024; small: the
 # built-in small size at 512x512; both with a 128-token caption, bfloat16. MODES picks dit's
 # runs (default: MODES="compiled eager mxfp8 affine8 fp8"; the last three quantize at load). Results go to
-# $OUT (or /tmp/zbench/out) as JSON, and a table is printed last.
+# $OUT (or /tmp/zbench/out) as JSON, and a table is printed last (with each dit run's load
+# time and first step's: on a fresh machine the first run's step compiles MLX's kernels).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 which=${1:-all}
@@ -46,7 +47,9 @@ python3 - "$out" <<'PY'
 import json, pathlib, statistics, sys
 out = pathlib.Path(sys.argv[1])
 gib = 2**30
-print(f"{'size':6} {'implementation':28} {'ms/step':>8} {'peak GiB':>9} {'weights GiB':>11} {'load s':>7}")
+# first step s: the first step, which traces the graph and, on a fresh machine, compiles
+# MLX's kernels (runs after the first find most of them in the cache).
+print(f"{'size':6} {'implementation':28} {'ms/step':>8} {'peak GiB':>9} {'weights GiB':>11} {'load s':>7} {'first step s':>12}")
 for size in ["small", "turbo"]:
     rows = []
     for mode in ["compiled", "eager", "mxfp8", "affine8", "fp8"]:
@@ -56,13 +59,16 @@ for size in ["small", "turbo"]:
             ms = statistics.mean(r["step_ms"][1:]) if len(r["step_ms"]) > 1 else r["step_ms"][0]
             peak = max(r["denoise_peak_bytes"], r["load_peak_bytes"])
             name = f"dit {mode}" + (f" ({r['quantization']['matmul']})" if "8" in mode else "")
-            rows.append((name, ms, peak, r["transformer_bytes"], r["load_ms"] / 1e3))
+            rows.append((name, ms, peak, r["transformer_bytes"], r["load_ms"] / 1e3,
+                         r["step_ms"][0] / 1e3))
     for mode in ["eager", "compile"]:
         f = out / f"diffusers-{size}-{mode}.json"
         if f.exists():
             r = json.loads(f.read_text())
-            rows.append((r["impl"], r["ms_per_forward"], r["peak_bytes"], r["weights_bytes"], None))
-    for name, ms, peak, weights, load in rows:
+            rows.append((r["impl"], r["ms_per_forward"], r["peak_bytes"], r["weights_bytes"], None,
+                         None))
+    for name, ms, peak, weights, load, first in rows:
         load = f"{load:7.1f}" if load is not None else ""
-        print(f"{size:6} {name:28} {ms:8.1f} {peak / gib:9.2f} {weights / gib:11.2f} {load}")
+        first = f"{first:12.2f}" if first is not None else ""
+        print(f"{size:6} {name:28} {ms:8.1f} {peak / gib:9.2f} {weights / gib:11.2f} {load:7} {first}")
 PY
