@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -29,6 +30,9 @@ namespace mx = mlx::core;
 
 namespace mlxs {
 
+namespace {
+
+// The CUDA type of a dtype's elements in kernel sources.
 std::string cuda_type(mx::Dtype dtype) {
   switch (dtype.val()) {
     case mx::Dtype::Val::bool_:
@@ -57,13 +61,15 @@ std::string cuda_type(mx::Dtype dtype) {
       return "float";
     case mx::Dtype::Val::float64:
       return "double";
-    default:
-      break;
+    case mx::Dtype::Val::complex64:
+      return "float2";
   }
   std::ostringstream what;
   what << "[cuda kernels] no CUDA type for " << dtype;
   throw std::invalid_argument(what.str());
 }
+
+}  // namespace
 
 std::string kernel_source(
     const KernelSpec& spec, const std::vector<mx::Dtype>& input_dtypes,
@@ -141,6 +147,19 @@ const Nvrtc& nvrtc() {
   return nvrtc;
 }
 
+// NVRTC's options. As MLX compiles its own kernels: unannotated functions (the kernels'
+// lambdas) are device code. The NVRTC of the H200 test machine (PyTorch's) refused them
+// without it; the pinned one does not.
+std::vector<std::string> nvrtc_options(
+    const std::string& arch, const std::vector<std::string>& include_dirs) {
+  std::vector<std::string> options{
+      "--gpu-architecture=" + arch, "--device-as-default-execution-space"};
+  for (const auto& dir : include_dirs) {
+    options.push_back("--include-path=" + dir);
+  }
+  return options;
+}
+
 void check(nvrtcResult result, const char* what) {
   if (result != NVRTC_SUCCESS) {
     throw std::runtime_error(
@@ -166,14 +185,7 @@ std::string compile_cuda(
       n.destroy(&p);
     }
   } destroy{n, program};
-  // As MLX compiles its own: unannotated functions (the kernels' lambdas) are device code.
-  // The NVRTC of the H200 test machine (PyTorch's) refused them without it; the pinned one
-  // does not.
-  std::vector<std::string> options{
-      "--gpu-architecture=" + arch, "--device-as-default-execution-space"};
-  for (const auto& dir : include_dirs) {
-    options.push_back("--include-path=" + dir);
-  }
+  std::vector<std::string> options = nvrtc_options(arch, include_dirs);
   std::vector<const char*> argv;
   for (const auto& option : options) {
     argv.push_back(option.c_str());
@@ -216,15 +228,18 @@ fs::path mlx_root() {
 
 // CUDA's headers where MLX's own compiler finds them: the wheels' layout beside MLX's
 // (site-packages/nvidia/cu13/include), else CUDA_HOME, CUDA_PATH or /usr/local/cuda; and
-// the CCCL headers MLX bundles (cuda_bf16.h includes <nv/target>).
+// CCCL's (cuda_bf16.h includes <nv/target>), the toolkit's or those MLX bundles.
 const std::vector<std::string>& include_dirs() {
   static const std::vector<std::string> dirs = [] {
     fs::path root = mlx_root();
     std::vector<fs::path> candidates;
     if (!root.empty()) {
-      candidates.push_back(
-          root.parent_path() / "nvidia" / ("cu" + std::to_string(CUDA_VERSION / 1000)) /
-          "include");
+#if CUDA_VERSION < 13000
+      const std::string wheel = "cuda_runtime";
+#else
+      const std::string wheel = "cu" + std::to_string(CUDA_VERSION / 1000);
+#endif
+      candidates.push_back(root.parent_path() / "nvidia" / wheel / "include");
     }
     for (const char* var : {"CUDA_HOME", "CUDA_PATH"}) {
       if (const char* dir = std::getenv(var); dir && *dir) {
@@ -247,18 +262,26 @@ const std::vector<std::string>& include_dirs() {
           "[cuda kernels] CUDA's headers (cuda_bf16.h) are in none of " + tried +
           ": install the nvidia-cuda-runtime wheel beside MLX or set CUDA_HOME");
     }
-    std::error_code error;
-    if (!root.empty() && fs::exists(root / "include" / "cccl", error)) {
-      found.push_back((root / "include" / "cccl").string());
+    // A CUDA 13 toolkit's own CCCL, else the one MLX bundles.
+    std::vector<fs::path> cccl{fs::path(found[0]) / "cccl"};
+    if (!root.empty()) {
+      cccl.push_back(root / "include" / "cccl");
+    }
+    for (const auto& dir : cccl) {
+      std::error_code error;
+      if (fs::exists(dir, error)) {
+        found.push_back(dir.string());
+        break;
+      }
     }
     return found;
   }();
   return dirs;
 }
 
-// "sm_90a": the default GPU's architecture, with Hopper's and later GPUs' own features.
-std::string device_arch() {
-  const auto& info = mx::device_info(mx::Device::gpu);
+// "sm_90a": a GPU's architecture, with Hopper's and later GPUs' own features.
+std::string device_arch(const mx::Device& device) {
+  const auto& info = mx::device_info(device);
   auto number = [&](const char* key) {
     auto found = info.find(key);
     return found != info.end() && std::holds_alternative<size_t>(found->second)
@@ -266,6 +289,11 @@ std::string device_arch() {
         : size_t{0};
   };
   size_t major = number("compute_capability_major");
+  if (major == 0) {
+    throw std::runtime_error(
+        "[cuda kernels] MLX reports no compute capability for GPU " +
+        std::to_string(device.index));
+  }
   return "sm_" + std::to_string(major) + std::to_string(number("compute_capability_minor")) +
       (major >= 9 ? "a" : "");
 }
@@ -280,15 +308,12 @@ uint64_t fnv1a(const std::string& s) {
   return h;
 }
 
-// Where binaries are kept between processes (MLX's PTX cache directory, which the runtime
-// points at the user's cache: see shim.cpp), or empty for none.
+// Where binaries are kept between processes: under MLX's PTX cache directory, which the
+// runtime points at the user's cache (see shim.cpp). Without one (no home directory),
+// none: MLX's default under /tmp is shared with every user of the machine.
 fs::path cache_dir() {
-  if (const char* dir = std::getenv("MLX_PTX_CACHE_DIR"); dir && *dir) {
-    return fs::path(dir) / "mlxs";
-  }
-  std::error_code error;
-  fs::path tmp = fs::temp_directory_path(error);
-  return error ? fs::path() : tmp / "mlx" / mx::version() / "ptx" / "mlxs";
+  const char* dir = std::getenv("MLX_PTX_CACHE_DIR");
+  return dir && *dir ? fs::path(dir) / "mlxs" : fs::path();
 }
 
 std::string read_file(const fs::path& path) {
@@ -301,17 +326,19 @@ std::string read_file(const fs::path& path) {
 // Writes `bytes` to `path` through a file of its own renamed over it, so that another
 // process reads the whole file or none. The cache is an optimization: failures are ignored.
 void write_file(const fs::path& path, const std::string& bytes) {
+  // Unique across processes that share the directory, containers (equal pids) included.
   static std::atomic<unsigned> counter{0};
   fs::path tmp = path;
-  tmp += ".tmp-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out) {
-      std::error_code error;
-      fs::remove(tmp, error);
-      return;
-    }
+  tmp += ".tmp-" + std::to_string(getpid()) + "-" +
+      std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()) + "-" +
+      std::to_string(counter++);
+  std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  if (!out) {
+    std::error_code error;
+    fs::remove(tmp, error);
+    return;
   }
   std::error_code error;
   fs::rename(tmp, path, error);
@@ -334,8 +361,11 @@ std::string cached_cuda_binary(
   const Nvrtc& n = nvrtc();
   int major = 0, minor = 0;
   check(n.version(&major, &minor), "nvrtcVersion");
-  std::string key = source + "\n// " + arch + " nvrtc " + std::to_string(major) + "." +
-      std::to_string(minor) + "\n";
+  std::string key = source + "\n// nvrtc " + std::to_string(major) + "." + std::to_string(minor);
+  for (const auto& option : nvrtc_options(arch, include_dirs)) {
+    key += " " + option;
+  }
+  key += "\n";
   // What is saved beside a binary: its key, and a checksum that finds a truncated or
   // damaged file (the file name's hash only spreads keys over names).
   auto label = [&](const std::string& binary) {
@@ -366,18 +396,24 @@ std::string cached_cuda_binary(
 
 namespace {
 
-// The binary of `source`, compiled or read once per process.
-const std::string& binary(const std::string& name, const std::string& source) {
-  static std::mutex mutex;
-  static std::map<std::string, std::string> binaries;
-  static const std::string arch = device_arch();
-  std::lock_guard lock(mutex);
-  if (auto found = binaries.find(source); found != binaries.end()) {
+// The binary of `source` for `device`, compiled or read once per process. Never freed, as
+// MLX's own JIT caches are not: threads may still launch kernels while the process exits.
+const std::string& binary(const std::string& name, const std::string& source, mx::Device device) {
+  static auto* mutex = new std::mutex;
+  static auto* archs = new std::map<int, std::string>;
+  static auto* binaries = new std::map<std::string, std::string>;
+  std::lock_guard lock(*mutex);
+  auto arch = archs->find(device.index);
+  if (arch == archs->end()) {
+    arch = archs->emplace(device.index, device_arch(device)).first;
+  }
+  std::string key = arch->second + "\n" + source;
+  if (auto found = binaries->find(key); found != binaries->end()) {
     return found->second;
   }
-  std::string cubin =
-      cached_cuda_binary(name, source, arch, include_dirs(), cache_dir().string(), nullptr);
-  return binaries.emplace(source, std::move(cubin)).first->second;
+  std::string cubin = cached_cuda_binary(
+      name, source, arch->second, include_dirs(), cache_dir().string(), nullptr);
+  return binaries->emplace(key, std::move(cubin)).first->second;
 }
 
 }  // namespace
@@ -398,23 +434,13 @@ std::vector<mx::array> run_kernel(
   }
   std::string source = kernel_source(spec, input_dtypes, output_dtypes, constants);
   std::vector<mx::fast::ScalarArg> args(scalars.begin(), scalars.end());
+  mx::Stream s = mx::to_stream(stream);
   return mx::fast::precompiled_cuda_kernel(
-      spec.name, binary(spec.name, source), inputs, output_shapes, output_dtypes, args, grid,
-      threads, 0, std::nullopt, contiguous, stream);
+      spec.name, binary(spec.name, source, s.device), inputs, output_shapes, output_dtypes, args,
+      grid, threads, 0, std::nullopt, contiguous, s);
 }
 
 #else
-
-std::string cached_cuda_binary(
-    const std::string&, const std::string&, const std::string&, const std::vector<std::string>&,
-    const std::string&, bool*) {
-  throw std::logic_error("[cuda kernels] this build has no CUDA headers: it compiles no kernels");
-}
-
-std::string compile_cuda(
-    const std::string&, const std::string&, const std::string&, const std::vector<std::string>&) {
-  throw std::logic_error("[cuda kernels] this build has no CUDA headers: it compiles no kernels");
-}
 
 std::vector<mx::array> run_kernel(
     const KernelSpec& spec, const std::vector<mx::array>&, const std::vector<mx::Shape>&,

@@ -38,11 +38,9 @@ std::string kernel_source(
     const KernelSpec& spec, const std::vector<mlx::core::Dtype>& input_dtypes,
     const std::vector<mlx::core::Dtype>& output_dtypes, const Constants& constants);
 
-// The CUDA type of a dtype's elements in kernel sources ("__nv_bfloat16", "float", ...).
-std::string cuda_type(mlx::core::Dtype dtype);
-
 // NVRTC's binary (a cubin) of `source`, kernel `name`'s, for `arch` ("sm_90a"), with CUDA's
-// headers from `include_dirs`. Throws with NVRTC's log where it does not compile.
+// headers from `include_dirs`. Throws with NVRTC's log where it does not compile. This and
+// cached_cuda_binary exist in builds with CUDA's headers only.
 std::string compile_cuda(
     const std::string& name, const std::string& source, const std::string& arch,
     const std::vector<std::string>& include_dirs);
@@ -58,8 +56,8 @@ std::string cached_cuda_binary(
 
 // `spec` run on `stream`'s GPU over `inputs` (row-contiguous copies where they are not,
 // unless `contiguous` is false), with `scalars` as its int parameters: `grid` counts
-// threads, as MLX's custom kernels do. Compiled once per process and variant, and loaded
-// from the disk cache where an earlier process compiled it.
+// threads, as MLX's custom kernels do. Compiled for that GPU's architecture once per
+// process and variant, and loaded from the disk cache where an earlier process compiled it.
 std::vector<mlx::core::array> run_kernel(
     const KernelSpec& spec, const std::vector<mlx::core::array>& inputs,
     const std::vector<mlx::core::Shape>& output_shapes,

@@ -62,7 +62,7 @@ void replace(std::string& src, const std::string& what, const std::string& with)
   }
 }
 
-// Device code shared by the kernels below (MLX puts it ahead of the kernel).
+// Device code shared by the kernels below (kernel_source puts it ahead of each).
 constexpr const char* kHeader = R"(
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Pack {
@@ -194,8 +194,8 @@ struct SwiGlu {
   }
 };
 
-// Packs of V floats over `s` as E4M3 bytes at q (exact divisions, as the composed path
-// computes them: NVRTC may be told fast math).
+// Packs of V floats over `s` as E4M3 bytes at q (exact divisions whatever NVRTC's options,
+// as the composed path computes them).
 template <int V>
 __device__ inline void store_e4m3(unsigned char* q, const float (&v)[V], float s) {
   if constexpr (V == 1) {

@@ -51,10 +51,10 @@ void check_cache() {
   std::string source = mlxs::kernel_source(
       {"mlxs_device_arrays", {"in0"}, {"out0"}, {}, "", ""}, {mx::uint8}, {mx::float32}, {});
   auto get = [&](bool expect_compiled, const char* what) {
-    bool compiled = false;
+    bool fresh = false;
     std::string binary = mlxs::cached_cuda_binary(
-        "mlxs_device_arrays", source, "sm_90a", include_dirs, dir, &compiled);
-    expect(compiled == expect_compiled, what);
+        "mlxs_device_arrays", source, "sm_90a", include_dirs, dir, &fresh);
+    expect(fresh == expect_compiled, what);
     return binary;
   };
   std::string first = get(true, "the cache did not compile a kernel it had never seen");
