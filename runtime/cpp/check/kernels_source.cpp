@@ -167,7 +167,7 @@ int main(int argc, char** argv) {
     }
   }
   check({"mlxs_device_arrays", {"in0", "in1"}, {"out0", "out1"}, {}, "", ""},
-        {mx::uint8, mx::bfloat16}, {mx::bfloat16, mx::uint8}, {});
+        {mx::uint8, mx::complex64}, {mx::bfloat16, mx::uint8}, {});
   check_cache();
   check_error();
   std::cout << "check_kernels: " << compiled
