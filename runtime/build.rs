@@ -500,8 +500,8 @@ fn wheel_root(mlx: &Mlx) -> PathBuf {
 }
 
 /// The include directory with what the files that call CUDA need (its runtime and driver,
-/// cuBLASLt, NVRTC, crt and CCCL headers), from the wheels beside MLX or a CUDA toolkit; MLX's CUDA headers
-/// also include fmt's, from the system.
+/// cuBLASLt, NVRTC, crt and CCCL headers), from the wheels beside MLX or a CUDA toolkit;
+/// MLX's CUDA headers also include fmt's, from the system.
 fn cuda_headers(mlx: &Mlx) -> Result<PathBuf, String> {
     let candidates = [
         wheel_root(mlx).join("nvidia/cu13/include"),
