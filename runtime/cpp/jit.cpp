@@ -71,6 +71,17 @@ std::string cuda_type(mx::Dtype dtype) {
 
 }  // namespace
 
+int compute_capability(const mx::Device& device) {
+  const auto& info = mx::device_info(device);
+  auto number = [&](const char* key) {
+    auto found = info.find(key);
+    return found != info.end() && std::holds_alternative<size_t>(found->second)
+        ? static_cast<int>(std::get<size_t>(found->second))
+        : 0;
+  };
+  return number("compute_capability_major") * 10 + number("compute_capability_minor");
+}
+
 std::string kernel_source(
     const KernelSpec& spec, const std::vector<mx::Dtype>& input_dtypes,
     const std::vector<mx::Dtype>& output_dtypes, const Constants& constants) {
@@ -281,21 +292,13 @@ const std::vector<std::string>& include_dirs() {
 
 // "sm_90a": a GPU's architecture, with Hopper's and later GPUs' own features.
 std::string device_arch(const mx::Device& device) {
-  const auto& info = mx::device_info(device);
-  auto number = [&](const char* key) {
-    auto found = info.find(key);
-    return found != info.end() && std::holds_alternative<size_t>(found->second)
-        ? std::get<size_t>(found->second)
-        : size_t{0};
-  };
-  size_t major = number("compute_capability_major");
-  if (major == 0) {
+  int cc = compute_capability(device);
+  if (cc == 0) {
     throw std::runtime_error(
         "[cuda kernels] MLX reports no compute capability for GPU " +
         std::to_string(device.index));
   }
-  return "sm_" + std::to_string(major) + std::to_string(number("compute_capability_minor")) +
-      (major >= 9 ? "a" : "");
+  return "sm_" + std::to_string(cc) + (cc >= 90 ? "a" : "");
 }
 
 // FNV-1a: names and checksums of cached binaries, which are used only when the source
@@ -399,21 +402,24 @@ namespace {
 // The binary of `source` for `device`, compiled or read once per process. Never freed, as
 // MLX's own JIT caches are not: threads may still launch kernels while the process exits.
 const std::string& binary(const std::string& name, const std::string& source, mx::Device device) {
+  struct Compiled {
+    std::string arch;
+    std::map<std::string, std::string> binaries;  // by source
+  };
   static auto* mutex = new std::mutex;
-  static auto* archs = new std::map<int, std::string>;
-  static auto* binaries = new std::map<std::string, std::string>;
+  static auto* devices = new std::map<int, Compiled>;
   std::lock_guard lock(*mutex);
-  auto arch = archs->find(device.index);
-  if (arch == archs->end()) {
-    arch = archs->emplace(device.index, device_arch(device)).first;
+  auto on = devices->find(device.index);
+  if (on == devices->end()) {
+    on = devices->emplace(device.index, Compiled{device_arch(device), {}}).first;
   }
-  std::string key = arch->second + "\n" + source;
-  if (auto found = binaries->find(key); found != binaries->end()) {
+  Compiled& compiled = on->second;
+  if (auto found = compiled.binaries.find(source); found != compiled.binaries.end()) {
     return found->second;
   }
   std::string cubin = cached_cuda_binary(
-      name, source, arch->second, include_dirs(), cache_dir().string(), nullptr);
-  return binaries->emplace(key, std::move(cubin)).first->second;
+      name, source, compiled.arch, include_dirs(), cache_dir().string(), nullptr);
+  return compiled.binaries.emplace(source, std::move(cubin)).first->second;
 }
 
 }  // namespace

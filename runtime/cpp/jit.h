@@ -33,6 +33,10 @@ struct KernelSpec {
 // Compile-time constants of one variant: `constexpr int`, `constexpr bool` or a type alias.
 using Constants = std::vector<std::pair<std::string, mlx::core::fast::TemplateArg>>;
 
+// A GPU's compute capability as MLX reports it, major * 10 + minor (90 for Hopper); 0
+// where it reports none.
+int compute_capability(const mlx::core::Device& device);
+
 // The CUDA source of `spec` for pointers of these dtypes and these constants.
 std::string kernel_source(
     const KernelSpec& spec, const std::vector<mlx::core::Dtype>& input_dtypes,

@@ -11,7 +11,6 @@
 #include <stdexcept>
 #include <sstream>
 #include <string>
-#include <variant>
 #include <vector>
 
 #include "mlx/mlx.h"
@@ -21,17 +20,7 @@ namespace mx = mlx::core;
 namespace mlxs {
 
 bool has_fp8_hardware(const mx::Device& device) {
-  if (device.type != mx::Device::gpu) {
-    return false;
-  }
-  const auto& info = mx::device_info(device);
-  auto number = [&](const char* key) -> size_t {
-    auto found = info.find(key);
-    return found != info.end() && std::holds_alternative<size_t>(found->second)
-        ? std::get<size_t>(found->second)
-        : 0;
-  };
-  return number("compute_capability_major") * 10 + number("compute_capability_minor") >= 89;
+  return device.type == mx::Device::gpu && compute_capability(device) >= 89;
 }
 
 std::string describe(const mx::array& a) {
